@@ -1,0 +1,145 @@
+"""The ``factory-gateway`` command: validate, run, simulate, demo.
+
+Config mistakes are printed as ``file:line:col: message`` lines and exit 1; no traceback reaches
+the user for them. Ctrl-C and SIGTERM stop cleanly (status ``offline`` published, connections
+closed) with exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config.load import Config, load_config
+from gateway.errors import ConfigError
+from gateway.logging import configure
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure(args.log_format, args.log_level)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="factory-gateway",
+        description="Read Modbus/OPC UA devices described by a YAML device map; publish to MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="console on a terminal, JSON lines otherwise (default: auto)",
+    )
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="info"
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check device maps; print every error")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.set_defaults(handler=_validate)
+
+    run = commands.add_parser("run", help="run the gateway")
+    run.add_argument("file", type=Path, metavar="FILE")
+    run.set_defaults(handler=_run)
+
+    simulate = commands.add_parser("simulate", help="simulate every device of a device map")
+    simulate.add_argument("file", type=Path, metavar="FILE")
+    simulate.set_defaults(handler=_simulate)
+
+    demo = commands.add_parser(
+        "demo", help="simulators + embedded broker + gateway, with a live table of values"
+    )
+    demo.add_argument(
+        "--config", type=Path, default=None, help="device map (default: the demo plant)"
+    )
+    demo.add_argument(
+        "--broker",
+        default=None,
+        help="use this broker (mqtt://host:port) instead of the embedded one",
+    )
+    demo.add_argument(
+        "--port", type=int, default=0, help="embedded broker port (default: a free one)"
+    )
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _load(paths: Sequence[Path]) -> Config | None:
+    try:
+        return load_config(paths)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        count = len(exc.issues)
+        print(f"{count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        if _load([path]) is None:
+            failed = True
+    if failed:
+        return 1
+    print("ok")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load([args.file])
+    if config is None:
+        return 1
+    from gateway.runtime import Gateway
+
+    return _run_until_signal(lambda: Gateway(config).run())
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    config = _load([args.file])
+    if config is None:
+        return 1
+    from simulators.run import serve
+
+    return _run_until_signal(lambda: serve(config))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import DEMO_CONFIG, run_demo
+
+    config = _load([args.config or DEMO_CONFIG])
+    if config is None:
+        return 1
+    return _run_until_signal(lambda: run_demo(config, args.broker, args.port, args.duration))
+
+
+def _run_until_signal(make: Callable[[], Awaitable[None]]) -> int:
+    """Run a coroutine until it ends, Ctrl-C or SIGTERM; either signal stops it cleanly."""
+
+    async def runner() -> None:
+        task = asyncio.ensure_future(make())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(runner())
+    except OSError as exc:  # e.g. a port already in use
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

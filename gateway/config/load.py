@@ -1,0 +1,183 @@
+"""Load and validate a device map, reporting every problem at once as ``file:line:col: sentence``.
+
+Validation runs in layers so one mistake does not hide another: the top level, then each device
+with its protocol's model, then the raw cross-field checks (duplicate ids, overlapping addresses),
+which run even for devices that failed validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from gateway.config.schema import DeviceConfig, GatewaySection, MqttSection, RootSection
+from gateway.config.yaml_source import Loc, SourceMap, load_yaml
+from gateway.errors import ConfigError, ConfigIssue
+from gateway.registry import PROTOCOLS
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated device map."""
+
+    gateway: GatewaySection
+    mqtt: MqttSection
+    devices: list[DeviceConfig]
+    files: list[str]
+
+
+def load_config(paths: Sequence[str | Path]) -> Config:
+    """Load a device map (first file) plus extra device-list files; raise ``ConfigError``."""
+    files = [Path(p) for p in paths]
+    data, source_map, issues = load_yaml(files)
+    if issues and not data:
+        raise ConfigError(issues)
+
+    root: RootSection | None = None
+    try:
+        root = RootSection.model_validate(data)
+    except ValidationError as exc:
+        issues += _issues_from(exc, RootSection, (), data, source_map)
+
+    devices: list[DeviceConfig] = []
+    raw_devices = data.get("devices")
+    if isinstance(raw_devices, list):
+        seen_ids: dict[str, int] = {}
+        for index, raw in enumerate(raw_devices):
+            if not isinstance(raw, dict):
+                continue
+            device = _validate_device(raw, index, data, source_map, issues)
+            if device is not None:
+                devices.append(device)
+            device_id = raw.get("id")
+            if isinstance(device_id, str):
+                if device_id in seen_ids:
+                    issues.append(
+                        source_map.issue(
+                            data,
+                            ("devices", index, "id"),
+                            f"duplicate device id {device_id!r} "
+                            f"(first used by device #{seen_ids[device_id] + 1})",
+                        )
+                    )
+                else:
+                    seen_ids[device_id] = index
+    if issues or root is None:
+        raise ConfigError(issues)
+    return Config(root.gateway, root.mqtt, devices, [str(f) for f in files])
+
+
+def _validate_device(
+    raw: dict[str, Any],
+    index: int,
+    data: dict[str, Any],
+    source_map: SourceMap,
+    issues: list[ConfigIssue],
+) -> DeviceConfig | None:
+    loc: Loc = ("devices", index)
+    protocol = raw.get("protocol")
+    entry = PROTOCOLS.get(protocol) if isinstance(protocol, str) else None
+    if entry is None:
+        known = ", ".join(PROTOCOLS)
+        if protocol is None:
+            message = f"device needs a protocol: one of {known}"
+        else:
+            message = f"unknown protocol {protocol!r}{_did_you_mean(str(protocol), PROTOCOLS)}"
+            message += f"; known protocols: {known}"
+        issues.append(source_map.issue(data, (*loc, "protocol"), message))
+        return None
+    for check in entry.raw_checks:
+        for sub_loc, message in check(raw):
+            issues.append(source_map.issue(data, (*loc, *sub_loc), message))
+    try:
+        return entry.config_model.model_validate(raw)
+    except ValidationError as exc:
+        issues.extend(_issues_from(exc, entry.config_model, loc, data, source_map))
+        return None
+
+
+def _issues_from(
+    exc: ValidationError,
+    model: type[BaseModel],
+    prefix: Loc,
+    data: dict[str, Any],
+    source_map: SourceMap,
+) -> list[ConfigIssue]:
+    issues = []
+    for error in exc.errors():
+        loc: Loc = (*prefix, *error["loc"])
+        message, at_key = _message(error, model)
+        ctx_error = error.get("ctx", {}).get("error")
+        field = getattr(ctx_error, "field", None)
+        if isinstance(field, str):
+            loc = (*loc, field)
+        issues.append(source_map.issue(data, loc, message, at_key=at_key))
+    return issues
+
+
+def _message(error: ErrorDetails, model: type[BaseModel]) -> tuple[str, bool]:
+    """A plain sentence for one pydantic error, and whether to point at the key (not the value)."""
+    kind = error["type"]
+    loc = error["loc"]
+    name = str(loc[-1]) if loc else "value"
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        hint = _did_you_mean(name, allowed)
+        return f"unknown key {name!r}{hint}", True
+    if kind == "missing":
+        return f"missing required key {name!r}", True
+    if kind in ("literal_error", "enum"):
+        expected = re.findall(r"'([^']*)'|(\d+)", error.get("ctx", {}).get("expected", ""))
+        choices = [a or b for a, b in expected]
+        hint = _did_you_mean(str(error["input"]), choices)
+        return f"{name}: {error['input']!r} is not one of {', '.join(choices)}{hint}", False
+    msg = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if kind in ("value_error", "assertion_error"):
+        return msg, False
+    return f"{name}: {msg[0].lower()}{msg[1:]}", False
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model accepts at ``loc``, for "did you mean" on unknown keys."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(part, int):
+            args = typing.get_args(current)
+            current = args[0] if args else Any
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            if field is None:
+                return []
+            current = field.annotation
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    """``X | None`` -> ``X``, so the walk in ``_fields_at`` follows optional sub-models."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        return members[0] if len(members) == 1 else tp
+    return tp

@@ -1,0 +1,55 @@
+"""The exception tree of the gateway, in one place.
+
+- ``GatewayError``: base of every error the gateway raises on purpose.
+  - ``ConfigError``: the device map is wrong; carries every problem found (file, line, column,
+    sentence) so a user fixes them all in one go.
+  - ``DeviceError``: a southbound device failed (timeout, refused, garbage, protocol exception).
+    Carries a short ``reason`` that becomes the reading's quality reason.
+  - ``PublishError``: the northbound broker link failed.
+
+Lower-library exceptions (pymodbus, paho, ruamel) are translated into these where they are caught,
+never returned as ``None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a device map, located as precisely as the YAML allows."""
+
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(GatewayError):
+    """A device map could not be loaded; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = sorted(issues, key=lambda i: (i.file, i.line, i.column))
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class DeviceError(GatewayError):
+    """A device did not answer as it should. ``reason`` is short and user-facing."""
+
+    def __init__(self, reason: str, *, connection_lost: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        # False when the device answered (e.g. a Modbus exception): the connection is still fine.
+        self.connection_lost = connection_lost
+
+
+class PublishError(GatewayError):
+    """The broker link failed."""

@@ -1,0 +1,1 @@
+"""The northbound sink: MQTT. Knows MQTT and nothing about any southbound protocol."""
