@@ -7,6 +7,7 @@ the table. The table shows what arrived *at the broker*, so the demo proves the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 import sys
@@ -60,10 +61,14 @@ async def run_demo(
     finally:
         gateway.cancel()
         await asyncio.gather(gateway, return_exceptions=True)
-        subscriber.loop_stop()
+        subscriber.disconnect()
+        await asyncio.to_thread(subscriber.loop_stop)
         await simulator.stop()
         if broker is not None:
-            await broker.shutdown()
+            # amqtt can wait on lingering sessions at shutdown; the demo must still exit.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3.0):
+                    await broker.shutdown()
 
 
 async def _start_embedded_broker(port: int) -> Any:

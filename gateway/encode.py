@@ -17,8 +17,7 @@ _second_cache: tuple[int, str] = (-1, "")
 def iso_time(ts: float) -> str:
     """``2026-11-22T10:00:00.123Z``; the second part is cached, most readings share it."""
     global _second_cache
-    second = int(ts)
-    millis = int((ts - second) * 1000)
+    second, millis = divmod(round(ts * 1000), 1000)
     cached_second, text = _second_cache
     if cached_second != second:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))

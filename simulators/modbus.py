@@ -43,6 +43,8 @@ def coerce(value: Generated, data_type: str) -> Generated:
         return str(value)
     if data_type in INT_RANGES:
         low, high = INT_RANGES[data_type]
+        if isinstance(value, int):  # bool included; keeps 64-bit integers exact
+            return min(high, max(low, int(value)))
         number = float(value) if not isinstance(value, str) else 0.0
         return int(min(high, max(low, round(number)))) if math.isfinite(number) else 0
     return float(value) if not isinstance(value, str) else 0.0

@@ -11,7 +11,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ def _validate_device(
             message += f"; known protocols: {known}"
         issues.append(source_map.issue(data, (*loc, "protocol"), message))
         return None
-    for check in entry.raw_checks:
+    for check in (_duplicate_point_names, *entry.raw_checks):
         for sub_loc, message in check(raw):
             issues.append(source_map.issue(data, (*loc, *sub_loc), message))
     try:
@@ -103,6 +103,20 @@ def _validate_device(
     except ValidationError as exc:
         issues.extend(_issues_from(exc, entry.config_model, loc, data, source_map))
         return None
+
+
+def _duplicate_point_names(raw_device: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    """Point names are topic levels: two points of one device may not share one."""
+    points = raw_device.get("points")
+    seen: set[str] = set()
+    problems: list[tuple[Loc, str]] = []
+    for index, point in enumerate(points if isinstance(points, list) else []):
+        name = point.get("name") if isinstance(point, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(((("points", index, "name")), f"duplicate point name {name!r}"))
+            seen.add(name)
+    return problems
 
 
 def _issues_from(

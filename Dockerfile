@@ -1,0 +1,25 @@
+# factory-gateway on an edge box: a slim Python image, a non-root user, the device map mounted
+# at /config/gateway.yaml, buffered data (later) under /data.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY adapters ./adapters
+COPY simulators ./simulators
+COPY configs ./configs
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin gateway \
+    && mkdir -p /config /data \
+    && cp configs/example.yaml /config/gateway.yaml \
+    && chown -R gateway /data
+
+USER gateway
+VOLUME ["/data"]
+ENTRYPOINT ["factory-gateway"]
+CMD ["run", "/config/gateway.yaml"]

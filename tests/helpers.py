@@ -1,0 +1,161 @@
+"""Test helpers: a real mosquitto on a free loopback port, an MQTT collector, subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
+    if found is None:
+        raise RuntimeError("mosquitto is not installed: run `make test`, which installs it")
+    return found
+
+
+class Mosquitto:
+    """A real broker on a free loopback port, for one test session."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        """With persistence on, sessions and their queued messages survive ``stop``/``start``."""
+        self.port = port or free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {workdir}/\n"
+        )
+        self.start()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+class Collector:
+    """Subscribes like any consumer would and keeps every message, decoded."""
+
+    def __init__(self, port: int, topic: str = "#", persistent: bool = False) -> None:
+        """``persistent``: a durable session, so the broker queues messages while it is away."""
+        self.messages: list[tuple[str, Any, bool]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-{free_port()}",
+            clean_session=not persistent,
+        )
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("collector could not subscribe")
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            payload = orjson.loads(message.payload)
+        except orjson.JSONDecodeError:
+            payload = message.payload
+        with self._lock:
+            self.messages.append((message.topic, payload, bool(message.retain)))
+
+    def snapshot(self) -> list[tuple[str, Any, bool]]:
+        with self._lock:
+            return list(self.messages)
+
+    def readings(self) -> list[dict[str, Any]]:
+        return [p for t, p, _ in self.snapshot() if isinstance(p, dict) and "point" in p]
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0, since: int = 0
+    ) -> dict[str, Any]:
+        """The first reading (from index ``since``) that satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for reading in self.readings()[since:]:
+                if predicate(reading):
+                    return reading
+            time.sleep(0.05)
+        raise AssertionError(f"no matching reading within {timeout}s")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Process:
+    """``factory-gateway ...`` in a subprocess, output kept in a file for failure reports."""
+
+    def __init__(self, *args: str, log: Path) -> None:
+        self.log = log
+        self._out = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--log-format", "json", *args],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash or a power cut does to a device."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -1,0 +1,92 @@
+"""Device-map loading: each broken map in tests/configs/broken reports exactly its .expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adapters.modbus.config import ModbusTcpDevice
+from gateway.config.load import load_config
+from gateway.config.types import parse_duration
+from gateway.errors import ConfigError
+from tests.helpers import ROOT
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+BROKEN = sorted((CONFIGS / "broken").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=[p.stem for p in BROKEN])
+def test_broken_map_reports_every_expected_error(
+    case: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(case.parent)
+    monkeypatch.delenv("FACTORY_GATEWAY_TEST_UNSET_VARIABLE", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config([case.name])
+    expected = case.with_suffix(".expected").read_text().splitlines()
+    assert [str(issue) for issue in info.value.issues] == expected
+
+
+def test_validate_command_prints_all_errors_and_exits_1() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "validate", "acceptance.yaml"],
+        cwd=CONFIGS / "broken",
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[:-1] == (CONFIGS / "broken" / "acceptance.expected").read_text().splitlines()
+    assert lines[-1] == "4 errors"
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_command_accepts_the_example_maps() -> None:
+    maps = sorted(str(p) for p in (ROOT / "configs").glob("*.yaml"))
+    assert maps
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "validate", *maps], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_include_env_defaults_and_durations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FG_TEST_BROKER", raising=False)
+    monkeypatch.setenv("FG_TEST_USER", "operator")
+    config = load_config([CONFIGS / "valid" / "with_include.yaml"])
+    assert config.mqtt.url == "mqtts://broker.example:8884"
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("broker.example", 8884, True)
+    assert config.mqtt.username == "operator"
+    assert [d.id for d in config.devices] == ["d1", "d2"]
+    d2 = config.devices[1]
+    assert isinstance(d2, ModbusTcpDevice)
+    assert (d2.host, d2.port, d2.poll_interval, d2.timeout) == ("10.0.0.2", 1502, 120.0, 1.0)
+    assert d2.points[0].deadband == 0.5
+    d1 = config.devices[0]
+    assert isinstance(d1, ModbusTcpDevice)
+    assert (d1.port, d1.unit_id, d1.byte_order, d1.word_order) == (502, 1, "big", "big")
+    assert d1.points[0].type == "bool"  # default type of a coil
+
+
+def test_environment_variable_overrides_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FG_TEST_BROKER", "mqtt://10.1.2.3")
+    config = load_config([CONFIGS / "valid" / "with_include.yaml"])
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("10.1.2.3", 1883, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("1s", 1.0), ("2m", 120.0), ("1h", 3600.0), ("1.5s", 1.5), (3, 3.0)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0s", "-1s", "5 parsecs", "1d", True, ""])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)

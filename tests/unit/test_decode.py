@@ -1,0 +1,97 @@
+"""Decoding of every type in every byte/word order, against hand-written register vectors."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from adapters.modbus.decode import Scaling, decode, encode, registers_to_bytes
+
+# 123456.0 as float32 is 0x47F12000: A=47 B=F1 C=20 D=00.
+FLOAT32_LAYOUTS = [
+    ("big", "big", [0x47F1, 0x2000]),  # ABCD
+    ("big", "little", [0x2000, 0x47F1]),  # CDAB
+    ("little", "big", [0xF147, 0x0020]),  # BADC
+    ("little", "little", [0x0020, 0xF147]),  # DCBA
+]
+
+
+@pytest.mark.parametrize(("byte_order", "word_order", "registers"), FLOAT32_LAYOUTS)
+def test_float32_layouts(byte_order: str, word_order: str, registers: list[int]) -> None:
+    raw = registers_to_bytes(registers)
+    assert decode(raw, "float32", byte_order, word_order) == 123456.0  # type: ignore[arg-type]
+    assert encode(123456.0, "float32", byte_order, word_order) == raw  # type: ignore[arg-type]
+
+
+# 0x0102030405060708 as uint64, in the four 64-bit layouts.
+UINT64_LAYOUTS = [
+    ("big", "big", [0x0102, 0x0304, 0x0506, 0x0708]),
+    ("big", "little", [0x0708, 0x0506, 0x0304, 0x0102]),
+    ("little", "big", [0x0201, 0x0403, 0x0605, 0x0807]),
+    ("little", "little", [0x0807, 0x0605, 0x0403, 0x0201]),
+]
+
+
+@pytest.mark.parametrize(("byte_order", "word_order", "registers"), UINT64_LAYOUTS)
+def test_uint64_layouts(byte_order: str, word_order: str, registers: list[int]) -> None:
+    raw = registers_to_bytes(registers)
+    assert decode(raw, "uint64", byte_order, word_order) == 0x0102030405060708  # type: ignore[arg-type]
+    assert encode(0x0102030405060708, "uint64", byte_order, word_order) == raw  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data_type", "registers", "value"),
+    [
+        ("int16", [0xFFFE], -2),
+        ("uint16", [0xFFFE], 65534),
+        ("int32", [0xFFFE, 0x7960], -100000),
+        ("uint32", [0xEE6B, 0x2800], 4_000_000_000),
+        ("int64", [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF], -1),
+        ("float64", [0x4009, 0x21FB, 0x5444, 0x2D18], 3.141592653589793),
+        ("float32", [0x3DCC, 0xCCCD], 0.1),  # published as 0.1, not 0.10000000149011612
+        ("float32", [0xC150, 0x0000], -13.0),
+        ("bool", [0x0000], False),
+        ("bool", [0x0100], True),
+        ("string", [0x4142, 0x4344, 0x4500, 0x0000], "ABCDE"),
+        ("string", [0x4142, 0x2020], "AB"),  # trailing spaces trimmed
+    ],
+)
+def test_types_big_endian(data_type: str, registers: list[int], value: object) -> None:
+    result = decode(registers_to_bytes(registers), data_type, "big", "big")  # type: ignore[arg-type]
+    assert result == value
+    assert type(result) is type(value)
+
+
+def test_string_with_swapped_bytes() -> None:
+    raw = registers_to_bytes([0x4241, 0x4443])  # "ABCD" with bytes swapped in each register
+    assert decode(raw, "string", "little", "big") == "ABCD"
+    assert encode("ABCD", "string", "little", "big", length=2) == raw
+
+
+def test_string_is_padded_and_cut_to_length() -> None:
+    assert encode("AB", "string", "big", "big", length=2) == b"AB\x00\x00"
+    assert encode("ABCDEF", "string", "big", "big", length=2) == b"ABCD"
+
+
+def test_nan_float32_stays_nan() -> None:
+    value = decode(struct.pack(">f", float("nan")), "float32", "big", "big")
+    assert isinstance(value, float) and value != value
+
+
+@pytest.mark.parametrize(
+    ("scale", "offset", "raw", "value"),
+    [
+        (0.1, 0.0, 123, 12.3),
+        (0.1, 0.0, 3, 0.3),
+        (0.01, 0, 125, 1.25),
+        (2.0, 1.0, 10, 21.0),
+        (0.5, -10, 100, 40.0),
+    ],
+)
+def test_scaling_is_exact_for_decimal_scales(
+    scale: float, offset: float, raw: int, value: float
+) -> None:
+    scaling = Scaling(scale, offset)
+    assert scaling.apply(raw) == value
+    assert scaling.invert(value) == pytest.approx(raw)
