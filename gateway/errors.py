@@ -5,7 +5,6 @@
     sentence) so a user fixes them all in one go.
   - ``DeviceError``: a southbound device failed (timeout, refused, garbage, protocol exception).
     Carries a short ``reason`` that becomes the reading's quality reason.
-  - ``PublishError``: the northbound broker link failed.
 
 Lower-library exceptions (pymodbus, paho, ruamel) are translated into these where they are caught,
 never returned as ``None``.
@@ -49,7 +48,3 @@ class DeviceError(GatewayError):
         self.reason = reason
         # False when the device answered (e.g. a Modbus exception): the connection is still fine.
         self.connection_lost = connection_lost
-
-
-class PublishError(GatewayError):
-    """The broker link failed."""

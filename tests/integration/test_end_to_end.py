@@ -64,6 +64,16 @@ def _parse(ts: str) -> float:
     return datetime.fromisoformat(ts).timestamp()
 
 
+def _wait_good_again(collector: Collector, point: str) -> dict[str, object]:
+    """The next good reading of a plc-1 point; the reconnect backoff may take a while."""
+    since = len(collector.readings())
+    return collector.wait_for(
+        lambda r: r["device"] == "plc-1" and r["point"] == point and r["quality"] == "good",
+        since=since,
+        timeout=40,
+    )
+
+
 def test_every_point_arrives_with_value_unit_quality_and_timestamps(plant: Plant) -> None:
     started = time.time()
     plant.collector.wait_for(
@@ -153,12 +163,7 @@ def test_dead_device_goes_bad_others_keep_flowing_and_it_recovers(plant: Plant) 
 
     # Restart the simulator: plc-1 comes back without restarting the gateway.
     plant.sim1 = plant.start_sim1()
-    mark = len(collector.readings())
-    back = collector.wait_for(
-        lambda r: r["device"] == "plc-1" and r["point"] == "temp" and r["quality"] == "good",
-        since=mark,
-        timeout=40,
-    )
+    back = _wait_good_again(collector, "temp")
     assert back["value"] == 21.5
     assert plant.gateway.proc.poll() is None, "the gateway must not have restarted"
     print(f"plc-1 recovered {_parse(back['ts']) - killed_at:.3f}s after the kill")
@@ -179,13 +184,7 @@ def test_hung_device_times_out_and_recovers(plant: Plant) -> None:
         assert bad["reason"] == "timeout"
     finally:
         plant.sim1.proc.send_signal(signal.SIGCONT)
-    since = len(collector.readings())
-    back = collector.wait_for(
-        lambda r: r["device"] == "plc-1" and r["point"] == "u16" and r["quality"] == "good",
-        since=since,
-        timeout=40,
-    )
-    assert back["value"] == 65000
+    assert _wait_good_again(collector, "u16")["value"] == 65000
 
 
 def test_modbus_exception_marks_only_that_request_bad(workdir: Path, broker: Mosquitto) -> None:
