@@ -11,8 +11,9 @@ import struct
 import time
 
 from adapters.modbus.config import ModbusTcpDevice
-from adapters.modbus.source import ModbusSource
+from adapters.modbus.source import create_sources
 from gateway.encode import encode_reading, iso_time
+from gateway.model import Reading
 
 
 def main() -> None:
@@ -29,8 +30,8 @@ def main() -> None:
             "points": points,
         }
     )
-    source = ModbusSource(device)
-    (request,) = source.plan
+    (source,) = create_sources([device])
+    ((request,),) = [g.requests for g in source.groups]
     registers = list(
         struct.unpack(">124H", struct.pack(">62f", *[20.0 + i / 8 for i in range(62)]))
     )
@@ -38,7 +39,9 @@ def main() -> None:
     started = time.process_time()
     for n in range(rounds):
         gw_ts = iso_time(time.time())
-        for seq, reading in enumerate(source._decode(request, registers, time.time()), n * 62):
+        batch: list[Reading] = []
+        source._decode(request, registers, time.time(), batch)
+        for seq, reading in enumerate(batch, n * 62):
             encode_reading(reading, seq, gw_ts)
     cpu = time.process_time() - started
     values = rounds * 62

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -123,6 +124,9 @@ def _demo(args: argparse.Namespace) -> int:
     config = _load([args.config or DEMO_CONFIG])
     if config is None:
         return 1
+    if args.duration is not None:
+        # A bounded run must end: if shutdown hangs, print every thread's stack and exit.
+        faulthandler.dump_traceback_later(args.duration + 20, exit=True)
     return _run_until_signal(lambda: run_demo(config, args.broker, args.port, args.duration))
 
 

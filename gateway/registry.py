@@ -1,8 +1,9 @@
 """The one place where a southbound protocol is registered.
 
-Adding a protocol = an adapter package with its config model and a ``Source`` factory, plus one
-entry here. The config loader validates each device with its protocol's model; the runtime builds
-its source with the factory.
+Adding a protocol = an adapter package with its config model and a factory of ``Source``s, plus
+one entry here. The config loader validates each device with its protocol's model; the runtime
+hands all devices of an entry to its factory at once, so an adapter can share connections
+between devices (several Modbus units behind one gateway or on one RS-485 bus).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.modbus.config import ModbusTcpDevice, overlapping_points
-from adapters.modbus.source import ModbusSource
+from adapters.modbus.config import ModbusRtuDevice, ModbusTcpDevice, overlapping_points
+from adapters.modbus.source import create_sources as modbus_sources
 from gateway.config.schema import DeviceConfig
 from gateway.source import Source
 
@@ -23,11 +24,28 @@ RawCheck = Callable[[Mapping[str, Any]], list[tuple[Loc, str]]]
 @dataclass(frozen=True)
 class ProtocolEntry:
     config_model: type[DeviceConfig]
-    create_source: Callable[[Any], Source]
+    # Builds the sources of every device of this entry's family (same factory = same family).
+    create_sources: Callable[[list[Any]], list[Any]]
     # Checks on the raw device mapping that must run even when the device fails validation.
     raw_checks: tuple[RawCheck, ...] = field(default=())
 
 
+_MODBUS_CHECKS: tuple[RawCheck, ...] = (overlapping_points,)
+
 PROTOCOLS: dict[str, ProtocolEntry] = {
-    "modbus-tcp": ProtocolEntry(ModbusTcpDevice, ModbusSource, (overlapping_points,)),
+    "modbus-tcp": ProtocolEntry(ModbusTcpDevice, modbus_sources, _MODBUS_CHECKS),
+    "modbus-udp": ProtocolEntry(ModbusTcpDevice, modbus_sources, _MODBUS_CHECKS),
+    "modbus-rtu-over-tcp": ProtocolEntry(ModbusTcpDevice, modbus_sources, _MODBUS_CHECKS),
+    "modbus-rtu": ProtocolEntry(ModbusRtuDevice, modbus_sources, _MODBUS_CHECKS),
 }
+
+
+def create_sources(devices: list[DeviceConfig]) -> list[Source]:
+    """Every device's source, built by its protocol family's factory."""
+    families: dict[Any, list[DeviceConfig]] = {}
+    for device in devices:
+        families.setdefault(PROTOCOLS[device.protocol].create_sources, []).append(device)
+    sources: list[Source] = []
+    for factory, members in families.items():
+        sources.extend(factory(members))
+    return sources

@@ -14,7 +14,7 @@ import structlog
 from gateway.config.load import Config
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.pipeline import Deadband, Transform
-from gateway.registry import PROTOCOLS
+from gateway.registry import create_sources
 from gateway.source import Source
 from gateway.topics import Topics
 
@@ -29,9 +29,7 @@ class Gateway:
             config.mqtt, config.mqtt.client_id or config.gateway.id, self.topics
         )
         self.transforms: list[Transform] = [Deadband(config.devices)]
-        self.sources: list[Source] = [
-            PROTOCOLS[device.protocol].create_source(device) for device in config.devices
-        ]
+        self.sources: list[Source] = create_sources(config.devices)
 
     async def run(self) -> None:
         """Run until cancelled."""

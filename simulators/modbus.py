@@ -1,12 +1,16 @@
-"""Modbus TCP simulator: a pymodbus server per host:port, one unit per device of the map.
+"""Modbus simulator: pymodbus servers for every Modbus device of a map, over its own transport.
 
-Point values come from generators evaluated on each read request (pymodbus calls our ``action``
-before answering), so values move in real time without a timer. A value written by a client,
-or set with ``set_value``, stays until set again.
+Devices sharing a link (host:port, or a serial port) become unit ids of one server. Point values
+come from generators evaluated on each read request (pymodbus calls our ``action`` before
+answering), so values move in real time without a timer. A value written by a client, or set with
+``set_value``, stays until set again. The device-level ``sim:`` block injects faults: a response
+delay, a dropped answer every Nth request, an exception for an address range, connections closed
+periodically.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 import time
@@ -14,11 +18,15 @@ from collections import defaultdict
 from typing import Any
 
 import structlog
-from pymodbus.server import ModbusTcpServer
+from pymodbus import FramerType
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer, ModbusUdpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from adapters.modbus.config import BIT_TABLES, ModbusPoint, ModbusTcpDevice
-from adapters.modbus.decode import encode
+from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice, ModbusTcpDevice
+from adapters.modbus.decode import PointCodec
+from adapters.modbus.link import PARITY
+from adapters.modbus.plan import Slot, slots_of
 from simulators.generators import Generated, Generator, make_generator
 
 log = structlog.get_logger("simulators.modbus")
@@ -32,11 +40,16 @@ INT_RANGES = {
     "uint32": (0, 2**32 - 1),
     "int64": (-(2**63), 2**63 - 1),
     "uint64": (0, 2**64 - 1),
+    "bcd16": (0, 9999),
+    "bcd32": (0, 99_999_999),
 }
+DROPPED_ANSWER_DELAY = 30.0  # long past any client timeout
 
 
-def coerce(value: Generated, data_type: str) -> Generated:
+def coerce(value: Generated, data_type: str, enum: dict[int, str] | None = None) -> Generated:
     """Fit a generated value to the point's type (a sine on an int16 point gives ints)."""
+    if enum is not None and isinstance(value, str):
+        return value if value in enum.values() else next(iter(enum.values()))
     if data_type == "bool":
         return bool(value)
     if data_type == "string":
@@ -53,21 +66,27 @@ def coerce(value: Generated, data_type: str) -> Generated:
 class SimulatedUnit:
     """The register image of one device, refreshed from its generators on each read."""
 
-    def __init__(self, device: ModbusTcpDevice, seed: int) -> None:
+    def __init__(self, device: ModbusDevice, seed: int) -> None:
         self.device = device
         self.start = time.monotonic()
+        self.requests = 0
         self.generators: dict[str, Generator] = {}
         self.pinned: dict[str, Generated | None] = {}  # None: hold what a client wrote
-        self.by_table: dict[str, list[ModbusPoint]] = defaultdict(list)
-        for index, point in enumerate(device.points):
-            self.generators[point.name] = make_generator(point.sim, point.data_type, seed + index)
-            self.by_table[point.table].append(point)
-        self.points = {p.name: p for p in device.points}
+        self.by_table: dict[str, list[Slot]] = defaultdict(list)
+        self.codecs: dict[str, PointCodec] = {}
+        for index, slot in enumerate(slots_of(device)):
+            point = slot.point
+            data_type = "uint16" if point.enum and point.sim is None else point.data_type
+            self.generators[point.name] = make_generator(point.sim, data_type, seed + index)
+            self.by_table[slot.table].append(slot)
+            self.codecs[point.name] = PointCodec(
+                point, device.byte_order_of(point), device.word_order_of(point)
+            )
 
     def sim_device(self) -> SimDevice:
         blocks = []
         for table in ("coil", "discrete_input", "holding", "input"):
-            size = max((p.address + p.width for p in self.by_table[table]), default=1)
+            size = max((s.address + s.width for s in self.by_table[table]), default=1)
             if table in BIT_TABLES:
                 blocks.append(
                     [SimData(0, count=max(16, size), values=False, datatype=DataType.BITS)]
@@ -76,15 +95,14 @@ class SimulatedUnit:
                 blocks.append([SimData(0, count=size, values=0, datatype=DataType.UINT16)])
         return SimDevice(self.device.unit_id, simdata=tuple(blocks), action=self._action)  # type: ignore[arg-type]
 
-    def value_of(self, point: ModbusPoint, now: float) -> Generated:
+    def value_of(self, slot: Slot, now: float) -> Generated:
+        point = slot.point
         pinned = self.pinned.get(point.name)
         value = pinned if pinned is not None else self.generators[point.name](now - self.start)
-        if point.data_type not in ("bool", "string") and (
-            point.scale != 1.0 or point.offset != 0.0
-        ):
-            # The generator speaks engineering units; the register holds the raw value.
-            value = (float(value) - point.offset) / point.scale
-        return coerce(value, point.data_type)
+        if point.linear != (1.0, 0.0) and isinstance(value, int | float):
+            # Engineering units: the codec inverts the scaling and rounds to the raw type.
+            return float(value)
+        return coerce(value, point.data_type, point.enum)
 
     def set_value(self, name: str, value: Generated) -> None:
         """Pin a point to an engineering value (as a test or a user would set a real device)."""
@@ -99,6 +117,11 @@ class SimulatedUnit:
         registers: list[int],
         values: list[int] | list[bool] | None,
     ) -> Any:
+        faults = self.device.sim
+        if faults is not None:
+            fault = await self._fault(function, address, count, values)
+            if fault is not None:
+                return fault
         if values is not None and function in WRITE_TABLE:
             self._pin_written(WRITE_TABLE[function], address, len(values))
             return None
@@ -107,69 +130,136 @@ class SimulatedUnit:
             self._refresh(table, start, registers)
         return None
 
+    async def _fault(
+        self, function: int, address: int, count: int, values: list[int] | list[bool] | None
+    ) -> ExcCodes | None:
+        faults = self.device.sim
+        assert faults is not None
+        if values is None and function in WRITE_TABLE:
+            return None  # pymodbus reads back after a write: not a new request
+        self.requests += 1
+        if faults.drop_every and self.requests % faults.drop_every == 0:
+            await asyncio.sleep(DROPPED_ANSWER_DELAY)
+        if faults.delay:
+            await asyncio.sleep(faults.delay)
+        rule = faults.exception
+        table = TABLE_OF_FUNCTION.get(function) or WRITE_TABLE.get(function)
+        if rule is not None and table == rule.table:
+            if table in BIT_TABLES:
+                first, last = address, address + count * 16 - 1  # pymodbus passes registers
+            else:
+                first, last = address, address + count - 1
+            if first <= rule.end and rule.start <= last:
+                return ExcCodes(rule.code)
+        return None
+
     def _pin_written(self, table: str, address: int, count: int) -> None:
-        for point in self.by_table[table]:
-            if point.address < address + count and address < point.address + point.width:
-                self.pinned[point.name] = None
+        for slot in self.by_table[table]:
+            if slot.address < address + count and address < slot.address + slot.width:
+                self.pinned[slot.point.name] = None
 
     def _refresh(self, table: str, start: int, registers: list[int]) -> None:
         now = time.monotonic()
-        device = self.device
-        for point in self.by_table[table]:
-            if point.name in self.pinned and self.pinned[point.name] is None:
+        for slot in self.by_table[table]:
+            name = slot.point.name
+            if name in self.pinned and self.pinned[name] is None:
                 continue  # a client wrote it: hold the written value
-            value = self.value_of(point, now)
+            value = self.value_of(slot, now)
             if table in BIT_TABLES:
-                index, bit = point.address // 16 - start, point.address % 16
+                index, bit = slot.address // 16 - start, slot.address % 16
                 if value:
                     registers[index] |= 1 << bit
                 else:
                     registers[index] &= ~(1 << bit)
                 continue
-            raw = encode(
-                value,
-                point.data_type,
-                device.byte_order_of(point),
-                device.word_order_of(point),
-                point.length or 1,
-            )
-            offset = point.address - start
-            registers[offset : offset + point.width] = struct.unpack(f">{point.width}H", raw)
+            offset = slot.address - start
+            current = struct.pack(">H", registers[offset])
+            try:
+                raw = self.codecs[name].encode(value, current)
+            except (struct.error, OverflowError, ValueError, KeyError):
+                # The generator left the raw type's range (e.g. a sine scaled past int16):
+                # keep the last value rather than answer garbage.
+                continue
+            registers[offset : offset + slot.width] = struct.unpack(f">{slot.width}H", raw)
 
 
 class ModbusSimulator:
-    """Serves every Modbus TCP device of a map; devices sharing host:port become unit ids."""
+    """Serves every Modbus device of a map; devices sharing a link become unit ids."""
 
-    def __init__(self, devices: list[ModbusTcpDevice]) -> None:
+    def __init__(self, devices: list[ModbusDevice]) -> None:
         self.units: dict[str, SimulatedUnit] = {}
-        self.endpoints: dict[tuple[str, int], list[SimulatedUnit]] = defaultdict(list)
+        self.links: dict[tuple[str, ...], list[SimulatedUnit]] = defaultdict(list)
         for seed, device in enumerate(devices):
             unit = SimulatedUnit(device, seed * 10)
             self.units[device.id] = unit
-            self.endpoints[(device.host, device.port)].append(unit)
-        self.servers: list[ModbusTcpServer] = []
+            self.links[device.link_key].append(unit)
+        self.servers: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        for (host, port), units in self.endpoints.items():
+        for units in self.links.values():
             ids = [u.device.unit_id for u in units]
+            first = units[0].device
             if len(set(ids)) != len(ids):
-                raise ValueError(f"two devices on {host}:{port} share a unit id: {ids}")
-            server = ModbusTcpServer([u.sim_device() for u in units], address=(host, port))
+                raise ValueError(f"two devices on one link share a unit id: {ids}")
+            server = _server(first, [u.sim_device() for u in units])
             await server.serve_forever(background=True)
             self.servers.append(server)
+            periods = [
+                u.device.sim.close_every for u in units if u.device.sim and u.device.sim.close_every
+            ]
+            if periods:
+                self._tasks.append(asyncio.create_task(_close_periodically(server, min(periods))))
             for unit in units:
                 log.info(
                     "simulating device",
                     device=unit.device.id,
-                    endpoint=f"{host}:{port}",
+                    protocol=unit.device.protocol,
+                    endpoint=_endpoint(unit.device),
                     unit_id=unit.device.unit_id,
                     points=len(unit.device.points),
                 )
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         for server in self.servers:
-            await server.shutdown()  # type: ignore[no-untyped-call]
+            await server.shutdown()
         self.servers.clear()
 
     def set_value(self, device: str, point: str, value: Generated) -> None:
         self.units[device].set_value(point, value)
+
+
+def _server(device: ModbusDevice, units: list[SimDevice]) -> Any:
+    if isinstance(device, ModbusRtuDevice):
+        return ModbusSerialServer(
+            units,
+            framer=FramerType.RTU,
+            port=device.port,
+            baudrate=device.baudrate,
+            bytesize=device.bytesize,
+            parity=PARITY[device.parity],
+            stopbits=device.stopbits,
+        )
+    assert isinstance(device, ModbusTcpDevice)
+    address = (device.host, device.port)
+    if device.protocol == "modbus-udp":
+        return ModbusUdpServer(units, address=address)
+    framer = FramerType.RTU if device.protocol == "modbus-rtu-over-tcp" else FramerType.SOCKET
+    return ModbusTcpServer(units, address=address, framer=framer)
+
+
+def _endpoint(device: ModbusDevice) -> str:
+    if isinstance(device, ModbusRtuDevice):
+        return device.port
+    assert isinstance(device, ModbusTcpDevice)
+    return f"{device.host}:{device.port}"
+
+
+async def _close_periodically(server: Any, period: float) -> None:
+    """Fault injection: drop every client connection every ``period`` seconds."""
+    while True:
+        await asyncio.sleep(period)
+        for connection in list(server.active_connections.values()):
+            connection.close()

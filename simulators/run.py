@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from adapters.modbus.config import ModbusTcpDevice
+from adapters.modbus.config import ModbusDevice
 from gateway.config.load import Config
 from simulators.modbus import ModbusSimulator
 
 
 async def start_simulators(config: Config) -> ModbusSimulator:
-    modbus = [d for d in config.devices if isinstance(d, ModbusTcpDevice)]
+    modbus = [d for d in config.devices if isinstance(d, ModbusDevice)]
     simulator = ModbusSimulator(modbus)
     await simulator.start()
     return simulator

@@ -3,6 +3,9 @@
 Orders: ``byte_order`` is the order of the two bytes inside each register, ``word_order`` the order
 of the registers inside a multi-register value. big/big is ABCD (the Modbus default), word little
 is CDAB, byte little is BADC, both little is DCBA.
+
+``PointCodec`` is built once per point at start-up and holds everything its decoding needs, so a
+poll only slices bytes and calls it.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from adapters.modbus.config import DataType, Order
+from adapters.modbus.config import DataType, ModbusPoint, Order
+from gateway.model import BAD, GOOD, UNCERTAIN
 
 FORMATS: dict[str, str] = {
     "int16": "h",
@@ -21,9 +25,15 @@ FORMATS: dict[str, str] = {
     "uint64": "Q",
     "float32": "f",
     "float64": "d",
+    "bcd16": "H",
+    "bcd32": "I",
 }
 
 Value = bool | int | float | str
+
+
+class DecodeError(ValueError):
+    """The registers hold no valid value of the point's type (e.g. a BCD nibble above 9)."""
 
 
 def registers_to_bytes(registers: Sequence[int]) -> bytes:
@@ -50,32 +60,62 @@ def from_canonical(raw: bytes, byte_order: Order, word_order: Order) -> bytes:
     return to_canonical(raw, byte_order, "big")
 
 
-def decode(raw: bytes, data_type: DataType, byte_order: Order, word_order: Order) -> Value:
+def from_bcd(number: int) -> int:
+    """0x1234 -> 1234."""
+    value, factor = 0, 1
+    while number:
+        digit = number & 0xF
+        if digit > 9:
+            raise DecodeError("invalid BCD")
+        value += digit * factor
+        factor *= 10
+        number >>= 4
+    return value
+
+
+def to_bcd(value: int) -> int:
+    """1234 -> 0x1234."""
+    number, shift = 0, 0
+    for digit in reversed(str(abs(int(value)))):
+        number |= int(digit) << shift
+        shift += 4
+    return number
+
+
+def decode(
+    raw: bytes, data_type: DataType, byte_order: Order, word_order: Order, trim: bool = True
+) -> Value:
     """One value from its registers' bytes."""
     if data_type == "string":
-        text = to_canonical(raw, byte_order, "big")
-        return text.split(b"\x00", 1)[0].decode("utf-8", errors="replace").rstrip()
+        text = to_canonical(raw, byte_order, "big").decode("utf-8", errors="replace")
+        return text.split("\x00", 1)[0].rstrip() if trim else text
     if data_type == "bool":
-        return raw != b"\x00\x00"
+        return raw != b"\x00" * len(raw)
     value: int | float = struct.unpack(
         ">" + FORMATS[data_type], to_canonical(raw, byte_order, word_order)
     )[0]
     if data_type == "float32":
         value = shortest_float32(value)
+    elif data_type in ("bcd16", "bcd32"):
+        value = from_bcd(int(value))
     return value
 
 
 def encode(
     value: Value, data_type: DataType, byte_order: Order, word_order: Order, length: int = 1
 ) -> bytes:
-    """The registers' bytes holding ``value`` (used by the simulator, and by writes later)."""
+    """The registers' bytes holding ``value`` (used by the simulator, and by writes)."""
     if data_type == "string":
         raw = str(value).encode("utf-8")[: 2 * length].ljust(2 * length, b"\x00")
         return from_canonical(raw, byte_order, "big")
     if data_type == "bool":
         return b"\x00\x01" if value else b"\x00\x00"
     fmt = FORMATS[data_type]
-    number = float(value) if fmt in "fd" else int(value)
+    number: int | float
+    if data_type in ("bcd16", "bcd32"):
+        number = to_bcd(int(value))
+    else:
+        number = float(value) if fmt in "fd" else int(value)
     return from_canonical(struct.pack(">" + fmt, number), byte_order, word_order)
 
 
@@ -100,9 +140,8 @@ class Scaling:
         self.scale = scale
         self.offset = offset
         inverse = 1.0 / scale if scale else 0.0
-        self.divisor = (
-            round(inverse) if abs(scale) < 1 and abs(inverse - round(inverse)) < 1e-9 else 0
-        )
+        exact = abs(scale) < 1 and abs(inverse - round(inverse)) < 1e-9
+        self.divisor = round(inverse) if exact else 0
 
     @property
     def identity(self) -> bool:
@@ -113,8 +152,63 @@ class Scaling:
         return value + self.offset if self.offset else value
 
     def invert(self, value: float) -> float:
-        return (
-            (value - self.offset) * self.divisor
-            if self.divisor
-            else (value - self.offset) / self.scale
-        )
+        if self.divisor:
+            return (value - self.offset) * self.divisor
+        return (value - self.offset) / self.scale
+
+
+class PointCodec:
+    """Everything needed to turn one point's registers into (value, quality, reason), and back."""
+
+    __slots__ = (
+        "bit",
+        "byte_order",
+        "data_type",
+        "enum",
+        "labels",
+        "length",
+        "scaling",
+        "trim",
+        "word_order",
+    )
+
+    def __init__(self, point: ModbusPoint, byte_order: Order, word_order: Order) -> None:
+        self.data_type: DataType = "uint16" if point.bit is not None else point.data_type
+        self.bit = point.bit
+        self.byte_order = byte_order
+        self.word_order = word_order
+        self.length = point.length or 1
+        self.trim = point.trim
+        self.scaling = Scaling(*point.linear)
+        self.enum = point.enum
+        self.labels = {label: number for number, label in (point.enum or {}).items()}
+
+    def decode(self, raw: bytes) -> tuple[Value | None, str, str | None]:
+        try:
+            value = decode(raw, self.data_type, self.byte_order, self.word_order, self.trim)
+        except DecodeError as exc:
+            return None, BAD, str(exc)
+        if self.bit is not None:
+            return bool(int(value) >> self.bit & 1), GOOD, None
+        if self.enum is not None:
+            label = self.enum.get(int(value))
+            if label is None:
+                return value, UNCERTAIN, f"no enum label for {value}"
+            return label, GOOD, None
+        if not self.scaling.identity and not isinstance(value, bool | str):
+            value = self.scaling.apply(value)
+        return value, GOOD, None
+
+    def encode(self, value: Value, current: bytes = b"\x00\x00") -> bytes:
+        """Registers for an engineering value; for a bit, ``current`` is the register it goes in."""
+        if self.bit is not None:
+            word = struct.unpack(">H", current)[0]
+            word = word | (1 << self.bit) if value else word & ~(1 << self.bit)
+            return struct.pack(">H", word)
+        if self.enum is not None and isinstance(value, str):
+            value = self.labels[value]
+        elif not self.scaling.identity and not isinstance(value, bool | str):
+            value = self.scaling.invert(value)
+            if self.data_type not in ("float32", "float64"):
+                value = round(value)
+        return encode(value, self.data_type, self.byte_order, self.word_order, self.length)

@@ -1,8 +1,13 @@
-"""Polls one Modbus TCP device on its interval and turns its registers into readings.
+"""Polls one Modbus device on its plan and turns its registers into readings.
 
-It owns the connection: a timeout, a refused connection or a dropped socket marks every point of
-the device bad (once per outage, logged once) and reconnects with capped, jittered backoff. A
-Modbus exception answer marks only the points of that request bad; the connection stays.
+- A timeout, a refused connection or a dropped socket marks every point of the device bad (once
+  per outage, logged once) and the link reconnects with capped, jittered backoff.
+- A Modbus exception answer marks only the points of that request bad; the connection stays.
+  Exception 2 (illegal data address) on a request that reads registers no point needs teaches
+  the device's holes: the request is split at once and the plan avoids those addresses from then
+  on, for the device's lifetime.
+- A point whose value has not been refreshed for 3 of its poll intervals (a congested bus, a
+  slow device) is published ``uncertain`` with reason ``stale``.
 """
 
 from __future__ import annotations
@@ -10,202 +15,197 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
 
 import structlog
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
 
-from adapters.modbus.config import BIT_TABLES, ModbusPoint, ModbusTcpDevice, Order
-from adapters.modbus.decode import Scaling, decode, registers_to_bytes
-from adapters.modbus.plan import ReadRequest, plan_reads
-from gateway.backoff import Backoff
+from adapters.modbus.config import BIT_TABLES, ModbusDevice
+from adapters.modbus.decode import PointCodec, registers_to_bytes
+from adapters.modbus.link import ModbusExceptionAnswer, ModbusLink
+from adapters.modbus.plan import Address, PollGroup, ReadRequest, plan_device, plan_reads
 from gateway.errors import DeviceError
-from gateway.model import BAD, GOOD, Reading, bad_readings
+from gateway.model import BAD, GOOD, UNCERTAIN, Reading, Value, bad_readings
 
 log = structlog.get_logger("adapters.modbus")
 
 # pymodbus logs every failed connect at ERROR: we report each outage once ourselves.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-EXCEPTION_REASONS = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "device failure",
-    5: "acknowledge",
-    6: "device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Decoder:
-    """How to turn one point's slice of a response into a value (precomputed at start-up)."""
-
-    point: ModbusPoint
-    offset: int  # in registers (or bits) from the start of the request
-    scaling: Scaling
-    byte_order: Order
-    word_order: Order
+STALE_AFTER = 3  # poll intervals
 
 
 class ModbusSource:
-    """A ``gateway.source.Source`` for one Modbus TCP device."""
+    """A ``gateway.source.Source`` for one Modbus device on a (possibly shared) link."""
 
-    def __init__(self, device: ModbusTcpDevice) -> None:
+    def __init__(self, device: ModbusDevice, link: ModbusLink) -> None:
         self.device = device
         self.device_id = device.id
-        self.plan = plan_reads(device.points)
-        self._decoders = {
-            id(request): [
-                _Decoder(
-                    p,
-                    p.address - request.start,
-                    Scaling(p.scale, p.offset),
-                    device.byte_order_of(p),
-                    device.word_order_of(p),
-                )
-                for p in request.points
-            ]
-            for request in self.plan
+        self.link = link
+        self.holes: set[Address] = set()
+        self.isolated: set[Address] = set()
+        self.groups = plan_device(device)
+        self._codecs = {
+            p.name: PointCodec(p, device.byte_order_of(p), device.word_order_of(p))
+            for p in device.points
         }
         self._all_points = [(p.name, p.unit) for p in device.points]
-        self._client: AsyncModbusTcpClient | None = None
-        self._log = log.bind(device=device.id, host=device.host, port=device.port)
+        self._last_good: dict[str, tuple[float, Value]] = {}  # point -> (ts, value)
+        self._stale: set[str] = set()
+        self._log = log.bind(device=device.id, link=link.name)
 
     async def readings(self) -> AsyncIterator[list[Reading]]:
-        device = self.device
-        backoff = Backoff(initial=min(1.0, device.poll_interval), cap=30.0)
-        outage: str | None = None  # reason of the current outage, None while healthy
+        device, link = self.device, self.link
         loop = asyncio.get_running_loop()
-        next_poll = loop.time()
+        due = {group.interval: loop.time() for group in self.groups}
+        outage: str | None = None  # reason of the current outage, None while healthy
         while True:
+            now = loop.time()
+            next_due = min(due.values())
+            if next_due > now:
+                await asyncio.sleep(next_due - now)
+                now = loop.time()
+            groups = [g for g in self.groups if due[g.interval] <= now]
             try:
-                await self._connect()
-                batch = await self._poll()
+                await link.connect(device.pause_after_connect)
+                batch = await self._poll(groups)
             except DeviceError as exc:
-                await self.close()
+                if exc.connection_lost and link.connected:
+                    link.failed(exc.reason)
                 if exc.reason != outage:
                     self._log.warning("device unreachable", reason=exc.reason)
                     outage = exc.reason
+                    self._last_good.clear()
                     yield bad_readings(device.id, self._all_points, exc.reason, time.time())
-                await asyncio.sleep(backoff.next_delay())
-                next_poll = loop.time()
+                await asyncio.sleep(max(link.retry_at - loop.time(), 0.05))
+                due = dict.fromkeys(due, loop.time())
                 continue
             if outage is not None:
                 self._log.info("device recovered", after=outage)
                 outage = None
-                backoff.reset()
-            yield batch
+            if device.close_connection_after_poll:
+                link.close()
+            yield self._stale_readings() + batch
             # Fixed-rate schedule: the next poll is due one interval after the last was due, so
             # periods do not drift; if we fell behind, skip the missed slots instead of bursting.
-            next_poll += device.poll_interval
-            now = loop.time()
-            if next_poll < now:
-                next_poll = now
-            await asyncio.sleep(next_poll - now)
+            for group in groups:
+                due[group.interval] = max(due[group.interval] + group.interval, loop.time())
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self.link.close()
 
-    async def _connect(self) -> None:
-        if self._client is not None and self._client.connected:
-            return
-        await self.close()
-        device = self.device
-        client = AsyncModbusTcpClient(
-            device.host,
-            port=device.port,
-            timeout=device.timeout,
-            retries=0,
-            reconnect_delay=0,  # we reconnect ourselves, with backoff and bad-quality reporting
-        )
-        try:
-            async with asyncio.timeout(device.timeout * 2):
-                connected = await client.connect()
-        except (TimeoutError, OSError, ModbusException):
-            connected = False
-        if not connected:
-            client.close()
-            raise DeviceError(f"cannot connect to {device.host}:{device.port}")
-        self._client = client
-
-    async def _poll(self) -> list[Reading]:
+    async def _poll(self, groups: Iterable[PollGroup]) -> list[Reading]:
         batch: list[Reading] = []
-        for request in self.plan:
-            try:
-                values = await self._read(request)
-            except DeviceError as exc:
-                if exc.connection_lost:
-                    raise
-                now = time.time()
-                batch.extend(
-                    Reading(self.device_id, p.name, None, BAD, now, p.unit, exc.reason)
-                    for p in request.points
-                )
-                continue
-            batch.extend(self._decode(request, values, time.time()))
+        learned = False
+        first = True
+        for group in groups:
+            for request in group.requests:
+                if not first and self.device.pause_between_requests:
+                    await asyncio.sleep(self.device.pause_between_requests)
+                first = False
+                learned |= await self._read_request(request, batch)
+        if learned:
+            self.groups = plan_device(self.device, frozenset(self.holes), frozenset(self.isolated))
         return batch
 
-    async def _read(self, request: ReadRequest) -> list[int] | list[bool]:
-        client = self._client
-        assert client is not None
-        unit = self.device.unit_id
-        call = {
-            "holding": client.read_holding_registers,
-            "input": client.read_input_registers,
-            "coil": client.read_coils,
-            "discrete_input": client.read_discrete_inputs,
-        }[request.table]
+    async def _read_request(self, request: ReadRequest, batch: list[Reading]) -> bool:
+        """Read one request into ``batch``; True when it taught the device a hole."""
+        device = self.device
         try:
-            async with asyncio.timeout(self.device.timeout * 1.5):
-                response = await call(request.start, count=request.count, device_id=unit)
-        except TimeoutError:
-            raise DeviceError("timeout") from None
-        except ModbusException as exc:
-            text = str(exc).lower()
-            raise DeviceError(
-                "timeout" if "timeout" in text or "no response" in text else "connection lost"
-            ) from None
-        except OSError as exc:
-            raise DeviceError(f"connection error: {exc.strerror or exc}") from None
-        if response.isError():
-            code = getattr(response, "exception_code", 0)
-            reason = EXCEPTION_REASONS.get(code, f"modbus exception {code}")
-            raise DeviceError(reason, connection_lost=False)
-        if request.table in BIT_TABLES:
-            bits: list[bool] = list(response.bits)
-            if len(bits) < request.count:
-                raise DeviceError("short response", connection_lost=False)
-            return bits
-        registers: list[int] = list(response.registers)
-        if len(registers) != request.count:
-            raise DeviceError("short response", connection_lost=False)
-        return registers
+            async with self.link.lock:
+                values = await self.link.read(
+                    request.table, request.start, request.count, device.unit_id, device.retries
+                )
+        except ModbusExceptionAnswer as exc:
+            if exc.code == 2 and len(request.slots) > 1:
+                return await self._learn_and_split(request, batch)
+            now = time.time()
+            batch.extend(
+                Reading(device.id, s.point.name, None, BAD, now, s.point.unit, exc.reason)
+                for s in request.slots
+            )
+            return False
+        self._decode(request, values, time.time(), batch)
+        return False
+
+    async def _learn_and_split(self, request: ReadRequest, batch: list[Reading]) -> bool:
+        unused = request.unused
+        if unused:
+            self.holes.update((request.table, a) for a in unused)
+            self._log.info(
+                "learned unreadable addresses",
+                table=request.table,
+                addresses=f"{unused[0]}..{unused[-1]}",
+                count=len(unused),
+            )
+        else:
+            # No gap to blame: one of the points is refused. Read each on its own from now on.
+            self.isolated.update((s.table, s.address) for s in request.slots)
+        parts = plan_reads(
+            request.slots,
+            max_registers=device_limit(self.device, request.table),
+            max_gap=0,
+            holes=frozenset(self.holes),
+            isolated=frozenset(self.isolated),
+        )
+        for part in parts:
+            await self._read_request(part, batch)
+        return True
 
     def _decode(
-        self, request: ReadRequest, values: list[int] | list[bool], ts: float
-    ) -> list[Reading]:
+        self, request: ReadRequest, values: list[int] | list[bool], ts: float, out: list[Reading]
+    ) -> None:
         device_id = self.device_id
-        decoders = self._decoders[id(request)]
+        codecs = self._codecs
+        last_good = self._last_good
         if request.table in BIT_TABLES:
-            return [
-                Reading(device_id, d.point.name, bool(values[d.offset]), GOOD, ts, d.point.unit)
-                for d in decoders
-            ]
+            for slot in request.slots:
+                point = slot.point
+                bit = bool(values[slot.address - request.start])
+                out.append(Reading(device_id, point.name, bit, GOOD, ts, point.unit))
+                last_good[point.name] = (ts, bit)
+            self._stale.difference_update(s.point.name for s in request.slots)
+            return
         raw = registers_to_bytes(values)
+        start = request.start
+        for slot in request.slots:
+            point = slot.point
+            offset = 2 * (slot.address - start)
+            value, quality, reason = codecs[point.name].decode(
+                raw[offset : offset + 2 * slot.width]
+            )
+            out.append(Reading(device_id, point.name, value, quality, ts, point.unit, reason))
+            if quality == GOOD and value is not None:
+                last_good[point.name] = (ts, value)
+                self._stale.discard(point.name)
+
+    def _stale_readings(self) -> list[Reading]:
+        """The last value, ``uncertain: stale``, of points not refreshed for 3 intervals."""
+        now = time.time()
         out = []
-        for d in decoders:
-            point = d.point
-            chunk = raw[2 * d.offset : 2 * (d.offset + point.width)]
-            value = decode(chunk, point.data_type, d.byte_order, d.word_order)
-            if not d.scaling.identity and not isinstance(value, bool | str):
-                value = d.scaling.apply(value)
-            out.append(Reading(device_id, point.name, value, GOOD, ts, point.unit))
+        for point in self.device.points:
+            seen = self._last_good.get(point.name)
+            if seen is None or point.name in self._stale:
+                continue
+            ts, value = seen
+            if now - ts > STALE_AFTER * self.device.interval_of(point):
+                self._stale.add(point.name)
+                out.append(
+                    Reading(self.device_id, point.name, value, UNCERTAIN, ts, point.unit, "stale")
+                )
         return out
+
+
+def device_limit(device: ModbusDevice, table: str) -> int:
+    return device.max_bits_per_request if table in BIT_TABLES else device.max_registers_per_request
+
+
+def create_sources(devices: list[ModbusDevice]) -> list[ModbusSource]:
+    """One source per device; devices with the same link key share one link."""
+    by_key: dict[tuple[str, ...], list[ModbusDevice]] = {}
+    for device in devices:
+        by_key.setdefault(device.link_key, []).append(device)
+    sources: list[ModbusSource] = []
+    for members in by_key.values():
+        link = ModbusLink(members)
+        sources.extend(ModbusSource(device, link) for device in members)
+    return sources

@@ -143,6 +143,8 @@ def _message(error: ErrorDetails, model: type[BaseModel]) -> tuple[str, bool]:
     kind = error["type"]
     loc = error["loc"]
     name = str(loc[-1]) if loc else "value"
+    if name == "[key]" and len(loc) >= 2:  # a mapping key of the wrong type
+        name = f"key {loc[-2]!r}"
     if kind == "extra_forbidden":
         allowed = _fields_at(model, loc[:-1])
         hint = _did_you_mean(name, allowed)

@@ -11,7 +11,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: Any, allow_zero: bool = False) -> float:
     """``250ms`` / ``1s`` / ``2m`` / ``1h`` (or a bare number of seconds) -> seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration is written like 250ms, 1s, 2m or 1h")
@@ -21,12 +21,14 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise ValueError(f"{value!r} is not a duration; write it like 250ms, 1s, 2m or 1h")
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("a duration must be greater than zero")
     return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# A pause may be zero (``0s``, the default of every pause).
+Pause = Annotated[float, BeforeValidator(lambda v: parse_duration(v, allow_zero=True))]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 

@@ -14,10 +14,10 @@ def test_demo_shows_every_point_good_through_the_embedded_broker() -> None:
         [sys.executable, "-m", "gateway", "--log-format", "json", "demo", "--duration", "6"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,  # the demo's own watchdog ends a hung shutdown after 26 s, with stacks
         cwd=ROOT,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr[-6000:]
     last_table = result.stdout.split("factory-gateway demo - broker")[-1]
     config = load_config([ROOT / "configs" / "demo.yaml"])
     points = [(d.id, p.name) for d in config.devices for p in d.points]

@@ -175,6 +175,7 @@ def test_hung_device_times_out_and_recovers(plant: Plant) -> None:
 
     collector = plant.collector
     collector.wait_for(lambda r: r["device"] == "plc-1" and r["quality"] == "good")
+    stopped_at = time.time()
     plant.sim1.proc.send_signal(signal.SIGSTOP)
     try:
         since = len(collector.readings())
@@ -182,6 +183,7 @@ def test_hung_device_times_out_and_recovers(plant: Plant) -> None:
             lambda r: r["device"] == "plc-1" and r["quality"] == "bad", since=since
         )
         assert bad["reason"] == "timeout"
+        print(f"hung plc-1 went bad {_parse(bad['ts']) - stopped_at:.3f}s after SIGSTOP")
     finally:
         plant.sim1.proc.send_signal(signal.SIGCONT)
     assert _wait_good_again(collector, "u16")["value"] == 65000

@@ -6,7 +6,9 @@ import struct
 
 import pytest
 
-from adapters.modbus.decode import Scaling, decode, encode, registers_to_bytes
+from adapters.modbus.config import ModbusPoint
+from adapters.modbus.decode import PointCodec, Scaling, decode, encode, registers_to_bytes
+from gateway.model import BAD, GOOD, UNCERTAIN
 
 # 123456.0 as float32 is 0x47F12000: A=47 B=F1 C=20 D=00.
 FLOAT32_LAYOUTS = [
@@ -95,3 +97,80 @@ def test_scaling_is_exact_for_decimal_scales(
     scaling = Scaling(scale, offset)
     assert scaling.apply(raw) == value
     assert scaling.invert(value) == pytest.approx(raw)
+
+
+# Every type in every byte order x word order: canonical (ABCD...) registers per type, and the
+# layout each order gives, built independently of the implementation from the definitions.
+CANONICAL = [
+    ("int16", [0xFFFE], -2),
+    ("uint16", [0xFFFE], 65534),
+    ("bcd16", [0x1234], 1234),
+    ("int32", [0xFFFE, 0x7960], -100000),
+    ("uint32", [0xEE6B, 0x2800], 4_000_000_000),
+    ("float32", [0x47F1, 0x2000], 123456.0),
+    ("bcd32", [0x1234, 0x5678], 12345678),
+    ("int64", [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], -2),
+    ("uint64", [0x0102, 0x0304, 0x0506, 0x0708], 0x0102030405060708),
+    ("float64", [0x4009, 0x21FB, 0x5444, 0x2D18], 3.141592653589793),
+]
+
+
+def _layout(registers: list[int], byte_order: str, word_order: str) -> list[int]:
+    words = list(registers)
+    if word_order == "little":
+        words.reverse()
+    if byte_order == "little":
+        words = [((w & 0xFF) << 8) | (w >> 8) for w in words]
+    return words
+
+
+@pytest.mark.parametrize(("data_type", "canonical", "value"), CANONICAL)
+@pytest.mark.parametrize("byte_order", ["big", "little"])
+@pytest.mark.parametrize("word_order", ["big", "little"])
+def test_every_type_in_every_order(
+    data_type: str, canonical: list[int], value: object, byte_order: str, word_order: str
+) -> None:
+    raw = registers_to_bytes(_layout(canonical, byte_order, word_order))
+    decoded = decode(raw, data_type, byte_order, word_order)  # type: ignore[arg-type]
+    assert decoded == value
+    assert type(decoded) is type(value)
+    assert encode(value, data_type, byte_order, word_order) == raw  # type: ignore[arg-type]
+
+
+def _codec(**point: object) -> PointCodec:
+    spec = {"name": "p", "table": "holding", "address": 0, **point}
+    return PointCodec(ModbusPoint.model_validate(spec), "big", "big")
+
+
+def test_bit_of_a_register() -> None:
+    word = registers_to_bytes([0b1000_0000_0000_0100])
+    assert _codec(bit=2).decode(word) == (True, GOOD, None)
+    assert _codec(bit=3).decode(word) == (False, GOOD, None)
+    assert _codec(bit=15).decode(word) == (True, GOOD, None)
+    assert _codec(bit=3).encode(True, word) == registers_to_bytes([0b1000_0000_0000_1100])
+
+
+def test_enum_labels() -> None:
+    codec = _codec(type="uint16", enum={0: "idle", 1: "running", 3: "fault"})
+    assert codec.decode(registers_to_bytes([3])) == ("fault", GOOD, None)
+    assert codec.decode(registers_to_bytes([2])) == (2, UNCERTAIN, "no enum label for 2")
+    assert codec.encode("running") == registers_to_bytes([1])
+
+
+def test_linear_scaling_raw_to_engineering() -> None:
+    # A 4-20 mA input card: raw 0..27648 is 0..10 bar.
+    codec = _codec(type="int16", raw_min=0, raw_max=27648, eng_min=0, eng_max=10)
+    assert codec.decode(registers_to_bytes([13824])) == (5.0, GOOD, None)
+    assert codec.encode(10.0) == registers_to_bytes([27648])
+    offset = _codec(type="int16", raw_min=4000, raw_max=20000, eng_min=-50, eng_max=150)
+    assert offset.decode(registers_to_bytes([12000]))[0] == pytest.approx(50.0)
+
+
+def test_invalid_bcd_is_a_bad_reading() -> None:
+    assert _codec(type="bcd16").decode(registers_to_bytes([0x12A4])) == (None, BAD, "invalid BCD")
+
+
+def test_string_without_trim_keeps_padding() -> None:
+    raw = registers_to_bytes([0x4142, 0x2000])
+    assert _codec(type="string", length=2, trim=False).decode(raw)[0] == "AB \x00"
+    assert _codec(type="string", length=2).decode(raw)[0] == "AB"

@@ -1,38 +1,54 @@
+"""The read planner, case by case: each tests/cases/planner/*.yaml holds points in, requests out."""
+
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from adapters.modbus.config import ModbusPoint
-from adapters.modbus.plan import plan_reads
+import pytest
+from ruamel.yaml import YAML
+
+from adapters.modbus.config import ModbusTcpDevice
+from adapters.modbus.plan import plan_device
+
+CASES = sorted((Path(__file__).resolve().parent.parent / "cases" / "planner").glob("*.yaml"))
 
 
-def point(name: str, **kw: Any) -> ModbusPoint:
-    return ModbusPoint.model_validate({"name": name, **kw})
-
-
-def test_adjacent_points_of_one_table_share_a_request() -> None:
-    plan = plan_reads(
-        [
-            point("b", table="holding", address=2, type="float32"),
-            point("a", table="holding", address=0, type="float32"),
-            point("c", table="holding", address=4, type="int16"),
-            point("gap", table="holding", address=10, type="int16"),
-            point("in", table="input", address=4, type="int16"),
-            point("c1", table="coil", address=0),
-            point("c2", table="coil", address=1),
-        ]
+def _device(case: dict[str, Any]) -> ModbusTcpDevice:
+    return ModbusTcpDevice.model_validate(
+        {
+            "id": "dev",
+            "line": "l1",
+            "protocol": "modbus-tcp",
+            "host": "127.0.0.1",
+            **case["device"],
+            "points": case["points"],
+        }
     )
-    summary = [(r.table, r.start, r.count, [p.name for p in r.points]) for r in plan]
-    assert summary == [
-        ("coil", 0, 2, ["c1", "c2"]),
-        ("holding", 0, 5, ["a", "b", "c"]),
-        ("holding", 10, 1, ["gap"]),
-        ("input", 4, 1, ["in"]),
-    ]
 
 
-def test_requests_respect_the_125_register_limit() -> None:
-    points = [point(f"p{i}", table="input", address=i * 4, type="float64") for i in range(40)]
-    plan = plan_reads(points)
-    assert [(r.start, r.count) for r in plan] == [(0, 124), (124, 36)]
-    assert sum(len(r.points) for r in plan) == 40
+def _describe(interval: float, request: Any) -> str:
+    unused = len(request.unused)
+    note = f" ({unused} unused)" if unused else ""
+    names = " ".join(s.point.name for s in request.slots)
+    return f"{interval:g}s {request.table} {request.start}+{request.count}{note}: {names}"
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_planner_case(path: Path) -> None:
+    case = YAML(typ="safe").load(path.read_text())
+    holes = frozenset((t, a) for t, a in case.get("holes", []))
+    isolated = frozenset((t, a) for t, a in case.get("isolated", []))
+    groups = plan_device(_device(case), holes, isolated)
+    got = [_describe(g.interval, r) for g in groups for r in g.requests]
+    assert got == case["expect"]
+    # Every point is read exactly once, and no request reads a known hole.
+    names = [s.point.name for g in groups for r in g.requests for s in r.slots]
+    assert sorted(names) == sorted(p["name"] for p in case["points"])
+    for group in groups:
+        for request in group.requests:
+            assert not any((request.table, a) in holes for a in request.unused)
+
+
+def test_cases_exist() -> None:
+    assert len(CASES) >= 8

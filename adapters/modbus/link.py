@@ -1,0 +1,174 @@
+"""One Modbus connection (TCP, UDP, RTU over TCP, or a serial port) shared by every unit behind it.
+
+Several devices behind one Modbus gateway or on one RS-485 bus share a link; their requests are
+serialized by the link's lock, because Modbus allows one outstanding request per connection
+(pymodbus enforces it too) and a serial bus carries one frame at a time. The link owns the
+reconnect backoff, so devices sharing it do not hammer a dead gateway each on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from pymodbus import FramerType
+from pymodbus.client import (
+    AsyncModbusSerialClient,
+    AsyncModbusTcpClient,
+    AsyncModbusUdpClient,
+)
+from pymodbus.exceptions import ModbusException
+
+from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice, ModbusTcpDevice
+from gateway.backoff import Backoff
+from gateway.errors import DeviceError
+
+log = structlog.get_logger("adapters.modbus")
+
+EXCEPTION_REASONS = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+PARITY = {"none": "N", "even": "E", "odd": "O"}
+
+
+class ModbusExceptionAnswer(DeviceError):
+    """The device answered with a Modbus exception: the connection is fine."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(
+            EXCEPTION_REASONS.get(code, f"modbus exception {code}"), connection_lost=False
+        )
+        self.code = code
+
+
+class ModbusLink:
+    def __init__(self, devices: list[ModbusDevice]) -> None:
+        self.devices = devices
+        self.first = devices[0]
+        self.name = _describe(self.first)
+        self.timeout = max(d.timeout for d in devices)
+        self.lock = asyncio.Lock()
+        self.backoff = Backoff(initial=min(1.0, min(d.poll_interval for d in devices)), cap=30.0)
+        self.retry_at = 0.0  # loop time before which no reconnect is tried
+        self.last_error: str | None = None
+        self._client: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and bool(self._client.connected)
+
+    async def connect(self, pause_after_connect: float = 0.0) -> None:
+        """Connect if needed; raise DeviceError (without trying) while backing off."""
+        if self.connected:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.retry_at and self.last_error is not None:
+            raise DeviceError(self.last_error)
+        self.close()
+        client = self._make_client()
+        try:
+            async with asyncio.timeout(self.timeout * 2 + 1):
+                ok = await client.connect()
+        except (TimeoutError, OSError, ModbusException):
+            ok = False
+        if not ok:
+            client.close()
+            self.last_error = f"cannot connect to {self.name}"
+            self.retry_at = loop.time() + self.backoff.next_delay()
+            raise DeviceError(self.last_error)
+        self._client = client
+        self.last_error = None
+        self.backoff.reset()
+        if pause_after_connect:
+            await asyncio.sleep(pause_after_connect)
+
+    def failed(self, reason: str) -> None:
+        """A request failed in a way that leaves the connection unusable: drop it, back off."""
+        self.close()
+        self.last_error = reason
+        self.retry_at = asyncio.get_running_loop().time() + self.backoff.next_delay()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def read(
+        self, table: str, address: int, count: int, unit: int, retries: int = 0
+    ) -> list[int] | list[bool]:
+        """One read request, serialized on the link; ``retries`` more tries after a timeout."""
+        for attempt in range(retries + 1):
+            try:
+                return await self._read_once(table, address, count, unit)
+            except DeviceError as exc:
+                if exc.reason != "timeout" or attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _read_once(
+        self, table: str, address: int, count: int, unit: int
+    ) -> list[int] | list[bool]:
+        client = self._client
+        if client is None:
+            raise DeviceError(self.last_error or "not connected")
+        call = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete_input": client.read_discrete_inputs,
+        }[table]
+        try:
+            async with asyncio.timeout(self.timeout * 2 + 1):  # a guard; pymodbus times out first
+                response = await call(address, count=count, device_id=unit)
+        except TimeoutError:
+            raise DeviceError("timeout") from None
+        except ModbusException as exc:
+            text = str(exc).lower()
+            lost = not ("timeout" in text or "no response" in text)
+            raise DeviceError("connection lost" if lost else "timeout") from None
+        except OSError as exc:
+            raise DeviceError(f"connection error: {exc.strerror or exc}") from None
+        if response.isError():
+            raise ModbusExceptionAnswer(getattr(response, "exception_code", 0))
+        bits = table in BIT_TABLES
+        values: list[int] | list[bool] = (
+            list(response.bits)[:count] if bits else list(response.registers)
+        )
+        if len(values) != count:
+            raise DeviceError("short response", connection_lost=False)
+        return values
+
+    def _make_client(self) -> Any:
+        device = self.first
+        common: dict[str, Any] = {"timeout": self.timeout, "retries": 0, "reconnect_delay": 0}
+        if isinstance(device, ModbusRtuDevice):
+            return AsyncModbusSerialClient(
+                device.port,
+                framer=FramerType.RTU,
+                baudrate=device.baudrate,
+                bytesize=device.bytesize,
+                parity=PARITY[device.parity],
+                stopbits=device.stopbits,
+                **common,
+            )
+        assert isinstance(device, ModbusTcpDevice)
+        if device.protocol == "modbus-udp":
+            return AsyncModbusUdpClient(device.host, port=device.port, **common)
+        framer = FramerType.RTU if device.protocol == "modbus-rtu-over-tcp" else FramerType.SOCKET
+        return AsyncModbusTcpClient(device.host, port=device.port, framer=framer, **common)
+
+
+def _describe(device: ModbusDevice) -> str:
+    if isinstance(device, ModbusRtuDevice):
+        return f"{device.port} ({device.baudrate} baud)"
+    assert isinstance(device, ModbusTcpDevice)
+    return f"{device.host}:{device.port}"
