@@ -30,8 +30,10 @@ pytest: $(BIN)/.installed mosquitto
 
 test: lint typecheck pytest
 
-bench: $(BIN)/.installed
-	$(BIN)/python -m bench
+# make bench SCENARIO=modbus-1000dev
+SCENARIO ?= hot-path
+bench: $(BIN)/.installed mosquitto
+	$(BIN)/python -m bench $(SCENARIO)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,55 +1,33 @@
-"""``python -m bench``: CPU cost of the per-value hot path, in process.
+"""``python -m bench SCENARIO``: run one benchmark scenario, print its figures, save JSON.
 
-Measures decode (one 124-register block of 62 float32 points, as one poll response) -> readings
--> JSON payloads, the work the gateway does per value between the socket and paho. End-to-end
-scenarios with simulators and a broker come with the benchmark issue.
+Scenarios: ``hot-path`` (CPU per value of decode -> reading -> JSON, in process) and
+``modbus-1000dev`` (1,000 simulated devices, each on its own connection, through a real
+mosquitto; gateway CPU and RSS read from /proc, values counted by an independent subscriber).
 """
 
 from __future__ import annotations
 
-import struct
-import time
+import argparse
 
-from adapters.modbus.config import ModbusTcpDevice
-from adapters.modbus.source import create_sources
-from gateway.encode import encode_reading, iso_time
-from gateway.model import Reading
+from bench.harness import write_result
+from bench.scenarios import SCENARIOS
 
 
 def main() -> None:
-    points = [
-        {"name": f"p{i}", "table": "holding", "address": 2 * i, "type": "float32", "unit": "degC"}
-        for i in range(62)
-    ]
-    device = ModbusTcpDevice.model_validate(
-        {
-            "id": "bench",
-            "line": "l1",
-            "protocol": "modbus-tcp",
-            "host": "127.0.0.1",
-            "points": points,
-        }
-    )
-    (source,) = create_sources([device])
-    ((request,),) = [g.requests for g in source.groups]
-    registers = list(
-        struct.unpack(">124H", struct.pack(">62f", *[20.0 + i / 8 for i in range(62)]))
-    )
-    rounds = 2000
-    started = time.process_time()
-    for n in range(rounds):
-        gw_ts = iso_time(time.time())
-        batch: list[Reading] = []
-        source._decode(request, registers, time.time(), batch)
-        for seq, reading in enumerate(batch, n * 62):
-            encode_reading(reading, seq, gw_ts)
-    cpu = time.process_time() - started
-    values = rounds * 62
-    print(f"{'scenario':<34} {'values':>10} {'CPU s':>8} {'us/value':>9} {'values/CPU-s':>13}")
-    print(
-        f"{'decode+readings+encode (float32)':<34} {values:>10} {cpu:>8.3f} "
-        f"{cpu / values * 1e6:>9.2f} {values / cpu:>13,.0f}"
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("scenario", choices=sorted(SCENARIOS), nargs="?", default="hot-path")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--simulators", type=int, default=4, help="simulator processes")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
+    parser.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))
+    args = parser.parse_args()
+    result = SCENARIOS[args.scenario](args)
+    width = max(len(k) for k in result)
+    print(f"scenario: {args.scenario}")
+    for key, value in result.items():
+        print(f"  {key:<{width}}  {value}")
+    print(f"written: {write_result(args.scenario, result)}")
 
 
 if __name__ == "__main__":

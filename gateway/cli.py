@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file", type=Path, metavar="FILE")
     run.set_defaults(handler=_run)
 
+    plan = commands.add_parser(
+        "plan", help="print each device's request plan and the bus load it causes"
+    )
+    plan.add_argument("file", type=Path, metavar="FILE")
+    plan.set_defaults(handler=_plan)
+
     simulate = commands.add_parser("simulate", help="simulate every device of a device map")
     simulate.add_argument("file", type=Path, metavar="FILE")
     simulate.set_defaults(handler=_simulate)
@@ -107,6 +113,22 @@ def _run(args: argparse.Namespace) -> int:
     from gateway.runtime import Gateway
 
     return _run_until_signal(lambda: Gateway(config).run())
+
+
+def _plan(args: argparse.Namespace) -> int:
+    config = _load([args.file])
+    if config is None:
+        return 1
+    from gateway.plan_report import render
+    from gateway.registry import PROTOCOLS
+
+    plans = []
+    for device in config.devices:
+        describe = PROTOCOLS[device.protocol].describe_plan
+        if describe is not None:
+            plans.append(describe(device))
+    print(render(plans))
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:

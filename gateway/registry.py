@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.modbus.config import ModbusRtuDevice, ModbusTcpDevice, overlapping_points
+from adapters.modbus.plan import describe
 from adapters.modbus.source import create_sources as modbus_sources
 from gateway.config.schema import DeviceConfig
+from gateway.plan_report import DevicePlan
 from gateway.source import Source
 
 Loc = tuple[str | int, ...]
@@ -28,15 +30,17 @@ class ProtocolEntry:
     create_sources: Callable[[list[Any]], list[Any]]
     # Checks on the raw device mapping that must run even when the device fails validation.
     raw_checks: tuple[RawCheck, ...] = field(default=())
+    # The device's request plan, for `factory-gateway plan` (protocols that poll in requests).
+    describe_plan: Callable[[Any], DevicePlan] | None = None
 
 
-_MODBUS_CHECKS: tuple[RawCheck, ...] = (overlapping_points,)
+_MODBUS_TCP = ProtocolEntry(ModbusTcpDevice, modbus_sources, (overlapping_points,), describe)
 
 PROTOCOLS: dict[str, ProtocolEntry] = {
-    "modbus-tcp": ProtocolEntry(ModbusTcpDevice, modbus_sources, _MODBUS_CHECKS),
-    "modbus-udp": ProtocolEntry(ModbusTcpDevice, modbus_sources, _MODBUS_CHECKS),
-    "modbus-rtu-over-tcp": ProtocolEntry(ModbusTcpDevice, modbus_sources, _MODBUS_CHECKS),
-    "modbus-rtu": ProtocolEntry(ModbusRtuDevice, modbus_sources, _MODBUS_CHECKS),
+    "modbus-tcp": _MODBUS_TCP,
+    "modbus-udp": _MODBUS_TCP,
+    "modbus-rtu-over-tcp": _MODBUS_TCP,
+    "modbus-rtu": ProtocolEntry(ModbusRtuDevice, modbus_sources, (overlapping_points,), describe),
 }
 
 

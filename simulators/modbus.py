@@ -74,8 +74,19 @@ class SimulatedUnit:
         self.pinned: dict[str, Generated | None] = {}  # None: hold what a client wrote
         self.by_table: dict[str, list[Slot]] = defaultdict(list)
         self.codecs: dict[str, PointCodec] = {}
-        for index, slot in enumerate(slots_of(device)):
+        slots = slots_of(device)
+        # A flag (bit) inside a register that a whole-register point also maps follows that
+        # point's value, as on a real device, instead of a generator of its own.
+        words = {
+            (s.table, a)
+            for s in slots
+            if s.point.bit is None
+            for a in range(s.address, s.address + s.width)
+        }
+        for index, slot in enumerate(slots):
             point = slot.point
+            if point.bit is not None and (slot.table, slot.address) in words:
+                continue
             data_type = "uint16" if point.enum and point.sim is None else point.data_type
             self.generators[point.name] = make_generator(point.sim, data_type, seed + index)
             self.by_table[slot.table].append(slot)
@@ -150,6 +161,14 @@ class SimulatedUnit:
             else:
                 first, last = address, address + count - 1
             if first <= rule.end and rule.start <= last:
+                log.info(
+                    "injected exception",
+                    device=self.device.id,
+                    code=rule.code,
+                    table=table,
+                    address=address,
+                    count=count,
+                )
                 return ExcCodes(rule.code)
         return None
 

@@ -9,6 +9,7 @@ reconnect backoff, so devices sharing it do not hammer a dead gateway each on th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -56,7 +57,9 @@ class ModbusLink:
         self.first = devices[0]
         self.name = _describe(self.first)
         self.timeout = max(d.timeout for d in devices)
+        self.users = len(devices)
         self.lock = asyncio.Lock()
+        self._connecting = asyncio.Lock()
         self.backoff = Backoff(initial=min(1.0, min(d.poll_interval for d in devices)), cap=30.0)
         self.retry_at = 0.0  # loop time before which no reconnect is tried
         self.last_error: str | None = None
@@ -70,19 +73,33 @@ class ModbusLink:
         """Connect if needed; raise DeviceError (without trying) while backing off."""
         if self.connected:
             return
+        async with self._connecting:  # devices sharing the link: one opens it, the others wait
+            await self._connect(pause_after_connect)
+
+    async def _connect(self, pause_after_connect: float) -> None:
+        if self.connected:
+            return
         loop = asyncio.get_running_loop()
         if loop.time() < self.retry_at and self.last_error is not None:
             raise DeviceError(self.last_error)
         self.close()
-        client = self._make_client()
+        detail = ""
+        client: Any = None
         try:
+            client = self._make_client()
             async with asyncio.timeout(self.timeout * 2 + 1):
                 ok = await client.connect()
-        except (TimeoutError, OSError, ModbusException):
-            ok = False
+        except TimeoutError:
+            ok, detail = False, ": timeout"
+        except (
+            Exception
+        ) as exc:  # pyserial and termios raise their own types; all mean "cannot open"
+            ok, detail = False, f": {exc}"
         if not ok:
-            client.close()
-            self.last_error = f"cannot connect to {self.name}"
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+            self.last_error = f"cannot connect to {self.name}{detail}"
             self.retry_at = loop.time() + self.backoff.next_delay()
             raise DeviceError(self.last_error)
         self._client = client
@@ -96,6 +113,12 @@ class ModbusLink:
         self.close()
         self.last_error = reason
         self.retry_at = asyncio.get_running_loop().time() + self.backoff.next_delay()
+
+    def release(self) -> None:
+        """A device is done with the link; the last one closes it."""
+        self.users -= 1
+        if self.users <= 0:
+            self.close()
 
     def close(self) -> None:
         client, self._client = self._client, None

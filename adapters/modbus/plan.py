@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusPoint, Table
+from adapters.modbus.config import (
+    BIT_TABLES,
+    ModbusDevice,
+    ModbusPoint,
+    ModbusRtuDevice,
+    ModbusTcpDevice,
+    Table,
+)
+from gateway.plan_report import DevicePlan
 
 MAX_REGISTERS = 125
 MAX_BITS = 2000
@@ -146,3 +154,43 @@ def _fits(
 def _request(slots: list[Slot], end: int) -> ReadRequest:
     start = slots[0].address
     return ReadRequest(slots[0].table, start, end - start, tuple(slots))
+
+
+def describe(device: ModbusDevice) -> DevicePlan:
+    """The plan of one device as text and rates, for ``factory-gateway plan``."""
+    plan = DevicePlan(device.id, f"{device.protocol} {link_name(device)} unit {device.unit_id}")
+    for group in plan_device(device):
+        rate = 1.0 / group.interval
+        for request in group.requests:
+            unused = request.unused
+            names = ", ".join(s.point.name for s in request.slots)
+            bits = request.table in BIT_TABLES
+            unit = (" bit" if request.count == 1 else " bits") if bits else ""
+            note = f", {len(unused)} unused" if unused else ""
+            plan.lines.append(
+                f"every {_duration(group.interval)}: FC{request.function} {request.table} "
+                f"{request.start}..{request.start + request.count - 1} "
+                f"({request.count}{unit}{note}): {names}"
+            )
+            # Wire cost in registers: bits travel packed, 16 to a register.
+            words = -(-request.count // 16) if bits else request.count
+            plan.requests_per_s += rate
+            plan.registers_per_s += rate * words
+            plan.unused_per_s += rate * (0 if bits else len(unused))
+            plan.naive_requests_per_s += rate * len(request.slots)
+    return plan
+
+
+def link_name(device: ModbusDevice) -> str:
+    if isinstance(device, ModbusRtuDevice):
+        return f"{device.port} {device.baudrate} baud"
+    assert isinstance(device, ModbusTcpDevice)
+    return f"{device.host}:{device.port}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds < 60 or seconds % 60:
+        return f"{seconds:g}s"
+    return f"{seconds / 60:g}m"

@@ -69,6 +69,7 @@ class ModbusSource:
                 await link.connect(device.pause_after_connect)
                 batch = await self._poll(groups)
             except DeviceError as exc:
+                raise_if_cancelling()
                 if exc.connection_lost and link.connected:
                     link.failed(exc.reason)
                 if exc.reason != outage:
@@ -91,7 +92,7 @@ class ModbusSource:
                 due[group.interval] = max(due[group.interval] + group.interval, loop.time())
 
     async def close(self) -> None:
-        self.link.close()
+        self.link.release()
 
     async def _poll(self, groups: Iterable[PollGroup]) -> list[Reading]:
         batch: list[Reading] = []
@@ -115,6 +116,7 @@ class ModbusSource:
                 values = await self.link.read(
                     request.table, request.start, request.count, device.unit_id, device.retries
                 )
+            raise_if_cancelling()
         except ModbusExceptionAnswer as exc:
             if exc.code == 2 and len(request.slots) > 1:
                 return await self._learn_and_split(request, batch)
@@ -193,6 +195,20 @@ class ModbusSource:
                     Reading(self.device_id, point.name, value, UNCERTAIN, ts, point.unit, "stale")
                 )
         return out
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library turned into an error.
+
+    pymodbus waits for answers with ``asyncio.wait_for``. On Python 3.11, a cancellation that
+    arrives as the answer does is dropped (``wait_for`` returns the answer), and one that arrives
+    as the socket closes surfaces as an I/O error. Either way the task is still marked as being
+    cancelled: checked after every request, so a source cannot poll on forever and block
+    shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def device_limit(device: ModbusDevice, table: str) -> int:

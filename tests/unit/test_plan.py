@@ -52,3 +52,28 @@ def test_planner_case(path: Path) -> None:
 
 def test_cases_exist() -> None:
     assert len(CASES) >= 8
+
+
+def test_plan_command_prints_requests_and_totals() -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "plan", "configs/demo.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "press-01  (modbus-tcp 127.0.0.1:5020 unit 1)" in lines
+    assert (
+        "  every 500ms: FC3 holding 0..15 (16, 4 unused): "
+        "temperature, oil_pressure, stroke_count, recipe"
+    ) in lines
+    assert lines[-1] == (
+        "TOTAL  3 devices: 28.0 requests/s, 192.0 registers/s (86.0 unused); "
+        "one request per point would be 70.0 requests/s (60% fewer)"
+    )

@@ -1,0 +1,148 @@
+"""Processes and measurements shared by the benchmark scenarios.
+
+The gateway and the simulators run as separate processes, so the gateway's CPU and memory are
+read from /proc for its process alone, and an independent MQTT subscriber counts what arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_block(count: int, start: int = 20000) -> int:
+    """The first port of ``count`` consecutive free loopback ports."""
+    base = start
+    while base + count < 60000:
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    base = port + 1
+                    break
+        else:
+            return base
+    raise RuntimeError(f"no block of {count} free ports")
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+class Broker:
+    """mosquitto on a free loopback port (amqtt is ~5x slower: it would measure itself)."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="bench-mosquitto-")
+        conf = Path(self.dir) / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def gateway_process(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--log-format", "json", "--log-level", "warning", *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+
+
+class Counter:
+    """An independent subscriber: counts readings, values and seq gaps/duplicates."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.lock = threading.Lock()
+        self.messages = 0
+        self.seqs: set[int] = set()
+        self.duplicates = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{port}")
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=0)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            seq = orjson.loads(message.payload).get("seq")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        with self.lock:
+            self.messages += 1
+            if seq in self.seqs:
+                self.duplicates += 1
+            self.seqs.add(seq)
+
+    def snapshot(self) -> int:
+        with self.lock:
+            return self.messages
+
+    def lost(self) -> int:
+        with self.lock:
+            if not self.seqs:
+                return 0
+            return (max(self.seqs) - min(self.seqs) + 1) - len(self.seqs)
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    folder = ROOT / "bench" / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return path

@@ -1,0 +1,170 @@
+"""Benchmark scenarios. Each prints a table and writes bench/results/<scenario>.json."""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from adapters.modbus.config import ModbusTcpDevice
+from adapters.modbus.source import create_sources
+from bench.harness import (
+    Broker,
+    Counter,
+    cpu_seconds,
+    free_port_block,
+    gateway_process,
+    rss_mb,
+    threads,
+    wait_port,
+)
+from gateway.encode import encode_reading, iso_time
+from gateway.model import Reading
+
+
+def hot_path(_args: Any) -> dict[str, Any]:
+    """CPU per value of decode (one 124-register block of 62 float32) -> readings -> JSON."""
+    points = [
+        {"name": f"p{i}", "table": "holding", "address": 2 * i, "type": "float32", "unit": "degC"}
+        for i in range(62)
+    ]
+    device = ModbusTcpDevice.model_validate(
+        {
+            "id": "bench",
+            "line": "l1",
+            "protocol": "modbus-tcp",
+            "host": "127.0.0.1",
+            "points": points,
+        }
+    )
+    (source,) = create_sources([device])
+    ((request,),) = [g.requests for g in source.groups]
+    registers = list(
+        struct.unpack(">124H", struct.pack(">62f", *[20.0 + i / 8 for i in range(62)]))
+    )
+    rounds = 2000
+    started = time.process_time()
+    for n in range(rounds):
+        gw_ts = iso_time(time.time())
+        batch: list[Reading] = []
+        source._decode(request, registers, time.time(), batch)
+        for seq, reading in enumerate(batch, n * 62):
+            encode_reading(reading, seq, gw_ts)
+    cpu = time.process_time() - started
+    values = rounds * 62
+    return {
+        "values": values,
+        "cpu_s": round(cpu, 3),
+        "us_per_value": round(cpu / values * 1e6, 2),
+        "values_per_cpu_s": round(values / cpu),
+    }
+
+
+def _device_map(devices: int, points: int, base_port: int, broker_port: int, qos: int) -> str:
+    lines = [
+        "gateway: {id: bench, hierarchy: {enterprise: bench, site: s1, area: a1}}",
+        f"mqtt: {{url: 'mqtt://127.0.0.1:{broker_port}', qos: {qos}}}",
+        "devices:",
+    ]
+    for d in range(devices):
+        lines += [
+            f"  - id: dev{d:04d}",
+            "    line: l1",
+            "    protocol: modbus-tcp",
+            "    host: 127.0.0.1",
+            f"    port: {base_port + d}",
+            "    poll_interval: 1s",
+            "    timeout: 2s",
+            "    points:",
+        ]
+        for p in range(points):
+            if p % 2:
+                lines.append(f"      - {{name: p{p}, table: input, address: {p}, type: int16}}")
+            else:
+                lines.append(
+                    f"      - {{name: p{p}, table: holding, address: {2 * p}, type: float32}}"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def modbus_1000dev(args: Any) -> dict[str, Any]:
+    """1,000 devices x 20 points at 1 s, each device on its own TCP connection."""
+    devices, points, duration = args.devices, 20, args.duration
+    work = Path(tempfile.mkdtemp(prefix="bench-1000dev-"))
+    broker = Broker()
+    base = free_port_block(devices)
+    sims = []
+    gateway = None
+    counter = Counter(broker.port, "bench/#")
+    try:
+        per_sim = -(-devices // args.simulators)
+        for s in range(args.simulators):
+            first, last = s * per_sim, min(devices, (s + 1) * per_sim)
+            text = _device_map(devices, points, base, broker.port, args.qos)
+            # Each simulator serves a slice of the devices: same map, devices filtered out.
+            sim_map = work / f"sim{s}.yaml"
+            sim_map.write_text(_slice(text, first, last))
+            sims.append(gateway_process("simulate", str(sim_map), log=work / f"sim{s}.log"))
+        for port in (base, base + devices - 1):
+            wait_port(port, timeout=120)
+        gw_map = work / "gateway.yaml"
+        gw_map.write_text(_device_map(devices, points, base, broker.port, args.qos))
+        gateway = gateway_process("run", str(gw_map), log=work / "gateway.log")
+        time.sleep(args.warmup)
+        samples = []
+        start_msgs, start_cpu, start = (
+            counter.snapshot(),
+            cpu_seconds(gateway.pid),
+            time.monotonic(),
+        )
+        rss_start = rss_mb(gateway.pid)
+        while time.monotonic() - start < duration:
+            time.sleep(5)
+            samples.append(
+                (
+                    round(time.monotonic() - start),
+                    round(rss_mb(gateway.pid), 1),
+                    threads(gateway.pid),
+                )
+            )
+        elapsed = time.monotonic() - start
+        msgs = counter.snapshot() - start_msgs
+        cpu = cpu_seconds(gateway.pid) - start_cpu
+        return {
+            "devices": devices,
+            "points": devices * points,
+            "poll_interval_s": 1,
+            "qos": args.qos,
+            "seconds": round(elapsed, 1),
+            "values_per_s": round(msgs / elapsed),
+            "expected_values_per_s": devices * points,
+            "gateway_cpu_per_s": round(cpu / elapsed, 3),
+            "values_per_cpu_s": round(msgs / cpu) if cpu else None,
+            "rss_mb_start": round(rss_start, 1),
+            "rss_mb_end": round(rss_mb(gateway.pid), 1),
+            "threads_end": threads(gateway.pid),
+            "samples_s_rssmb_threads": samples,
+            "lost_seq": counter.lost(),
+            "duplicate_seq": counter.duplicates,
+        }
+    finally:
+        counter.stop()
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+        for sim in sims:
+            sim.terminate()
+        for sim in sims:
+            sim.wait(timeout=30)
+        broker.stop()
+
+
+def _slice(text: str, first: int, last: int) -> str:
+    head, _, body = text.partition("devices:\n")
+    blocks = body.split("  - id: ")[1:]
+    return head + "devices:\n" + "".join("  - id: " + b for b in blocks[first:last])
+
+
+SCENARIOS = {"hot-path": hot_path, "modbus-1000dev": modbus_1000dev}
