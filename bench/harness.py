@@ -103,6 +103,8 @@ class Counter:
             seq = orjson.loads(message.payload).get("seq")
         except (orjson.JSONDecodeError, AttributeError):
             return
+        if not isinstance(seq, int):
+            return  # status messages carry no seq
         with self.lock:
             self.messages += 1
             if seq in self.seqs:

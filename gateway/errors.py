@@ -6,7 +6,7 @@
   - ``DeviceError``: a southbound device failed (timeout, refused, garbage, protocol exception).
     Carries a short ``reason`` that becomes the reading's quality reason.
 
-Lower-library exceptions (pymodbus, paho, ruamel) are translated into these where they are caught,
+Lower-library exceptions (pymodbus, paho, PyYAML) are translated into these where they are caught,
 never returned as ``None``.
 """
 

@@ -90,3 +90,29 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_bad_durations(text: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_yaml_anchors_merge_keys_and_12_booleans(tmp_path: Path) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_text(
+        """gateway: {id: gw, hierarchy: {enterprise: e, site: s, area: a}}
+devices:
+  - &press
+    id: left
+    line: line-1
+    protocol: modbus-tcp
+    host: 10.0.0.9
+    poll_interval: 2s
+    points:
+      - {name: off, table: coil, address: 0}
+      - {name: no, table: coil, address: 1}
+  - <<: *press
+    id: right
+    poll_interval: 5s
+"""
+    )
+    config = load_config([path])
+    left, right = config.devices
+    assert [p.name for p in left.points] == ["off", "no"]  # not False: YAML 1.2 booleans
+    assert (right.id, right.line, right.poll_interval) == ("right", "line-1", 5.0)
+    assert [p.name for p in right.points] == ["off", "no"]

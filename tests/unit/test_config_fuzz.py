@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ruamel.yaml import YAML
 
 from gateway.config.load import load_config
 from gateway.errors import ConfigError
 from tests.helpers import ROOT
 
-BASE = YAML(typ="safe").load((ROOT / "configs" / "demo.yaml").read_text())
+BASE = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
 
 scalars = st.one_of(
     st.none(),
