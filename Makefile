@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench mosquitto clean
+.PHONY: demo test lint typecheck pytest bench mosquitto mosquitto-clients clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(BIN)/.installed
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto socat)
+
+# The benchmark counts messages with mosquitto_sub (C), independent of the gateway.
+mosquitto-clients:
+	@command -v mosquitto_sub >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -32,7 +37,7 @@ test: lint typecheck pytest
 
 # make bench SCENARIO=modbus-1000dev
 SCENARIO ?= hot-path
-bench: $(BIN)/.installed mosquitto
+bench: $(BIN)/.installed mosquitto mosquitto-clients
 	$(BIN)/python -m bench $(SCENARIO)
 
 clean:

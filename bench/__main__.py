@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))
+    parser.add_argument("--poll", type=float, default=1.0, help="poll interval, seconds")
     args = parser.parse_args()
     result = SCENARIOS[args.scenario](args)
     width = max(len(k) for k in result)

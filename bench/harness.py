@@ -7,6 +7,7 @@ read from /proc for its process alone, and an independent MQTT subscriber counts
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
+SEQ = re.compile(rb'"seq":(\d+)')
 
 
 def free_port() -> int:
@@ -65,7 +65,11 @@ class Broker:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="bench-mosquitto-")
         conf = Path(self.dir) / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        # Unbounded queues: a slow subscriber must not make the broker drop what we count.
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            "max_queued_messages 0\nmax_inflight_messages 0\n"
+        )
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
@@ -85,31 +89,49 @@ def gateway_process(*args: str, log: Path) -> subprocess.Popen[bytes]:
 
 
 class Counter:
-    """An independent subscriber: counts readings, values and seq gaps/duplicates."""
+    """An independent subscriber: counts readings and seq gaps/duplicates.
+
+    It is ``mosquitto_sub`` (C, Debian's mosquitto-clients) printing payloads into a pipe that a
+    thread scans for ``seq``: a Python MQTT client tops out near the gateway's own rate and
+    would measure itself.
+    """
 
     def __init__(self, port: int, topic: str) -> None:
         self.lock = threading.Lock()
         self.messages = 0
         self.seqs: set[int] = set()
         self.duplicates = 0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{port}")
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=0)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
+        binary = shutil.which("mosquitto_sub")
+        if binary is None:
+            raise RuntimeError(
+                "the benchmark needs mosquitto_sub: apt-get install mosquitto-clients"
+            )
+        self.proc = subprocess.Popen(
+            [binary, "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-F", "%p"],
+            stdout=subprocess.PIPE,
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        time.sleep(0.5)  # subscribed before the gateway starts
 
-    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            seq = orjson.loads(message.payload).get("seq")
-        except (orjson.JSONDecodeError, AttributeError):
-            return
-        if not isinstance(seq, int):
-            return  # status messages carry no seq
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            found = SEQ.search(line)
+            if found is None:
+                continue  # status messages carry no seq
+            seq = int(found.group(1))
+            with self.lock:
+                self.messages += 1
+                if seq in self.seqs:
+                    self.duplicates += 1
+                self.seqs.add(seq)
+
+    def reset(self) -> None:
         with self.lock:
-            self.messages += 1
-            if seq in self.seqs:
-                self.duplicates += 1
-            self.seqs.add(seq)
+            self.messages = 0
+            self.seqs.clear()
+            self.duplicates = 0
 
     def snapshot(self) -> int:
         with self.lock:
@@ -122,8 +144,8 @@ class Counter:
             return (max(self.seqs) - min(self.seqs) + 1) - len(self.seqs)
 
     def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -8,6 +8,7 @@ guards its state with its own locks, so that direction is safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.config.schema import MqttSection
 
 log = structlog.get_logger("gateway.mqtt")
+
+WINDOW = 1000  # messages handed to paho and not yet acknowledged
 
 
 class MqttLink:
@@ -34,7 +37,12 @@ class MqttLink:
     ) -> None:
         self.config = config
         self.connected = asyncio.Event()
-        self.acked = asyncio.Event()
+        # Flow control: `sent` is counted on the loop, `completed` in paho's thread (one writer
+        # each); the publisher waits on `room` when `sent - completed` reaches the window.
+        self.sent = 0
+        self.completed = 0
+        self.wake_at: int | None = None
+        self.room = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._on_connected = on_connected
         self._last_error: str | None = None
@@ -49,8 +57,9 @@ class MqttLink:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         # NOTES: an in-flight window of 20-100 is fastest; a huge one halves QoS 1 throughput.
         client.max_inflight_messages_set(100)
-        # Bound paho's own queue: beyond it, readings wait in our queue, where drops are counted.
-        client.max_queued_messages_set(1000)
+        # Bound paho's own queue (a safety net: the publisher keeps to WINDOW): beyond it,
+        # readings wait in our queue, where drops are counted.
+        client.max_queued_messages_set(2 * WINDOW)
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_publish = self._paho_publish
@@ -62,9 +71,27 @@ class MqttLink:
         self._client.connect_async(self.config.host, self.config.port, int(self.config.keepalive))
         self._client.loop_start()
 
+    @property
+    def outstanding(self) -> int:
+        """Messages handed to paho and not yet acknowledged (or, at QoS 0, written)."""
+        return self.sent - self.completed
+
+    async def wait_for_room(self, low_water: int) -> None:
+        """Wait until at most ``low_water`` messages are outstanding (or 1 s passed)."""
+        self.room.clear()
+        self.wake_at = low_water
+        if self.outstanding > low_water:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.room.wait()
+        self.wake_at = None
+
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
         """Hand a message to paho; returns paho's rc (MQTT_ERR_SUCCESS, _NO_CONN, _QUEUE_SIZE)."""
-        return self._client.publish(topic, payload, qos=qos, retain=retain).rc
+        rc = self._client.publish(topic, payload, qos=qos, retain=retain).rc
+        if rc == mqtt.MQTT_ERR_SUCCESS:
+            self.sent += 1
+        return rc
 
     async def stop(self) -> None:
         self._stopping = True
@@ -84,7 +111,12 @@ class MqttLink:
         self._loop.call_soon_threadsafe(self._disconnected, "connection failed")
 
     def _paho_publish(self, _c: Any, _u: Any, _mid: int, _r: Any, _p: Any) -> None:
-        self._loop.call_soon_threadsafe(self.acked.set)
+        self.completed += 1
+        # Waking the loop costs a syscall, a loop turn and a GIL hand-off: only once the window
+        # has drained to the low-water mark the publisher asked for, not per acknowledgement.
+        if self.wake_at is not None and self.sent - self.completed <= self.wake_at:
+            self.wake_at = None
+            self._loop.call_soon_threadsafe(self.room.set)
 
     # -- loop side ------------------------------------------------------------------------------
 

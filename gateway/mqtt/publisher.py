@@ -19,7 +19,7 @@ import structlog
 from gateway.config.schema import MqttSection
 from gateway.encode import encode_reading, iso_time
 from gateway.model import Reading
-from gateway.mqtt.link import MqttLink
+from gateway.mqtt.link import WINDOW, MqttLink
 from gateway.topics import Topics
 
 log = structlog.get_logger("gateway.mqtt")
@@ -88,18 +88,16 @@ class MqttPublisher:
         gw_ts = iso_time(time.time())
         sent = 0
         while queue and link.connected.is_set():
+            if link.outstanding >= WINDOW:
+                # Hysteresis: wait until half the window is acknowledged, then send a burst.
+                await link.wait_for_room(WINDOW // 2)
+                gw_ts = iso_time(time.time())
+                continue
             seq, reading = queue[0]
             payload = encode_reading(reading, seq, gw_ts)
             rc = link.publish(topics.point(reading.device, reading.point), payload, qos)
             if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-                # paho's window is full: wait for an acknowledgement, then try again.
-                link.acked.clear()
-                try:
-                    async with asyncio.timeout(1.0):
-                        await link.acked.wait()
-                except TimeoutError:
-                    pass
-                gw_ts = iso_time(time.time())
+                await link.wait_for_room(WINDOW // 2)
                 continue
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 return  # not connected any more: the reading stays queued
