@@ -65,9 +65,15 @@ class ModbusSource:
                 await asyncio.sleep(next_due - now)
                 now = loop.time()
             groups = [g for g in self.groups if due[g.interval] <= now]
+            poll = asyncio.ensure_future(self._connect_and_poll(groups))
             try:
-                await link.connect(device.pause_after_connect)
-                batch = await self._poll(groups)
+                # While the poll runs (a slow device, a busy shared bus), points whose value is
+                # older than 3 intervals are published as stale the moment they become so.
+                while not poll.done():
+                    done, _ = await asyncio.wait({poll}, timeout=self._next_stale_in())
+                    if not done and (stale := self._stale_readings()):
+                        yield stale
+                batch = poll.result()
             except DeviceError as exc:
                 raise_if_cancelling()
                 if exc.connection_lost and link.connected:
@@ -80,12 +86,15 @@ class ModbusSource:
                 await asyncio.sleep(max(link.retry_at - loop.time(), 0.05))
                 due = dict.fromkeys(due, loop.time())
                 continue
+            finally:
+                if not poll.done():
+                    poll.cancel()
             if outage is not None:
                 self._log.info("device recovered", after=outage)
                 outage = None
             if device.close_connection_after_poll:
                 link.close()
-            yield self._stale_readings() + batch
+            yield batch
             # Fixed-rate schedule: the next poll is due one interval after the last was due, so
             # periods do not drift; if we fell behind, skip the missed slots instead of bursting.
             for group in groups:
@@ -93,6 +102,10 @@ class ModbusSource:
 
     async def close(self) -> None:
         self.link.release()
+
+    async def _connect_and_poll(self, groups: Iterable[PollGroup]) -> list[Reading]:
+        await self.link.connect(self.device.pause_after_connect)
+        return await self._poll(groups)
 
     async def _poll(self, groups: Iterable[PollGroup]) -> list[Reading]:
         batch: list[Reading] = []
@@ -179,6 +192,18 @@ class ModbusSource:
             if quality == GOOD and value is not None:
                 last_good[point.name] = (ts, value)
                 self._stale.discard(point.name)
+
+    def _next_stale_in(self) -> float | None:
+        """Seconds until the next good point turns stale; None when none can."""
+        now = time.time()
+        soonest: float | None = None
+        for point in self.device.points:
+            seen = self._last_good.get(point.name)
+            if seen is None or point.name in self._stale:
+                continue
+            left = seen[0] + STALE_AFTER * self.device.interval_of(point) - now
+            soonest = left if soonest is None else min(soonest, left)
+        return None if soonest is None else max(soonest, 0.001)
 
     def _stale_readings(self) -> list[Reading]:
         """The last value, ``uncertain: stale``, of points not refreshed for 3 intervals."""
