@@ -62,6 +62,8 @@ class ModbusLink:
         self._connecting = asyncio.Lock()
         self.backoff = Backoff(initial=min(1.0, min(d.poll_interval for d in devices)), cap=30.0)
         self.retry_at = 0.0  # loop time before which no reconnect is tried
+        self.silence = inter_frame_silence(self.first)
+        self._last_frame = 0.0  # loop time the last answer (or timeout) ended
         self.last_error: str | None = None
         self._client: Any = None
 
@@ -129,12 +131,21 @@ class ModbusLink:
         self, table: str, address: int, count: int, unit: int, retries: int = 0
     ) -> list[int] | list[bool]:
         """One read request, serialized on the link; ``retries`` more tries after a timeout."""
+        loop = asyncio.get_running_loop()
         for attempt in range(retries + 1):
+            if self.silence:
+                # RTU: a frame ends after 3.5 characters of silence; pymodbus does not wait it
+                # out between requests, so a fast poll could run two frames together.
+                gap = self._last_frame + self.silence - loop.time()
+                if gap > 0:
+                    await asyncio.sleep(gap)
             try:
                 return await self._read_once(table, address, count, unit)
             except DeviceError as exc:
                 if exc.reason != "timeout" or attempt == retries:
                     raise
+            finally:
+                self._last_frame = loop.time()
         raise AssertionError("unreachable")
 
     async def _read_once(
@@ -188,6 +199,16 @@ class ModbusLink:
             return AsyncModbusUdpClient(device.host, port=device.port, **common)
         framer = FramerType.RTU if device.protocol == "modbus-rtu-over-tcp" else FramerType.SOCKET
         return AsyncModbusTcpClient(device.host, port=device.port, framer=framer, **common)
+
+
+def inter_frame_silence(device: ModbusDevice) -> float:
+    """3.5 character times on a serial line (11 bits a character); 1.75 ms above 19200 baud,
+    as the Modbus serial line specification fixes it. Zero for TCP and UDP."""
+    if not isinstance(device, ModbusRtuDevice):
+        return 0.0
+    if device.baudrate > 19200:
+        return 0.00175
+    return 3.5 * 11 / device.baudrate
 
 
 def _describe(device: ModbusDevice) -> str:

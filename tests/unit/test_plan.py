@@ -77,3 +77,23 @@ def test_plan_command_prints_requests_and_totals() -> None:
         "TOTAL  3 devices: 28.0 requests/s, 192.0 registers/s (86.0 unused); "
         "one request per point would be 70.0 requests/s (60% fewer)"
     )
+
+
+def test_rtu_inter_frame_silence() -> None:
+    from adapters.modbus.config import ModbusRtuDevice
+    from adapters.modbus.link import inter_frame_silence
+
+    def rtu(baud: int) -> ModbusRtuDevice:
+        return ModbusRtuDevice.model_validate(
+            {
+                "id": "d",
+                "line": "l",
+                "protocol": "modbus-rtu",
+                "port": "/dev/ttyS0",
+                "baudrate": baud,
+                "points": [{"name": "p", "table": "coil", "address": 0}],
+            }
+        )
+
+    assert inter_frame_silence(rtu(9600)) == pytest.approx(0.004010, abs=1e-6)  # 3.5 x 11 bits
+    assert inter_frame_silence(rtu(115200)) == 0.00175  # fixed above 19200 baud
