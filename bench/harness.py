@@ -20,15 +20,11 @@ from typing import Any
 
 import orjson
 
+from gateway.testing import Mosquitto
+
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 SEQ = re.compile(rb'"seq":(\d+)')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_port_block(count: int, start: int = 20000) -> int:
@@ -47,35 +43,15 @@ def free_port_block(count: int, start: int = 20000) -> int:
     raise RuntimeError(f"no block of {count} free ports")
 
 
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
-class Broker:
-    """mosquitto on a free loopback port (amqtt is ~5x slower: it would measure itself)."""
+class Broker(Mosquitto):
+    """mosquitto (amqtt is ~5x slower: it would measure itself) with unbounded queues, so a
+    slow subscriber never makes the broker drop what we count."""
 
     def __init__(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="bench-mosquitto-")
-        conf = Path(self.dir) / "mosquitto.conf"
-        # Unbounded queues: a slow subscriber must not make the broker drop what we count.
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            "max_queued_messages 0\nmax_inflight_messages 0\n"
+        super().__init__(
+            Path(tempfile.mkdtemp(prefix="bench-mosquitto-")),
+            extra="max_queued_messages 0\nmax_inflight_messages 0\n",
         )
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 def gateway_process(*args: str, log: Path) -> subprocess.Popen[bytes]:

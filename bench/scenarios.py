@@ -18,10 +18,10 @@ from bench.harness import (
     gateway_process,
     rss_mb,
     threads,
-    wait_port,
 )
 from gateway.encode import encode_reading, iso_time
 from gateway.model import Reading
+from gateway.testing import wait_port
 
 
 def hot_path(_args: Any) -> dict[str, Any]:

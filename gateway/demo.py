@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,16 +21,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config.load import Config
 from gateway.runtime import Gateway
+from gateway.testing import free_port
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 log = structlog.get_logger("gateway.demo")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def run_demo(

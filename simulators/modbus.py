@@ -25,7 +25,6 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice, ModbusTcpDevice
 from adapters.modbus.decode import PointCodec
-from adapters.modbus.link import PARITY
 from adapters.modbus.plan import Slot, slots_of
 from simulators.generators import Generated, Generator, make_generator
 
@@ -234,7 +233,7 @@ class ModbusSimulator:
                     "simulating device",
                     device=unit.device.id,
                     protocol=unit.device.protocol,
-                    endpoint=_endpoint(unit.device),
+                    endpoint=unit.device.endpoint,
                     unit_id=unit.device.unit_id,
                     points=len(unit.device.points),
                 )
@@ -253,13 +252,7 @@ class ModbusSimulator:
 def _server(device: ModbusDevice, units: list[SimDevice]) -> Any:
     if isinstance(device, ModbusRtuDevice):
         return ModbusSerialServer(
-            units,
-            framer=FramerType.RTU,
-            port=device.port,
-            baudrate=device.baudrate,
-            bytesize=device.bytesize,
-            parity=PARITY[device.parity],
-            stopbits=device.stopbits,
+            units, framer=FramerType.RTU, port=device.port, **device.line_settings
         )
     assert isinstance(device, ModbusTcpDevice)
     address = (device.host, device.port)
@@ -267,13 +260,6 @@ def _server(device: ModbusDevice, units: list[SimDevice]) -> Any:
         return ModbusUdpServer(units, address=address)
     framer = FramerType.RTU if device.protocol == "modbus-rtu-over-tcp" else FramerType.SOCKET
     return ModbusTcpServer(units, address=address, framer=framer)
-
-
-def _endpoint(device: ModbusDevice) -> str:
-    if isinstance(device, ModbusRtuDevice):
-        return device.port
-    assert isinstance(device, ModbusTcpDevice)
-    return f"{device.host}:{device.port}"
 
 
 async def _close_periodically(server: Any, period: float) -> None:

@@ -252,6 +252,11 @@ class ModbusDevice(DeviceConfig):
         """Devices with the same key share one connection (units behind one gateway or bus)."""
         raise NotImplementedError
 
+    @property
+    def endpoint(self) -> str:
+        """Where the device is, for logs and reports: ``host:port`` or the serial line."""
+        raise NotImplementedError
+
 
 class ModbusTcpDevice(ModbusDevice):
     protocol: Literal["modbus-tcp", "modbus-udp", "modbus-rtu-over-tcp"]
@@ -268,6 +273,10 @@ class ModbusTcpDevice(ModbusDevice):
     @property
     def link_key(self) -> tuple[str, ...]:
         return (self.protocol, self.host, str(self.port))
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 class ModbusRtuDevice(ModbusDevice):
@@ -287,6 +296,21 @@ class ModbusRtuDevice(ModbusDevice):
     @property
     def link_key(self) -> tuple[str, ...]:
         return (self.protocol, self.port)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.port} ({self.baudrate} baud)"
+
+    @property
+    def line_settings(self) -> dict[str, Any]:
+        """The serial line settings as pyserial (and so pymodbus, client and server) takes them."""
+        parity = {"none": "N", "even": "E", "odd": "O"}[self.parity]
+        return {
+            "baudrate": self.baudrate,
+            "bytesize": self.bytesize,
+            "parity": parity,
+            "stopbits": self.stopbits,
+        }
 
 
 def overlapping_points(raw_device: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:

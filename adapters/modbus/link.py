@@ -38,7 +38,6 @@ EXCEPTION_REASONS = {
     10: "gateway path unavailable",
     11: "gateway target failed to respond",
 }
-PARITY = {"none": "N", "even": "E", "odd": "O"}
 
 
 class ModbusExceptionAnswer(DeviceError):
@@ -55,7 +54,7 @@ class ModbusLink:
     def __init__(self, devices: list[ModbusDevice]) -> None:
         self.devices = devices
         self.first = devices[0]
-        self.name = _describe(self.first)
+        self.name = self.first.endpoint
         self.timeout = max(d.timeout for d in devices)
         self.users = len(devices)
         self.lock = asyncio.Lock()
@@ -186,13 +185,7 @@ class ModbusLink:
         common: dict[str, Any] = {"timeout": self.timeout, "retries": 0, "reconnect_delay": 0}
         if isinstance(device, ModbusRtuDevice):
             return AsyncModbusSerialClient(
-                device.port,
-                framer=FramerType.RTU,
-                baudrate=device.baudrate,
-                bytesize=device.bytesize,
-                parity=PARITY[device.parity],
-                stopbits=device.stopbits,
-                **common,
+                device.port, framer=FramerType.RTU, **device.line_settings, **common
             )
         assert isinstance(device, ModbusTcpDevice)
         if device.protocol == "modbus-udp":
@@ -209,10 +202,3 @@ def inter_frame_silence(device: ModbusDevice) -> float:
     if device.baudrate > 19200:
         return 0.00175
     return 3.5 * 11 / device.baudrate
-
-
-def _describe(device: ModbusDevice) -> str:
-    if isinstance(device, ModbusRtuDevice):
-        return f"{device.port} ({device.baudrate} baud)"
-    assert isinstance(device, ModbusTcpDevice)
-    return f"{device.host}:{device.port}"

@@ -16,8 +16,6 @@ from adapters.modbus.config import (
     BIT_TABLES,
     ModbusDevice,
     ModbusPoint,
-    ModbusRtuDevice,
-    ModbusTcpDevice,
     Table,
 )
 from gateway.plan_report import DevicePlan
@@ -158,7 +156,7 @@ def _request(slots: list[Slot], end: int) -> ReadRequest:
 
 def describe(device: ModbusDevice) -> DevicePlan:
     """The plan of one device as text and rates, for ``factory-gateway plan``."""
-    plan = DevicePlan(device.id, f"{device.protocol} {link_name(device)} unit {device.unit_id}")
+    plan = DevicePlan(device.id, f"{device.protocol} {device.endpoint} unit {device.unit_id}")
     for group in plan_device(device):
         rate = 1.0 / group.interval
         for request in group.requests:
@@ -179,13 +177,6 @@ def describe(device: ModbusDevice) -> DevicePlan:
             plan.unused_per_s += rate * (0 if bits else len(unused))
             plan.naive_requests_per_s += rate * len(request.slots)
     return plan
-
-
-def link_name(device: ModbusDevice) -> str:
-    if isinstance(device, ModbusRtuDevice):
-        return f"{device.port} {device.baudrate} baud"
-    assert isinstance(device, ModbusTcpDevice)
-    return f"{device.host}:{device.port}"
 
 
 def _duration(seconds: float) -> str:
