@@ -131,7 +131,8 @@ class ModbusSource:
                 )
             raise_if_cancelling()
         except ModbusExceptionAnswer as exc:
-            if exc.code == 2 and len(request.slots) > 1:
+            splittable = request.unused or len({s.address for s in request.slots}) > 1
+            if exc.code == 2 and splittable:  # flags of one register cannot be split further
                 return await self._learn_and_split(request, batch)
             now = time.time()
             batch.extend(

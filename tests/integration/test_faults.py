@@ -22,6 +22,8 @@ devices:
       - {{name: a, table: holding, address: 0, type: uint16, sim: {{constant: 11}}}}
       - {{name: b, table: holding, address: 3, type: uint16, sim: {{constant: 22}}}}
       - {{name: refused, table: holding, address: 5, type: uint16}}
+      - {{name: flag0, table: holding, address: 6, bit: 0}}
+      - {{name: flag1, table: holding, address: 6, bit: 1}}
       - {{name: c, table: holding, address: 8, type: uint16, sim: {{constant: 33}}}}
 """
 
@@ -49,17 +51,21 @@ def test_exception_2_hole_is_learned_and_avoided(workdir: Path, broker: Mosquitt
     # The points around the hole were good from the first poll on: the split happened at once.
     for name, value in (("a", 11), ("b", 22), ("c", 33)):
         assert all(r["quality"] == "good" and r["value"] == value for r in by_point[name]), name
-    # The point inside the refused range is the only one bad, with the device's reason.
-    assert {(r["quality"], r["reason"]) for r in by_point["refused"]} == {
-        ("bad", "illegal data address")
-    }
+    # The points inside the refused range are the only ones bad, with the device's reason.
+    for name in ("refused", "flag0", "flag1"):
+        assert {(r["quality"], r["reason"]) for r in by_point[name]} == {
+            ("bad", "illegal data address")
+        }, name
     assert "learned unreadable addresses" in gateway.output()
 
-    # What the simulator saw: one merged request hit the hole; afterwards only the lone read of
-    # the refused point itself touches the range.
+    # What the simulator saw: the merged request 0..8 hit the range, then its split 5..6 (the
+    # refused register and the flags' register, with no gap to blame); from then on only the
+    # lone reads of register 5 and of register 6 (both flags in one request) touch the range.
     refusals = [
-        json.loads(line) for line in sim.output().splitlines() if '"injected exception"' in line
+        (r["address"], r["count"])
+        for r in map(json.loads, (x for x in sim.output().splitlines() if x.startswith("{")))
+        if r.get("event") == "injected exception"
     ]
-    assert (refusals[0]["address"], refusals[0]["count"]) == (0, 9)
-    assert len(refusals) > 5
-    assert {(r["address"], r["count"]) for r in refusals[1:]} == {(5, 1)}
+    assert refusals[:2] == [(0, 9), (5, 2)]
+    assert len(refusals) > 8
+    assert set(refusals[2:]) == {(5, 1), (6, 1)}
