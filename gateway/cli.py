@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.config.load import Config, load_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.logging import configure
 
 
@@ -165,7 +165,7 @@ def _run_until_signal(make: Callable[[], Awaitable[None]]) -> int:
 
     try:
         asyncio.run(runner())
-    except OSError as exc:  # e.g. a port already in use
+    except (OSError, GatewayError) as exc:  # e.g. a port already in use
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

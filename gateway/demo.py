@@ -40,7 +40,11 @@ async def run_demo(
 
     from simulators.run import start_simulators
 
-    simulator = await start_simulators(config)
+    try:
+        simulator = await start_simulators(config)
+    except BaseException:
+        await _stop_broker(broker)
+        raise
     table = LiveTable(config)
     subscriber = _subscribe(config, table)
     gateway = asyncio.create_task(Gateway(config).run(), name="gateway")
@@ -57,11 +61,15 @@ async def run_demo(
         subscriber.disconnect()
         await asyncio.to_thread(subscriber.loop_stop)
         await simulator.stop()
-        if broker is not None:
-            # amqtt can wait on lingering sessions at shutdown; the demo must still exit.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(3.0):
-                    await broker.shutdown()
+        await _stop_broker(broker)
+
+
+async def _stop_broker(broker: Any) -> None:
+    if broker is not None:
+        # amqtt can wait on lingering sessions at shutdown; the demo must still exit.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                await broker.shutdown()
 
 
 async def _start_embedded_broker(port: int) -> Any:

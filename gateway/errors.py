@@ -5,6 +5,7 @@
     sentence) so a user fixes them all in one go.
   - ``DeviceError``: a southbound device failed (timeout, refused, garbage, protocol exception).
     Carries a short ``reason`` that becomes the reading's quality reason.
+  - ``ListenError``: a server of ours (a simulator) cannot listen where the map says.
 
 Lower-library exceptions (pymodbus, paho, PyYAML) are translated into these where they are caught,
 never returned as ``None``.
@@ -38,6 +39,10 @@ class ConfigError(GatewayError):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = sorted(issues, key=lambda i: (i.file, i.line, i.column))
         super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class ListenError(GatewayError):
+    """A simulator cannot serve where the device map says (address in use, no such device)."""
 
 
 class DeviceError(GatewayError):

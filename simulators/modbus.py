@@ -26,6 +26,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice, ModbusTcpDevice
 from adapters.modbus.decode import PointCodec
 from adapters.modbus.plan import Slot, slots_of
+from gateway.errors import ListenError
 from simulators.generators import Generated, Generator, make_generator
 
 log = structlog.get_logger("simulators.modbus")
@@ -221,7 +222,14 @@ class ModbusSimulator:
             if len(set(ids)) != len(ids):
                 raise ValueError(f"two devices on one link share a unit id: {ids}")
             server = _server(first, [u.sim_device() for u in units])
-            await server.serve_forever(background=True)
+            try:
+                await server.serve_forever(background=True)
+            except RuntimeError:  # pymodbus's way of saying the bind or open failed
+                await self.stop()
+                raise ListenError(
+                    f"cannot serve device {first.id!r} on {first.endpoint}: "
+                    "address in use, or not an address of this machine"
+                ) from None
             self.servers.append(server)
             periods = [
                 u.device.sim.close_every for u in units if u.device.sim and u.device.sim.close_every
