@@ -12,7 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.modbus.config import ModbusRtuDevice, ModbusTcpDevice, overlapping_points
+from adapters.modbus.config import (
+    ModbusRtuDevice,
+    ModbusTcpDevice,
+    overlapping_points,
+    shared_links,
+)
 from adapters.modbus.plan import describe
 from adapters.modbus.source import create_sources as modbus_sources
 from gateway.config.schema import DeviceConfig
@@ -32,15 +37,21 @@ class ProtocolEntry:
     raw_checks: tuple[RawCheck, ...] = field(default=())
     # The device's request plan, for `factory-gateway plan` (protocols that poll in requests).
     describe_plan: Callable[[Any], DevicePlan] | None = None
+    # Checks across the family's valid devices: (position in the list, key path, message).
+    check_devices: Callable[[list[Any]], list[tuple[int, Loc, str]]] | None = None
 
 
-_MODBUS_TCP = ProtocolEntry(ModbusTcpDevice, modbus_sources, (overlapping_points,), describe)
+_MODBUS_TCP = ProtocolEntry(
+    ModbusTcpDevice, modbus_sources, (overlapping_points,), describe, shared_links
+)
 
 PROTOCOLS: dict[str, ProtocolEntry] = {
     "modbus-tcp": _MODBUS_TCP,
     "modbus-udp": _MODBUS_TCP,
     "modbus-rtu-over-tcp": _MODBUS_TCP,
-    "modbus-rtu": ProtocolEntry(ModbusRtuDevice, modbus_sources, (overlapping_points,), describe),
+    "modbus-rtu": ProtocolEntry(
+        ModbusRtuDevice, modbus_sources, (overlapping_points,), describe, shared_links
+    ),
 }
 
 

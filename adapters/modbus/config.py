@@ -351,3 +351,38 @@ def overlapping_points(raw_device: Mapping[str, Any]) -> list[tuple[tuple[str | 
                 break
         taken.setdefault(point.table, []).append((start, end, point.bit, point.name))
     return problems
+
+
+def shared_links(devices: Sequence[ModbusDevice]) -> list[tuple[int, tuple[str | int, ...], str]]:
+    """Devices on one link (a Modbus gateway, an RS-485 bus) need distinct unit ids, and on a
+    serial line the same line settings: one port runs at one speed."""
+    problems: list[tuple[int, tuple[str | int, ...], str]] = []
+    first_on_link: dict[tuple[str, ...], int] = {}
+    units: dict[tuple[tuple[str, ...], int], str] = {}
+    for position, device in enumerate(devices):
+        key = device.link_key
+        unit_key = (key, device.unit_id)
+        if unit_key in units:
+            problems.append(
+                (
+                    position,
+                    ("unit_id",),
+                    f"unit_id {device.unit_id} is already used by device {units[unit_key]!r} "
+                    f"on {device.endpoint}",
+                )
+            )
+        units.setdefault(unit_key, device.id)
+        first = devices[first_on_link.setdefault(key, position)]
+        if isinstance(device, ModbusRtuDevice) and isinstance(first, ModbusRtuDevice):
+            mine, theirs = device.line_settings, first.line_settings
+            for name in ("baudrate", "bytesize", "parity", "stopbits"):
+                if mine[name] != theirs[name]:
+                    problems.append(
+                        (
+                            position,
+                            (name,),
+                            f"{name} differs from device {first.id!r} on the same serial port "
+                            f"{device.port} ({getattr(first, name)})",
+                        )
+                    )
+    return problems

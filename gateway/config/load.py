@@ -49,6 +49,7 @@ def load_config(paths: Sequence[str | Path]) -> Config:
         issues += _issues_from(exc, RootSection, (), data, source_map)
 
     devices: list[DeviceConfig] = []
+    indexes: list[int] = []  # each valid device's position in the map
     raw_devices = data.get("devices")
     if isinstance(raw_devices, list):
         seen_ids: dict[str, int] = {}
@@ -58,6 +59,7 @@ def load_config(paths: Sequence[str | Path]) -> Config:
             device = _validate_device(raw, index, data, source_map, issues)
             if device is not None:
                 devices.append(device)
+                indexes.append(index)
             device_id = raw.get("id")
             if isinstance(device_id, str):
                 if device_id in seen_ids:
@@ -71,6 +73,8 @@ def load_config(paths: Sequence[str | Path]) -> Config:
                     )
                 else:
                     seen_ids[device_id] = index
+    for index, loc, message in _across_devices(devices, indexes):
+        issues.append(source_map.issue(data, ("devices", index, *loc), message))
     if issues or root is None:
         raise ConfigError(issues)
     return Config(root.gateway, root.mqtt, devices, [str(f) for f in files])
@@ -103,6 +107,20 @@ def _validate_device(
     except ValidationError as exc:
         issues.extend(_issues_from(exc, entry.config_model, loc, data, source_map))
         return None
+
+
+def _across_devices(devices: list[DeviceConfig], indexes: list[int]) -> list[tuple[int, Loc, str]]:
+    """Each protocol family's checks across its devices (e.g. units sharing one link)."""
+    families: dict[Any, list[tuple[int, DeviceConfig]]] = {}
+    for index, device in zip(indexes, devices, strict=True):
+        check = PROTOCOLS[device.protocol].check_devices
+        if check is not None:
+            families.setdefault(check, []).append((index, device))
+    problems = []
+    for check, members in families.items():
+        for position, loc, message in check([d for _, d in members]):
+            problems.append((members[position][0], loc, message))
+    return problems
 
 
 def _duplicate_point_names(raw_device: Mapping[str, Any]) -> list[tuple[Loc, str]]:

@@ -108,6 +108,7 @@ devices:
       - {name: no, table: coil, address: 1}
   - <<: *press
     id: right
+    unit_id: 2
     poll_interval: 5s
 """
     )
