@@ -14,7 +14,6 @@ Value = bool | int | float | str
 GOOD: Final = "good"
 UNCERTAIN: Final = "uncertain"
 BAD: Final = "bad"
-QUALITIES: Final = (GOOD, UNCERTAIN, BAD)
 
 
 @dataclass(slots=True)

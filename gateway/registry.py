@@ -21,10 +21,10 @@ from adapters.modbus.config import (
 from adapters.modbus.plan import describe
 from adapters.modbus.source import create_sources as modbus_sources
 from gateway.config.schema import DeviceConfig
+from gateway.config.yaml_source import Loc
 from gateway.plan_report import DevicePlan
 from gateway.source import Source
 
-Loc = tuple[str | int, ...]
 RawCheck = Callable[[Mapping[str, Any]], list[tuple[Loc, str]]]
 
 

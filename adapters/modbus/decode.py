@@ -14,7 +14,7 @@ import struct
 from collections.abc import Sequence
 
 from adapters.modbus.config import DataType, ModbusPoint, Order
-from gateway.model import BAD, GOOD, UNCERTAIN
+from gateway.model import BAD, GOOD, UNCERTAIN, Value
 
 FORMATS: dict[str, str] = {
     "int16": "h",
@@ -28,8 +28,6 @@ FORMATS: dict[str, str] = {
     "bcd16": "H",
     "bcd32": "I",
 }
-
-Value = bool | int | float | str
 
 
 class DecodeError(ValueError):
