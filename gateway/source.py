@@ -8,6 +8,7 @@ fault becomes bad-quality readings, so one dead device never stops the others.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -24,3 +25,17 @@ class Source(Protocol):
     async def close(self) -> None:
         """Release the connection. Safe to call more than once."""
         ...
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library turned into an error.
+
+    Protocol libraries wait with ``asyncio.wait_for`` (pymodbus does). On Python 3.11, a
+    cancellation that arrives as the answer does is dropped (``wait_for`` returns the answer),
+    and one that arrives as the socket closes surfaces as an I/O error. Either way the task is
+    still marked as being cancelled: every adapter checks after each request, so a source
+    cannot poll on forever and block shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

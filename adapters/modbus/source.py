@@ -25,6 +25,7 @@ from adapters.modbus.link import ModbusExceptionAnswer, ModbusLink
 from adapters.modbus.plan import Address, PollGroup, ReadRequest, plan_device, plan_reads
 from gateway.errors import DeviceError
 from gateway.model import BAD, GOOD, UNCERTAIN, Reading, Value, bad_readings
+from gateway.source import raise_if_cancelling
 
 log = structlog.get_logger("adapters.modbus")
 
@@ -221,20 +222,6 @@ class ModbusSource:
                     Reading(self.device_id, point.name, value, UNCERTAIN, ts, point.unit, "stale")
                 )
         return out
-
-
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation that a library turned into an error.
-
-    pymodbus waits for answers with ``asyncio.wait_for``. On Python 3.11, a cancellation that
-    arrives as the answer does is dropped (``wait_for`` returns the answer), and one that arrives
-    as the socket closes surfaces as an I/O error. Either way the task is still marked as being
-    cancelled: checked after every request, so a source cannot poll on forever and block
-    shutdown.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def device_limit(device: ModbusDevice, table: str) -> int:
