@@ -1,8 +1,9 @@
 """``python -m bench SCENARIO``: run one benchmark scenario, print its figures, save JSON.
 
-Scenarios: ``hot-path`` (CPU per value of decode -> reading -> JSON, in process) and
+Scenarios: ``hot-path`` (CPU per value of decode -> reading -> JSON, in process),
 ``modbus-1000dev`` (1,000 simulated devices, each on its own connection, through a real
-mosquitto; gateway CPU and RSS read from /proc, values counted by an independent subscriber).
+mosquitto; gateway CPU and RSS read from /proc, values counted by an independent subscriber)
+and ``opcua-latency`` (source timestamp -> publish latency of a subscription of ``--items``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))
     parser.add_argument("--poll", type=float, default=1.0, help="poll interval, seconds")
+    parser.add_argument("--items", type=int, default=1000, help="OPC UA monitored items")
+    parser.add_argument("--rate", type=float, default=1000.0, help="OPC UA changes per second")
+    parser.add_argument("--publishing-interval", type=float, default=0.1, help="OPC UA, seconds")
     args = parser.parse_args()
     result = SCENARIOS[args.scenario](args)
     width = max(len(k) for k in result)

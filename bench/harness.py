@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from gateway.testing import Mosquitto
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 SEQ = re.compile(rb'"seq":(\d+)')
+TIMES = re.compile(rb'"ts":"([^"]+)","gw_ts":"([^"]+)"')
 
 
 def free_port_block(count: int, start: int = 20000) -> int:
@@ -72,8 +74,11 @@ class Counter:
     would measure itself.
     """
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, latency: bool = False) -> None:
+        """``latency``: also keep, per reading, (receive - ts, gw_ts - ts) in seconds."""
         self.lock = threading.Lock()
+        self.latency = latency
+        self.latencies: list[tuple[float, float]] = []
         self.messages = 0
         self.seqs: set[int] = set()
         self.duplicates = 0
@@ -97,6 +102,11 @@ class Counter:
             if found is None:
                 continue  # status messages carry no seq
             seq = int(found.group(1))
+            if self.latency and (times := TIMES.search(line)):
+                received = time.time()
+                ts, gw_ts = (_epoch(t) for t in times.groups())
+                with self.lock:
+                    self.latencies.append((received - ts, gw_ts - ts))
             with self.lock:
                 self.messages += 1
                 if seq in self.seqs:
@@ -105,6 +115,7 @@ class Counter:
 
     def reset(self) -> None:
         with self.lock:
+            self.latencies.clear()
             self.messages = 0
             self.seqs.clear()
             self.duplicates = 0
@@ -122,6 +133,20 @@ class Counter:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+def _epoch(text: bytes) -> float:
+    return datetime.fromisoformat(text.decode().replace("Z", "+00:00")).timestamp()
+
+
+def percentiles(values: list[float], *wanted: float) -> list[float]:
+    """Nearest-rank percentiles, in milliseconds."""
+    ordered = sorted(values)
+    if not ordered:
+        return [float("nan")] * len(wanted)
+    return [
+        round(1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 1) for p in wanted
+    ]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from bench.harness import (
     cpu_seconds,
     free_port_block,
     gateway_process,
+    percentiles,
     rss_mb,
     threads,
 )
@@ -173,4 +176,95 @@ def _slice(text: str, first: int, last: int) -> str:
     return head + "devices:\n" + "".join("  - id: " + b for b in blocks[first:last])
 
 
-SCENARIOS = {"hot-path": hot_path, "modbus-1000dev": modbus_1000dev}
+def opcua_latency(args: Any) -> dict[str, Any]:
+    """Source -> publish latency of an OPC UA subscription with ``--items`` monitored items.
+
+    A driver changes ``--rate`` values per second round-robin over the items, each stamped with
+    its SourceTimestamp; an independent subscriber compares it with the gateway's publish time
+    (``gw_ts``, in the payload) and with its own receive time. The figure includes the server's
+    wait for the next publishing interval (uniform in 0..interval): the gateway's own part is
+    what exceeds it.
+    """
+    items, interval = args.items, args.publishing_interval
+    work = Path(tempfile.mkdtemp(prefix="bench-opcua-"))
+    broker = Broker()
+    port = free_port_block(1)
+    lines = [
+        "gateway: {id: bench, hierarchy: {enterprise: bench, site: s1, area: a1}}",
+        f"mqtt: {{url: 'mqtt://127.0.0.1:{broker.port}', qos: {args.qos}}}",
+        "devices:",
+        "  - id: ua",
+        "    line: l1",
+        "    protocol: opcua",
+        f"    endpoint: opc.tcp://127.0.0.1:{port}/bench",
+        f"    publishing_interval: {interval}s",
+        "    timeout: 10s",
+        "    points:",
+    ]
+    lines += [
+        f'      - {{name: p{i:05d}, node: "ns=2;i={100000 + i}", data_type: Int32, '
+        "sim: {constant: 0}}"
+        for i in range(items)
+    ]
+    path = work / "map.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    counter = Counter(broker.port, "bench/#", latency=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.opcua_server", str(path), "--rate", str(args.rate)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    gateway = None
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:  # its log lines, then "ready"
+            if line.strip() == b"ready":
+                break
+        else:
+            raise RuntimeError("the OPC UA simulator did not start")
+        launched = time.monotonic()
+        gateway = gateway_process("run", str(path), log=work / "gateway.log")
+        while counter.snapshot() < items:  # the initial value of every item
+            if gateway.poll() is not None or time.monotonic() - launched > 300:
+                raise RuntimeError(f"the gateway did not start: see {work / 'gateway.log'}")
+            time.sleep(0.2)
+        subscribed_s = time.monotonic() - launched
+        time.sleep(args.warmup)
+        counter.reset()
+        start_cpu, start = cpu_seconds(gateway.pid), time.monotonic()
+        time.sleep(args.duration)
+        elapsed = time.monotonic() - start
+        cpu = cpu_seconds(gateway.pid) - start_cpu
+        with counter.lock:
+            latencies = list(counter.latencies)
+        source_to_receive = [r for r, _ in latencies]
+        source_to_publish = [p for _, p in latencies]
+        p50, p95, p99 = percentiles(source_to_publish, 50, 95, 99)
+        r50, r99 = percentiles(source_to_receive, 50, 99)
+        return {
+            "items": items,
+            "changes_per_s": args.rate,
+            "publishing_interval_ms": round(interval * 1000),
+            "qos": args.qos,
+            "all_items_first_value_after_s": round(subscribed_s, 1),
+            "values_per_s": round(len(latencies) / elapsed),
+            "source_to_publish_ms_p50_p95_p99": [p50, p95, p99],
+            "source_to_subscriber_ms_p50_p99": [r50, r99],
+            "gateway_cpu_per_s": round(cpu / elapsed, 3),
+            "lost_seq": counter.lost(),
+        }
+    finally:
+        counter.stop()
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+        server.terminate()
+        server.wait(timeout=30)
+        broker.stop()
+
+
+SCENARIOS = {
+    "hot-path": hot_path,
+    "modbus-1000dev": modbus_1000dev,
+    "opcua-latency": opcua_latency,
+}

@@ -1,4 +1,4 @@
-"""The ``factory-gateway`` command: validate, run, simulate, demo.
+"""The ``factory-gateway`` command: validate, run, plan, simulate, browse, demo.
 
 Config mistakes are printed as ``file:line:col: message`` lines and exit 1; no traceback reaches
 the user for them. Ctrl-C and SIGTERM stop cleanly (status ``offline`` published, connections
@@ -64,6 +64,30 @@ def _parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="simulate every device of a device map")
     simulate.add_argument("file", type=Path, metavar="FILE")
     simulate.set_defaults(handler=_simulate)
+
+    browse = commands.add_parser(
+        "browse", help="print an OPC UA server's address space, or map entries for it"
+    )
+    browse.add_argument("endpoint", metavar="ENDPOINT", help="opc.tcp://host:port/path")
+    browse.add_argument("--depth", type=int, default=6, help="levels below Objects (default 6)")
+    browse.add_argument("--yaml", action="store_true", help="print points: entries for a map")
+    browse.add_argument(
+        "--security",
+        default="None",
+        metavar="POLICY[,MODE]",
+        help="e.g. Basic256Sha256,SignAndEncrypt (default None)",
+    )
+    browse.add_argument("--username", default=None)
+    browse.add_argument("--password", default=None)
+    browse.add_argument(
+        "--pki", type=Path, default=Path("pki"), help="own certificate and trust folders"
+    )
+    browse.add_argument("--trust-on-first-use", action="store_true")
+    browse.add_argument("--timeout", default="5s")
+    browse.add_argument(
+        "--all", action="store_true", help="include namespace 0's standard nodes (Server...)"
+    )
+    browse.set_defaults(handler=_browse)
 
     demo = commands.add_parser(
         "demo", help="simulators + embedded broker + gateway, with a live table of values"
@@ -138,6 +162,47 @@ def _simulate(args: argparse.Namespace) -> int:
     from simulators.run import serve
 
     return _run_until_signal(lambda: serve(config))
+
+
+def _browse(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from adapters.opcua.browse import browse, render_points, render_tree
+    from adapters.opcua.config import OpcUaDevice
+
+    policy, _, mode = args.security.partition(",")
+    try:
+        device = OpcUaDevice.model_validate(
+            {
+                "id": "browse",
+                "line": "cli",
+                "protocol": "opcua",
+                "endpoint": args.endpoint,
+                "timeout": args.timeout,
+                "security": {
+                    "policy": policy,
+                    "mode": mode or ("None" if policy == "None" else "SignAndEncrypt"),
+                },
+                "username": args.username,
+                "password": args.password,
+                "certificate": args.pki / "own" / "cert.der",
+                "private_key": args.pki / "own" / "key.pem",
+                "trust": args.pki / "trusted",
+                "trust_on_first_use": args.trust_on_first_use,
+                "points": [{"name": "objects", "node": "i=85"}],
+            }
+        )
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"error: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 1
+    try:
+        space = asyncio.run(browse(device, args.depth, args.all))
+    except GatewayError as exc:
+        print(f"error: {args.endpoint}: {getattr(exc, 'detail', None) or exc}", file=sys.stderr)
+        return 1
+    print(render_points(space) if args.yaml else render_tree(space))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

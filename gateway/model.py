@@ -7,9 +7,11 @@ must cost well under a microsecond. Pydantic is for configuration only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
 
-Value = bool | int | float | str
+Scalar: TypeAlias = bool | int | float | str
+# Arrays (OPC UA) become JSON arrays.
+Value: TypeAlias = Scalar | list["Value | None"]
 
 GOOD: Final = "good"
 UNCERTAIN: Final = "uncertain"

@@ -20,6 +20,8 @@ from adapters.modbus.config import (
 )
 from adapters.modbus.plan import describe
 from adapters.modbus.source import create_sources as modbus_sources
+from adapters.opcua.config import OpcUaDevice
+from adapters.opcua.source import create_sources as opcua_sources
 from gateway.config.schema import DeviceConfig
 from gateway.config.yaml_source import Loc
 from gateway.plan_report import DevicePlan
@@ -52,6 +54,7 @@ PROTOCOLS: dict[str, ProtocolEntry] = {
     "modbus-rtu": ProtocolEntry(
         ModbusRtuDevice, modbus_sources, (overlapping_points,), describe, shared_links
     ),
+    "opcua": ProtocolEntry(OpcUaDevice, opcua_sources),
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from gateway.config.schema import DeviceConfig, PointConfig
-from gateway.config.types import Duration, Pause, StrictModel
+from gateway.config.types import Duration, FieldError, Pause, StrictModel
 from gateway.errors import GatewayError
 
 Table = Literal["coil", "discrete_input", "input", "holding"]
@@ -46,14 +46,6 @@ REGISTERS = {
 INTEGER_TYPES = ("int16", "uint16", "int32", "uint32", "int64", "uint64", "bcd16", "bcd32")
 # Modicon notation: the leading digit names the table, the rest is the one-based address.
 MODICON = {0: "coil", 1: "discrete_input", 3: "input", 4: "holding"}
-
-
-class FieldError(ValueError):
-    """A cross-field rule broken by one named key: the error is reported at that key's line."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class ModbusPoint(PointConfig):

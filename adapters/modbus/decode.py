@@ -14,7 +14,7 @@ import struct
 from collections.abc import Sequence
 
 from adapters.modbus.config import DataType, ModbusPoint, Order
-from gateway.model import BAD, GOOD, UNCERTAIN, Value
+from gateway.model import BAD, GOOD, UNCERTAIN, Scalar
 
 FORMATS: dict[str, str] = {
     "int16": "h",
@@ -82,7 +82,7 @@ def to_bcd(value: int) -> int:
 
 def decode(
     raw: bytes, data_type: DataType, byte_order: Order, word_order: Order, trim: bool = True
-) -> Value:
+) -> Scalar:
     """One value from its registers' bytes."""
     if data_type == "string":
         text = to_canonical(raw, byte_order, "big").decode("utf-8", errors="replace")
@@ -100,7 +100,7 @@ def decode(
 
 
 def encode(
-    value: Value, data_type: DataType, byte_order: Order, word_order: Order, length: int = 1
+    value: Scalar, data_type: DataType, byte_order: Order, word_order: Order, length: int = 1
 ) -> bytes:
     """The registers' bytes holding ``value`` (used by the simulator, and by writes)."""
     if data_type == "string":
@@ -181,7 +181,7 @@ class PointCodec:
         self.enum = point.enum
         self.labels = {label: number for number, label in (point.enum or {}).items()}
 
-    def decode(self, raw: bytes) -> tuple[Value | None, str, str | None]:
+    def decode(self, raw: bytes) -> tuple[Scalar | None, str, str | None]:
         try:
             value = decode(raw, self.data_type, self.byte_order, self.word_order, self.trim)
         except DecodeError as exc:
@@ -197,7 +197,7 @@ class PointCodec:
             value = self.scaling.apply(value)
         return value, GOOD, None
 
-    def encode(self, value: Value, current: bytes = b"\x00\x00") -> bytes:
+    def encode(self, value: Scalar, current: bytes = b"\x00\x00") -> bytes:
         """Registers for an engineering value; for a bit, ``current`` is the register it goes in."""
         if self.bit is not None:
             word = struct.unpack(">H", current)[0]

@@ -56,7 +56,7 @@ def load_config(paths: Sequence[str | Path]) -> Config:
         for index, raw in enumerate(raw_devices):
             if not isinstance(raw, dict):
                 continue
-            device = _validate_device(raw, index, data, source_map, issues)
+            device = _validate_device(raw, index, data, source_map, issues, files[0].parent)
             if device is not None:
                 devices.append(device)
                 indexes.append(index)
@@ -86,6 +86,7 @@ def _validate_device(
     data: dict[str, Any],
     source_map: SourceMap,
     issues: list[ConfigIssue],
+    base_dir: Path,
 ) -> DeviceConfig | None:
     loc: Loc = ("devices", index)
     protocol = raw.get("protocol")
@@ -103,7 +104,8 @@ def _validate_device(
         for sub_loc, message in check(raw):
             issues.append(source_map.issue(data, (*loc, *sub_loc), message))
     try:
-        return entry.config_model.model_validate(raw)
+        # Paths in a device (certificates, ...) are relative to the map's folder.
+        return entry.config_model.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
         issues.extend(_issues_from(exc, entry.config_model, loc, data, source_map))
         return None

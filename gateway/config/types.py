@@ -51,3 +51,11 @@ class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, models are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldError(ValueError):
+    """A cross-field rule broken by one named key: the error is reported at that key's line."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

@@ -28,3 +28,4 @@ def test_demo_shows_every_point_good_through_the_embedded_broker() -> None:
         assert " good " in rows[key], rows[key]
     assert rows[("press-01", "recipe")].split()[2] == "BRKT-2041"
     assert rows[("oven-01", "zone1_setpoint")].split()[2:4] == ["180.000", "degC"]
+    assert rows[("dryer-01", "state")].split()[2] == "DRYING"  # over OPC UA
