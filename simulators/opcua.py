@@ -473,11 +473,14 @@ class EndpointSimulator:
                     with contextlib.suppress(Exception):
                         await server.write_attribute_value(sim.node.nodeid, sim.data_value(value))
 
-    @staticmethod
-    async def _every(period: float, action: Any) -> None:
+    async def _every(self, period: float, action: Any) -> None:
+        """Inject a fault periodically; a failed injection is logged and tried again."""
         while True:
             await asyncio.sleep(period)
-            await action()
+            try:
+                await action()
+            except Exception:
+                log.exception("fault injection failed", endpoint=self.endpoint)
 
 
 class OpcUaSimulator:

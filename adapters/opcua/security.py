@@ -157,7 +157,7 @@ def _file_name(cert: x509.Certificate, thumbprint: str) -> str:
     common = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     label = str(common[0].value) if common else "server"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
-    return f"{safe} [{thumbprint}].der"
+    return f"{safe}_{thumbprint}.der"
 
 
 async def configure(client: Client, device: OpcUaDevice) -> None:
