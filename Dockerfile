@@ -1,11 +1,12 @@
 # factory-gateway on an edge box: a slim Python image, a non-root user, the device map mounted
-# at /config/gateway.yaml, buffered data (later) under /data.
+# at /config/gateway.yaml, the durable buffer under /data (the maps read BUFFER_PATH).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    BUFFER_PATH=/data/buffer
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))
     parser.add_argument("--poll", type=float, default=1.0, help="poll interval, seconds")
+    parser.add_argument("--buffer", choices=("disk", "memory"), default="disk")
+    parser.add_argument("--batch", choices=("point", "device"), default="point")
     parser.add_argument("--items", type=int, default=1000, help="OPC UA monitored items")
     parser.add_argument("--rate", type=float, default=1000.0, help="OPC UA changes per second")
     parser.add_argument("--publishing-interval", type=float, default=0.1, help="OPC UA, seconds")

@@ -66,11 +66,19 @@ def hot_path(_args: Any) -> dict[str, Any]:
 
 
 def _device_map(
-    devices: int, points: int, base_port: int, broker_port: int, qos: int, poll: float
+    devices: int,
+    points: int,
+    base_port: int,
+    broker_port: int,
+    qos: int,
+    poll: float,
+    buffer: str = "disk",
+    batch: str = "point",
 ) -> str:
     lines = [
         "gateway: {id: bench, hierarchy: {enterprise: bench, site: s1, area: a1}}",
-        f"mqtt: {{url: 'mqtt://127.0.0.1:{broker_port}', qos: {qos}}}",
+        f"mqtt: {{url: 'mqtt://127.0.0.1:{broker_port}', qos: {qos}, batch: {batch}}}",
+        f"buffer: {{mode: {buffer}}}",
         "devices:",
     ]
     for d in range(devices):
@@ -115,7 +123,11 @@ def modbus_1000dev(args: Any) -> dict[str, Any]:
         for port in (base, base + devices - 1):
             wait_port(port, timeout=120)
         gw_map = work / "gateway.yaml"
-        gw_map.write_text(_device_map(devices, points, base, broker.port, args.qos, args.poll))
+        gw_map.write_text(
+            _device_map(
+                devices, points, base, broker.port, args.qos, args.poll, args.buffer, args.batch
+            )
+        )
         launched = time.monotonic()
         gateway = gateway_process("run", str(gw_map), log=work / "gateway.log")
         while counter.snapshot() == 0:  # loading the map and connecting every device
@@ -143,6 +155,8 @@ def modbus_1000dev(args: Any) -> dict[str, Any]:
         return {
             "devices": devices,
             "points": devices * points,
+            "buffer": args.buffer,
+            "batch": args.batch,
             "poll_interval_s": args.poll,
             "qos": args.qos,
             "first_value_after_s": round(first_value_s, 1),
@@ -263,7 +277,29 @@ def opcua_latency(args: Any) -> dict[str, Any]:
         broker.stop()
 
 
+def buffer_cost(args: Any) -> dict[str, Any]:
+    """The same Modbus workload twice: memory buffer, then the durable (disk) buffer."""
+    results = {}
+    for mode in ("memory", "disk"):
+        args.buffer = mode
+        results[mode] = modbus_1000dev(args)
+    memory, disk = results["memory"], results["disk"]
+    return {
+        "devices": args.devices,
+        "poll_interval_s": args.poll,
+        "expected_values_per_s": memory["expected_values_per_s"],
+        "memory_values_per_s": memory["values_per_s"],
+        "disk_values_per_s": disk["values_per_s"],
+        "memory_values_per_cpu_s": memory["values_per_cpu_s"],
+        "disk_values_per_cpu_s": disk["values_per_cpu_s"],
+        "throughput_cost_pct": round(100 * (1 - disk["values_per_s"] / memory["values_per_s"]), 1),
+        "cpu_cost_pct": round(100 * (1 - disk["values_per_cpu_s"] / memory["values_per_cpu_s"]), 1),
+        "lost_seq": [memory["lost_seq"], disk["lost_seq"]],
+    }
+
+
 SCENARIOS = {
+    "buffer-cost": buffer_cost,
     "hot-path": hot_path,
     "modbus-1000dev": modbus_1000dev,
     "opcua-latency": opcua_latency,

@@ -36,7 +36,9 @@ async def run_demo(
         broker = await _start_embedded_broker(port)
         broker_url = f"mqtt://127.0.0.1:{port}"
     mqtt_config = config.mqtt.model_copy(update={"url": broker_url})
-    config = dataclasses.replace(config, mqtt=mqtt_config)
+    # The demo keeps its buffer in memory: it leaves nothing behind in the repository.
+    buffer_config = config.buffer.model_copy(update={"mode": "memory"})
+    config = dataclasses.replace(config, mqtt=mqtt_config, buffer=buffer_config)
 
     from simulators.run import start_simulators
 

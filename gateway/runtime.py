@@ -8,10 +8,14 @@ Every device runs in its own task, so a slow or dead device never delays another
 from __future__ import annotations
 
 import asyncio
+import time
 
+import orjson
 import structlog
 
+from gateway.buffer import Buffer, open_store
 from gateway.config.load import Config
+from gateway.encode import iso_time
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.pipeline import Deadband, Transform
 from gateway.registry import create_sources
@@ -24,9 +28,22 @@ log = structlog.get_logger("gateway")
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.topics = Topics(config.mqtt.topic, config.gateway, config.devices)
+        self.topics = Topics(
+            config.mqtt.topic, config.gateway, config.devices, config.mqtt.batch_topic
+        )
+        settings = config.buffer
+        self.buffer = Buffer(
+            open_store(settings.mode, settings.path),
+            settings.max_size,
+            settings.on_full,
+            settings.replay_rate,
+        )
         self.publisher = MqttPublisher(
-            config.mqtt, config.mqtt.client_id or config.gateway.id, self.topics
+            config.mqtt,
+            config.mqtt.client_id or config.gateway.id,
+            self.topics,
+            self.buffer,
+            settings.sync_interval,
         )
         self.transforms: list[Transform] = [Deadband(config.devices)]
         self.sources: list[Source] = create_sources(config.devices)
@@ -51,11 +68,27 @@ class Gateway:
     async def _pump(self, source: Source) -> None:
         send = self.publisher.send
         transforms = self.transforms
+        room = self.buffer.room
+        status_topic = self.topics.device_status(source.device_id)
+        published_state: tuple[str, str | None] | None = None
         try:
             async for batch in source.readings():
+                if source.state != published_state:
+                    published_state = source.state
+                    self.publisher.set_retained(status_topic, _device_state(*published_state))
                 for transform in transforms:
                     batch = transform(batch)
                 if batch:
                     send(batch)
+                if not room.is_set():  # buffer full with on_full: block_oldest_first
+                    await self.buffer.wait_for_room()
         finally:
             await source.close()
+
+
+def _device_state(state: str, reason: str | None) -> bytes:
+    """``{"state", "since", "reason"}``: docs/schemas/device-status.schema.json."""
+    payload: dict[str, str] = {"state": state, "since": iso_time(time.time())}
+    if reason is not None:
+        payload["reason"] = reason
+    return orjson.dumps(payload)

@@ -3,7 +3,8 @@
 A source is one device. ``readings()`` is an async iterator that yields a batch of readings per
 poll cycle (or per subscription notification batch) and runs until cancelled: it owns its
 connection, its timeouts and its reconnect backoff, and never raises for a device fault. A device
-fault becomes bad-quality readings, so one dead device never stops the others.
+fault becomes bad-quality readings, so one dead device never stops the others; the source also
+keeps its connection ``state`` up to date before yielding.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from typing import Protocol
 
 from gateway.model import Reading
 
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"  # the device does not answer (timeout, refused, lost)
+ERROR = "error"  # it answers but cannot be used as configured (e.g. an untrusted certificate)
+
 
 class Source(Protocol):
     device_id: str
+    # (state, reason): one of the three above; the runtime publishes it, retained, on change.
+    state: tuple[str, str | None]
 
     def readings(self) -> AsyncIterator[list[Reading]]:
         """Batches of readings, forever; cancel the consuming task to stop."""

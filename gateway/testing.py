@@ -6,6 +6,7 @@ benchmarks and anyone testing an integration use the same, real broker.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -51,8 +52,11 @@ class Mosquitto:
     def __init__(self, workdir: Path, extra: str = "") -> None:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
+        # Started as root, mosquitto drops to its own user, which cannot write a private test
+        # folder: persistence would silently not happen. Stay root, as the tests are.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {workdir}/\n{extra}"
         )
         self.url = f"mqtt://127.0.0.1:{self.port}"

@@ -25,7 +25,7 @@ from adapters.modbus.link import ModbusExceptionAnswer, ModbusLink
 from adapters.modbus.plan import Address, PollGroup, ReadRequest, plan_device, plan_reads
 from gateway.errors import DeviceError
 from gateway.model import BAD, GOOD, UNCERTAIN, Reading, Value, bad_readings
-from gateway.source import raise_if_cancelling
+from gateway.source import CONNECTED, DISCONNECTED, raise_if_cancelling
 
 log = structlog.get_logger("adapters.modbus")
 
@@ -53,6 +53,7 @@ class ModbusSource:
         self._last_good: dict[str, tuple[float, Value]] = {}  # point -> (ts, value)
         self._stale: set[str] = set()
         self._log = log.bind(device=device.id, link=link.name)
+        self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
 
     async def readings(self) -> AsyncIterator[list[Reading]]:
         device, link = self.device, self.link
@@ -82,6 +83,7 @@ class ModbusSource:
                 if exc.reason != outage:
                     self._log.warning("device unreachable", reason=exc.reason)
                     outage = exc.reason
+                    self.state = (DISCONNECTED, exc.reason)
                     self._last_good.clear()
                     yield bad_readings(device.id, self._all_points, exc.reason, time.time())
                 await asyncio.sleep(max(link.retry_at - loop.time(), 0.05))
@@ -93,6 +95,7 @@ class ModbusSource:
             if outage is not None:
                 self._log.info("device recovered", after=outage)
                 outage = None
+            self.state = (CONNECTED, None)
             if device.close_connection_after_poll:
                 link.close()
             yield batch

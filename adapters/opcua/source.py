@@ -36,7 +36,7 @@ from adapters.opcua.nodes import resolve
 from gateway.backoff import Backoff
 from gateway.errors import DeviceError
 from gateway.model import BAD, Reading, bad_readings
-from gateway.source import raise_if_cancelling
+from gateway.source import CONNECTED, DISCONNECTED, ERROR, raise_if_cancelling
 
 log = structlog.get_logger("adapters.opcua")
 
@@ -67,6 +67,7 @@ class OpcUaSource:
         # can be resumed (and its subscription deleted) rather than left as a duplicate.
         self._session_file = _state_dir() / f"{device.id}.session.json"
         self._subscription_id: int | None = None
+        self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
 
     async def readings(self) -> AsyncIterator[list[Reading]]:
         backoff = Backoff(initial=0.5, cap=30.0)
@@ -76,6 +77,7 @@ class OpcUaSource:
             try:
                 async for batch in session:
                     backoff.reset()
+                    self.state = (CONNECTED, None)
                     if outage is not None:
                         self._log.info("device recovered", after=outage)
                         outage = None
@@ -87,6 +89,8 @@ class OpcUaSource:
                     detail = getattr(exc, "detail", None)
                     self._log.warning("device unreachable", reason=exc.reason, detail=detail)
                     outage = exc.reason
+                    kind = ERROR if isinstance(exc, security.SecuritySetupError) else DISCONNECTED
+                    self.state = (kind, exc.reason)
                     yield bad_readings(self.device_id, self._all_points, exc.reason, time.time())
             finally:
                 await session.aclose()

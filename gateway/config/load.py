@@ -12,14 +12,20 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from gateway.config.schema import DeviceConfig, GatewaySection, MqttSection, RootSection
+from gateway.config.schema import (
+    BufferSection,
+    DeviceConfig,
+    GatewaySection,
+    MqttSection,
+    RootSection,
+)
 from gateway.config.yaml_source import Loc, SourceMap, load_yaml
 from gateway.errors import ConfigError, ConfigIssue
 from gateway.registry import PROTOCOLS
@@ -33,6 +39,7 @@ class Config:
     mqtt: MqttSection
     devices: list[DeviceConfig]
     files: list[str]
+    buffer: BufferSection = field(default_factory=BufferSection)
 
 
 def load_config(paths: Sequence[str | Path]) -> Config:
@@ -44,7 +51,7 @@ def load_config(paths: Sequence[str | Path]) -> Config:
 
     root: RootSection | None = None
     try:
-        root = RootSection.model_validate(data)
+        root = RootSection.model_validate(data, context={"base_dir": files[0].parent})
     except ValidationError as exc:
         issues += _issues_from(exc, RootSection, (), data, source_map)
 
@@ -77,7 +84,9 @@ def load_config(paths: Sequence[str | Path]) -> Config:
         issues.append(source_map.issue(data, ("devices", index, *loc), message))
     if issues or root is None:
         raise ConfigError(issues)
-    return Config(root.gateway, root.mqtt, devices, [str(f) for f in files])
+    # The buffer folder is relative to the map's folder, like every path in a map.
+    buffer = root.buffer.relative_to(files[0].parent)
+    return Config(root.gateway, root.mqtt, devices, [str(f) for f in files], buffer)
 
 
 def _validate_device(

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gateway.config.sim import SimSpec
-from gateway.config.types import Duration, Name, StrictModel
+from gateway.config.types import ByteSize, Duration, FieldError, Name, StrictModel
 
 DEFAULT_TOPIC = "{enterprise}/{site}/{area}/{line}/{device}/{point}"
+DEFAULT_BATCH_TOPIC = "{enterprise}/{site}/{area}/{line}/{device}"
 TOPIC_FIELDS = ("enterprise", "site", "area", "line", "device", "point", "gateway")
 
 
@@ -35,13 +37,50 @@ class GatewaySection(StrictModel):
 
 class MqttSection(StrictModel):
     url: str = "mqtt://127.0.0.1:1883"
+    version: Literal[3, 5] = 3  # 3 = MQTT 3.1.1
     client_id: str | None = None
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
+    # TLS (mqtts://): the CA that signed the broker's certificate (default: the system's), a
+    # client certificate and key for brokers that require one; `insecure` skips the host check.
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
     qos: Literal[0, 1, 2] = 1
     topic: str = DEFAULT_TOPIC
+    # `device`: one message per device per poll cycle on `batch_topic`, instead of per point.
+    batch: Literal["point", "device"] = "point"
+    batch_topic: str = DEFAULT_BATCH_TOPIC
     keepalive: Duration = 30.0
-    queue_size: int = Field(default=100_000, ge=1)
+    session_expiry: Duration = 86_400.0  # MQTT 5: how long the broker keeps our session
+    message_expiry: Duration | None = None  # MQTT 5: readings older than this are discarded
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, version: Any) -> Any:
+        return 3 if version in (4, "3.1.1", "3") else (5 if version == "5" else version)
+
+    @field_validator("username", "password", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _tls_files(self, info: ValidationInfo) -> MqttSection:
+        if (self.cert is None) != (self.key is None):
+            raise FieldError("cert", "a client certificate needs both cert and key")
+        if (self.ca or self.cert) and not self.tls:
+            raise FieldError("ca", "ca, cert and key need a TLS broker URL (mqtts://)")
+        if self.message_expiry is not None and self.version != 5:
+            raise FieldError("message_expiry", "message_expiry needs mqtt.version: 5")
+        base = (info.context or {}).get("base_dir")
+        if base is not None:
+            for name in ("ca", "cert", "key"):
+                value: Path | None = getattr(self, name)
+                if value is not None and not value.is_absolute():
+                    object.__setattr__(self, name, Path(base) / value)
+        return self
 
     @field_validator("url")
     @classmethod
@@ -57,23 +96,20 @@ class MqttSection(StrictModel):
             raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
         return url
 
+    @field_validator("batch_topic")
+    @classmethod
+    def _check_batch_topic(cls, topic: str) -> str:
+        names = _topic_fields(topic)
+        if "device" not in names or "point" in names:
+            raise ValueError("batch_topic must contain {device} and not {point}")
+        return topic
+
     @field_validator("topic")
     @classmethod
     def _check_topic(cls, topic: str) -> str:
-        try:
-            names = {name for _, name, _, _ in string.Formatter().parse(topic) if name is not None}
-        except ValueError as exc:
-            raise ValueError(f"topic template {topic!r} is malformed: {exc}") from None
-        unknown = names - set(TOPIC_FIELDS)
-        if unknown:
-            raise ValueError(
-                f"topic template uses unknown field(s) {', '.join(sorted(unknown))}; "
-                f"available: {', '.join(TOPIC_FIELDS)}"
-            )
+        names = _topic_fields(topic)
         if "point" not in names or "device" not in names:
             raise ValueError("topic template must contain {device} and {point}")
-        if "+" in topic or "#" in topic:
-            raise ValueError("topic template must not contain the wildcards + or #")
         return topic
 
     @property
@@ -88,6 +124,43 @@ class MqttSection(StrictModel):
     @property
     def tls(self) -> bool:
         return urlsplit(self.url).scheme == "mqtts"
+
+
+def _topic_fields(topic: str) -> set[str]:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(topic) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"topic template {topic!r} is malformed: {exc}") from None
+    unknown = names - set(TOPIC_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"topic template uses unknown field(s) {', '.join(sorted(unknown))}; "
+            f"available: {', '.join(TOPIC_FIELDS)}"
+        )
+    if "+" in topic or "#" in topic:
+        raise ValueError("topic template must not contain the wildcards + or #")
+    return names
+
+
+class BufferSection(StrictModel):
+    """The store-and-forward buffer between the pipeline and the broker."""
+
+    # disk: SQLite (WAL), survives a crash; memory: a bounded queue, lost on a crash.
+    mode: Literal["disk", "memory"] = "disk"
+    path: Path = Path("data/buffer")  # a folder; relative to the device map's folder
+    max_size: ByteSize = 1024**3
+    # drop_oldest: make room by dropping the oldest readings (counted); block_oldest_first:
+    # keep them all, and make the devices' polls wait until the oldest are delivered.
+    on_full: Literal["drop_oldest", "block_oldest_first"] = "drop_oldest"
+    sync_interval: Duration = 0.2  # fsync at least this often (power-cut safety)
+    # Share of publishes given to the backlog while live readings also wait (0 < r <= 1).
+    replay_rate: float = Field(default=0.5, gt=0, le=1)
+
+    def relative_to(self, base: Path) -> BufferSection:
+        """The section with a relative ``path`` made relative to ``base`` (the map's folder)."""
+        if self.path.is_absolute() or str(self.path) == ":memory:":
+            return self
+        return self.model_copy(update={"path": base / self.path})
 
 
 class PointConfig(StrictModel):
@@ -119,4 +192,5 @@ class RootSection(StrictModel):
 
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
+    buffer: BufferSection = BufferSection()
     devices: list[dict[str, Any]] = Field(min_length=1)

@@ -30,6 +30,36 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 # A pause may be zero (``0s``, the default of every pause).
 Pause = Annotated[float, BeforeValidator(lambda v: parse_duration(v, allow_zero=True))]
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+}
+
+
+def parse_size(value: Any) -> int:
+    """``64KiB`` / ``512MiB`` / ``1GiB`` / ``10MB`` (or a bare number of bytes) -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("a size is written like 64KiB, 512MiB or 1GiB")
+    if isinstance(value, int | float):
+        size = float(value)
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a size; write it like 64KiB, 512MiB or 1GiB")
+    if size <= 0:
+        raise ValueError("a size must be greater than zero")
+    return int(size)
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
 

@@ -1,123 +1,220 @@
-"""The MQTT sink: a bounded queue of readings drained to the broker.
+"""The MQTT sink: readings -> records in the buffer -> broker, deleted when acknowledged.
 
-Readings get their ``seq`` when they enter the queue, so a reading dropped from a full queue
-leaves a gap a consumer can see. While the broker is unreachable the queue holds up to
-``mqtt.queue_size`` readings, dropping the oldest; the drop count is logged. (Durable,
-disk-backed buffering is a separate stage.)
+``send`` encodes each reading (or, with ``mqtt.batch: device``, each device's poll cycle) with
+its ``seq`` and ``gw_ts`` and adds it to the buffer; it never blocks. ``run`` connects, publishes
+what the buffer hands out (live readings, and after an outage the backlog, marked
+``"replayed": true``), keeps at most ``WINDOW`` messages unacknowledged, and every
+``sync_interval`` tells the buffer which were acknowledged (PUBACK at QoS 1, PUBCOMP at QoS 2;
+at QoS 0, once written: "may lose"). Every 10 s it publishes the gateway status (retained) with
+the delivery accounting. Device states are retained messages of their own, outside the buffer:
+only the latest matters, and it is re-published on every connect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections import deque
 
 import orjson
 import paho.mqtt.client as mqtt
 import structlog
 
+from gateway.buffer import Buffer, Record
 from gateway.config.schema import MqttSection
-from gateway.encode import encode_reading, iso_time
+from gateway.encode import encode_batch, encode_reading, iso_time, mark_replayed, split_by_point
 from gateway.model import Reading
 from gateway.mqtt.link import WINDOW, MqttLink
 from gateway.topics import Topics
 
 log = structlog.get_logger("gateway.mqtt")
 
-ONLINE = orjson.dumps({"state": "online"})
 OFFLINE = orjson.dumps({"state": "offline"})
+STATUS_EVERY = 10.0
 
 
 class MqttPublisher:
-    """A ``Sink``: ``send`` enqueues (never blocks the pipeline), ``run`` drains to the broker."""
+    """A ``Sink``: ``send`` buffers (never blocks the pipeline), ``run`` drains to the broker."""
 
-    def __init__(self, config: MqttSection, client_id: str, topics: Topics) -> None:
+    def __init__(
+        self,
+        config: MqttSection,
+        client_id: str,
+        topics: Topics,
+        buffer: Buffer,
+        sync_interval: float = 0.2,
+    ) -> None:
         self.config = config
         self.client_id = client_id
         self.topics = topics
-        self.queue: deque[tuple[int, Reading]] = deque()
-        self.seq = 0
-        self.dropped = 0
-        self.published = 0
-        self._wakeup = asyncio.Event()
+        self.buffer = buffer
+        self.sync_interval = sync_interval
+        self.inflight: dict[int, int] = {}  # paho mid -> seq
+        self.retained: dict[str, bytes] = {}  # device states: topic -> latest payload
+        self.started = iso_time(time.time())
         self._link: MqttLink | None = None
+        self._batch = config.batch == "device"
+
+    @property
+    def published(self) -> int:
+        return self.buffer.outcomes.delivered
+
+    # -- from the pipeline ----------------------------------------------------------------
 
     def send(self, batch: list[Reading]) -> None:
-        queue, limit = self.queue, self.config.queue_size
+        now = time.time()
+        gw_ts = iso_time(now)
+        buffer, topics = self.buffer, self.topics
+        if self._batch:
+            for group in split_by_point(batch):
+                seq = buffer.take_seq()
+                payload = encode_batch(group, seq, gw_ts)
+                buffer.add(Record(seq, topics.device(group[0].device), payload, now))
+            return
         for reading in batch:
-            self.seq += 1
-            if len(queue) >= limit:
-                queue.popleft()
-                if self.dropped == 0:
-                    log.warning("reading queue full, dropping oldest", queue_size=limit)
-                self.dropped += 1
-            queue.append((self.seq, reading))
-        self._wakeup.set()
+            seq = buffer.take_seq()
+            payload = encode_reading(reading, seq, gw_ts)
+            buffer.add(Record(seq, topics.point(reading.device, reading.point), payload, now))
+
+    def set_retained(self, topic: str, payload: bytes) -> None:
+        """Publish a retained state now if connected, and again on every (re)connect."""
+        self.retained[topic] = payload
+        link = self._link
+        if link is not None and link.connected.is_set():
+            link.publish(topic, payload, qos=1, retain=True)
+
+    # -- to the broker ---------------------------------------------------------------------
 
     async def run(self) -> None:
         link = MqttLink(
             self.config,
             self.client_id,
             will=(self.topics.status, OFFLINE),
-            on_connected=self._announce,
+            on_connected=self._on_connected,
         )
         self._link = link
         link.start()
         try:
-            while True:
-                await link.connected.wait()
-                if not self.queue:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                await self._drain(link)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._acknowledge_and_sync(link), name="buffer-sync")
+                tasks.create_task(self._report(link), name="gateway-status")
+                await self._drain_forever(link)
         finally:
             self._link = None
             await self._shutdown(link)
 
-    def _announce(self) -> None:
-        if self._link is not None:
-            self._link.publish(self.topics.status, ONLINE, qos=1, retain=True)
-        if self.dropped:
-            log.warning(
-                "readings were dropped while the broker was unreachable", dropped=self.dropped
-            )
+    def _on_connected(self) -> None:
+        link = self._link
+        if link is None:
+            return
+        self.buffer.connected()
+        link.publish(self.topics.status, self._status(), qos=1, retain=True)
+        for topic, payload in self.retained.items():
+            link.publish(topic, payload, qos=1, retain=True)
+
+    async def _drain_forever(self, link: MqttLink) -> None:
+        buffer = self.buffer
+        while True:
+            await link.connected.wait()
+            if not buffer.pending():
+                buffer.ready.clear()
+                await buffer.ready.wait()
+                continue
+            await self._drain(link)
 
     async def _drain(self, link: MqttLink) -> None:
-        queue, qos, topics = self.queue, self.config.qos, self.topics
-        gw_ts = iso_time(time.time())
+        buffer, qos = self.buffer, self.config.qos
         sent = 0
-        while queue and link.connected.is_set():
+        while link.connected.is_set():
             if link.outstanding >= WINDOW:
                 # Hysteresis: wait until half the window is acknowledged, then send a burst.
-                await link.wait_for_room(WINDOW // 2)
-                gw_ts = iso_time(time.time())
-                continue
-            seq, reading = queue[0]
-            payload = encode_reading(reading, seq, gw_ts)
-            rc = link.publish(topics.point(reading.device, reading.point), payload, qos)
-            if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                self._collect_acks(link)
                 await link.wait_for_room(WINDOW // 2)
                 continue
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                return  # not connected any more: the reading stays queued
-            queue.popleft()
-            self.published += 1
+            item = buffer.next()
+            if item is None:
+                return
+            record, replayed = item
+            payload = mark_replayed(record.payload) if replayed else record.payload
+            rc, mid = link.publish(record.topic, payload, qos)
+            if rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and qos):
+                # At QoS 1/2 paho holds it (and resends it after a reconnect) until acknowledged.
+                buffer.handed(record)
+                if qos:
+                    self.inflight[mid] = record.seq
+                else:
+                    buffer.acknowledged([record.seq])
+            else:
+                buffer.returned(record)
+                if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                    await link.wait_for_room(WINDOW // 2)
+                    continue
+                return  # not connected (QoS 0): wait for the broker
             sent += 1
             if sent % 500 == 0:
+                self._collect_acks(link)
                 await asyncio.sleep(0)  # let polls run during a long drain
-                gw_ts = iso_time(time.time())
+
+    def _collect_acks(self, link: MqttLink) -> None:
+        mids = link.take_acked()
+        if mids:
+            pop = self.inflight.pop
+            self.buffer.acknowledged([s for s in (pop(m, None) for m in mids) if s is not None])
+
+    async def _acknowledge_and_sync(self, link: MqttLink) -> None:
+        """Every ``sync_interval``: delete what was acknowledged, commit, fsync."""
+        while True:
+            await asyncio.sleep(self.sync_interval)
+            self._collect_acks(link)
+            await self.buffer.sync()
+
+    async def _report(self, link: MqttLink) -> None:
+        """The gateway status (retained) and a log line with the accounting, every 10 s."""
+        last_dropped: dict[str, object] = {}
+        while True:
+            await asyncio.sleep(STATUS_EVERY)
+            stats = self.buffer.stats()
+            if link.connected.is_set():
+                link.publish(self.topics.status, self._status(stats), qos=1, retain=True)
+            dropped = stats["dropped"]
+            quiet = not stats["buffered"] or link.connected.is_set()
+            if dropped != last_dropped or not quiet:
+                log.info("delivery", connected=link.connected.is_set(), **stats)
+                last_dropped = dict(dropped) if isinstance(dropped, dict) else {}
+
+    def _status(self, stats: dict[str, object] | None = None) -> bytes:
+        return orjson.dumps(
+            {
+                "state": "online",
+                "since": self.started,
+                "ts": iso_time(time.time()),
+                **(stats if stats is not None else self.buffer.stats()),
+            }
+        )
 
     async def _shutdown(self, link: MqttLink) -> None:
-        """Flush what is queued (briefly), say offline, disconnect."""
+        """Commit everything, give in-flight messages a moment, say offline, disconnect.
+
+        Nothing is lost by stopping: what is not acknowledged stays in the buffer (on disk, or
+        for ``buffer.mode: memory`` it is flushed for up to 2 s first).
+        """
+        buffer = self.buffer
+        buffer.flush()
         if link.connected.is_set():
-            try:
-                async with asyncio.timeout(2.0):
-                    while self.queue and link.connected.is_set():
-                        await self._drain(link)
-                        await asyncio.sleep(0.01)
-            except TimeoutError:
-                log.warning("shutdown with readings still queued", queued=len(self.queue))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5 if buffer.store.durable else 2.0):
+                    if not buffer.store.durable:
+                        while buffer.pending() and link.connected.is_set():
+                            await self._drain(link)
+                            await asyncio.sleep(0.01)
+                    await link.wait_for_room(0)
             link.publish(self.topics.status, OFFLINE, qos=1, retain=True)
             await asyncio.sleep(0.05)
+        self._collect_acks(link)
         await link.stop()
+        self._collect_acks(link)
+        stats = buffer.stats()
+        buffer.close()
+        log.info("delivery at shutdown", **stats)
+        if buffer.count and buffer.store.durable:
+            log.info("readings kept for the next start", buffered=buffer.count)

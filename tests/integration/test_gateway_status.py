@@ -19,7 +19,7 @@ def _wait_status(collector: Collector, state: str) -> None:
 
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if {"state": state} in _statuses(collector):
+        if any(isinstance(p, dict) and p.get("state") == state for p in _statuses(collector)):
             return
         time.sleep(0.05)
     raise AssertionError(f"no {state} status; got {_statuses(collector)}")

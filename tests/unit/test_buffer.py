@@ -1,0 +1,172 @@
+"""The delivery buffer on both stores (one suite, as Telegraf tests its memory and disk buffers)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.buffer import Buffer, MemoryStore, Record, SqliteStore, Store
+from gateway.errors import GatewayError
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    stores: list[Store] = []
+
+    def make() -> Store:
+        store: Store = SqliteStore(tmp_path / "buf") if request.param == "sqlite" else MemoryStore()
+        stores.append(store)
+        return store
+
+    yield make
+
+
+def _fill(buffer: Buffer, count: int, size: int = 100) -> list[int]:
+    seqs = []
+    for _ in range(count):
+        seq = buffer.take_seq()
+        buffer.add(Record(seq, "t", b"x" * size, 1.0))
+        seqs.append(seq)
+    buffer.flush()
+    return seqs
+
+
+def _drain(buffer: Buffer) -> list[tuple[int, bool]]:
+    out = []
+    while (item := buffer.next()) is not None:
+        record, replayed = item
+        buffer.handed(record)
+        out.append((record.seq, replayed))
+    return out
+
+
+def run(coro: Callable[[], object]) -> None:
+    async def main() -> None:
+        coro()
+
+    asyncio.run(main())
+
+
+def test_records_leave_only_when_acknowledged(make_store: StoreFactory) -> None:
+    def scenario() -> None:
+        buffer = Buffer(make_store(), max_size=10**6)
+        buffer.connected()
+        seqs = _fill(buffer, 10)
+        sent = _drain(buffer)
+        assert sent == [(s, False) for s in seqs]
+        assert buffer.count == 10  # handed, not acknowledged: still buffered
+        buffer.acknowledged(seqs[:4])
+        buffer.flush()
+        assert buffer.count == 6 and buffer.outcomes.delivered == 4
+        assert buffer.store.totals()[0] == 6
+        buffer.acknowledged(seqs[:4])  # a redelivery acknowledged twice counts once
+        assert buffer.outcomes.delivered == 4
+
+    run(scenario)
+
+
+def test_an_outage_becomes_a_backlog_replayed_in_order_interleaved_with_live(
+    make_store: StoreFactory,
+) -> None:
+    def scenario() -> None:
+        buffer = Buffer(make_store(), max_size=10**6, replay_rate=0.5)
+        buffer.connected()
+        waited = _fill(buffer, 6)  # the broker is down: nothing is sent
+        buffer.connected()  # it is back: what waited is the backlog
+        live = _fill(buffer, 3)
+        sent = _drain(buffer)
+        assert [s for s, replayed in sent if replayed] == waited  # oldest first, marked
+        assert [s for s, replayed in sent if not replayed] == live
+        # Half of the publishes go to the backlog while live readings also wait.
+        assert [replayed for _, replayed in sent[:6]] == [False, True, False, True, False, True]
+
+    run(scenario)
+
+
+def test_a_full_buffer_drops_the_oldest_waiting_and_counts_them(make_store: StoreFactory) -> None:
+    def scenario() -> None:
+        record_size = 100 + len("t") + 32
+        buffer = Buffer(make_store(), max_size=10 * record_size)
+        buffer.connected()
+        first = _fill(buffer, 2)
+        for record, _ in [buffer.next(), buffer.next()]:  # type: ignore[misc]
+            buffer.handed(record)  # in flight: never dropped
+        buffer.connected()
+        seqs = _fill(buffer, 30)
+        # Room for 10 waiting records (the 2 in flight come on top, and stay).
+        assert buffer.outcomes.dropped["buffer_full"] == 20
+        sent = [s for s, _ in _drain(buffer)]
+        assert sent == seqs[20:]  # the oldest waiting went, the newest stayed
+        assert buffer.count == 12 and set(first) <= set(buffer.out)
+
+    run(scenario)
+
+
+def test_block_oldest_first_keeps_everything_and_signals_full(make_store: StoreFactory) -> None:
+    def scenario() -> None:
+        buffer = Buffer(make_store(), max_size=1000, on_full="block_oldest_first")
+        buffer.connected()
+        seqs = _fill(buffer, 20)
+        assert not buffer.room.is_set() and not buffer.outcomes.dropped
+        _drain(buffer)
+        buffer.acknowledged(seqs)
+        buffer.flush()
+        assert buffer.room.is_set() and buffer.count == 0
+
+    run(scenario)
+
+
+def test_seq_and_unacknowledged_records_survive_a_restart(tmp_path: Path) -> None:
+    def first_run() -> None:
+        buffer = Buffer(SqliteStore(tmp_path / "buf"), max_size=10**6)
+        buffer.connected()
+        seqs = _fill(buffer, 5)
+        _drain(buffer)
+        buffer.acknowledged(seqs[:2])
+        buffer.flush()
+        buffer.store.close()  # a crash: no goodbye beyond what was committed
+
+    def second_run() -> None:
+        buffer = Buffer(SqliteStore(tmp_path / "buf"), max_size=10**6)
+        assert buffer.take_seq() == 6  # seq continues
+        buffer.connected()
+        assert _drain(buffer) == [(3, True), (4, True), (5, True)]
+
+    run(first_run)
+    run(second_run)
+
+
+def test_a_corrupt_record_is_skipped_and_counted(tmp_path: Path) -> None:
+    def write() -> None:
+        buffer = Buffer(SqliteStore(tmp_path / "buf"), max_size=10**6)
+        _fill(buffer, 3)
+        buffer.store.close()
+
+    run(write)
+    db = sqlite3.connect(tmp_path / "buf" / "buffer.sqlite3")
+    db.execute("UPDATE records SET payload = X'00' WHERE seq = 2")
+    db.commit()
+    db.close()
+
+    def read() -> None:
+        buffer = Buffer(SqliteStore(tmp_path / "buf"), max_size=10**6)
+        buffer.connected()
+        assert [s for s, _ in _drain(buffer)] == [1, 3]
+        assert buffer.outcomes.dropped == {"corrupt": 1}
+        assert buffer.count == 2
+
+    run(read)
+
+
+def test_one_gateway_per_buffer_folder(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path / "buf")
+    with pytest.raises(GatewayError, match="in use by another gateway"):
+        SqliteStore(tmp_path / "buf")
+    first.close()
+    SqliteStore(tmp_path / "buf").close()
