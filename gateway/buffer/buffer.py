@@ -2,8 +2,8 @@
 
 Every record is in exactly one place:
 
-- ``staging``: accepted from the pipeline, not yet committed (committed at the end of the
-  current event-loop turn, so a reading is on disk before it can be published);
+- ``staging``: accepted from the pipeline, not yet committed (committed within 5 ms, in one
+  transaction for all that arrived meanwhile; a reading is on disk before it can be published);
 - ``live``: committed, waiting to be published (in memory, in seq order);
 - the **backlog**: committed, waiting, but only on disk (seqs ``cursor..backlog_to``): what piled
   up during a broker outage, what overflowed ``live``, what a crash left behind;
@@ -29,6 +29,10 @@ from gateway.buffer.store import Store
 log = structlog.get_logger("gateway.buffer")
 
 READ_CHUNK = 500  # backlog records read back per query
+# Staged records are committed this soon (one transaction for all batches of the moment), or at
+# once when this many are staged.
+COMMIT_DELAY = 0.005
+COMMIT_BATCH = 2000
 LIVE_LIMIT = 20_000  # records kept in memory; beyond, they wait on disk only
 
 
@@ -90,9 +94,11 @@ class Buffer:
         self.bytes += record.size
         if self._over():
             self._make_room()
-        if not self._flush_scheduled:
+        if len(self.staging) >= COMMIT_BATCH:
+            self.flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(COMMIT_DELAY, self.flush)
 
     async def wait_for_room(self) -> None:
         """With ``block_oldest_first``, wait while the buffer is full."""

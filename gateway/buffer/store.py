@@ -13,6 +13,7 @@ Both stores answer the same small interface and pass one shared test suite.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fcntl
 import os
 import sqlite3
@@ -195,52 +196,69 @@ class MemoryStore:
     durable = False
 
     def __init__(self) -> None:
-        self.records: dict[int, Record] = {}
+        # Plain tuples of str/bytes/float: the garbage collector stops tracking them, so a
+        # large backlog in memory does not make every collection walk it.
+        self.records: dict[int, tuple[str, bytes, float]] = {}
+        self.order: list[int] = []  # seqs in the order written (ascending); may hold deleted ones
+        self.start = 0  # index in `order` before which everything is deleted
         self.last_seq = 0
 
     def write(self, records: list[Record], deletes: Iterable[int], last_seq: int) -> None:
         for record in records:
-            self.records[record.seq] = record
+            self.records[record.seq] = (record.topic, record.payload, record.created)
+            self.order.append(record.seq)
         for seq in deletes:
             self.records.pop(seq, None)
         self.last_seq = max(self.last_seq, last_seq)
+        # Most deletions are at the front: drop that prefix of `order` now and then.
+        order, records_ = self.order, self.records
+        while self.start < len(order) and order[self.start] not in records_:
+            self.start += 1
+        if self.start > 4096 and self.start > len(order) // 2:
+            del order[: self.start]
+            self.start = 0
 
     def read(self, first: int, last: int, limit: int) -> tuple[list[Record], list[int], int]:
-        found: list[Record] = []
-        seq = first
-        for seq in self._seqs(first, last):
-            found.append(self.records[seq])
-            if len(found) == limit:
-                break
-        return found, [], seq if found else last
+        records = self.records
+        found = [Record(seq, *records[seq]) for seq in self._seqs(first, last, limit)]
+        return found, [], found[-1].seq if found else last
 
     def sizes(self, first: int, last: int, limit: int) -> list[tuple[int, int]]:
-        found: list[tuple[int, int]] = []
-        for seq in self._seqs(first, last):
-            found.append((seq, self.records[seq].size))
-            if len(found) == limit:
-                break
-        return found
+        records = self.records
+        return [
+            (seq, len(records[seq][0]) + len(records[seq][1]) + 32)
+            for seq in self._seqs(first, last, limit)
+        ]
 
-    def _seqs(self, first: int, last: int) -> Iterable[int]:
-        # Records are added in seq order and mostly removed from the front: scan the dict.
-        return (seq for seq in self.records if first <= seq <= last)
+    def _seqs(self, first: int, last: int, limit: int) -> list[int]:
+        order, records = self.order, self.records
+        index = bisect.bisect_left(order, first, self.start)
+        found: list[int] = []
+        while index < len(order) and len(found) < limit:
+            seq = order[index]
+            if seq > last:
+                break
+            if seq in records:
+                found.append(seq)
+            index += 1
+        return found
 
     def totals(self) -> tuple[int, int, int, int]:
         if not self.records:
             return 0, 0, 0, self.last_seq
         seqs = self.records.keys()
-        size = sum(r.size for r in self.records.values())
+        size = sum(len(topic) + len(payload) + 32 for topic, payload, _ in self.records.values())
         return len(self.records), size, min(seqs), max(self.last_seq, max(seqs))
 
     def oldest_created(self) -> float | None:
-        return next(iter(self.records.values())).created if self.records else None
+        return next(iter(self.records.values()))[2] if self.records else None
 
     async def sync(self) -> None:
         return None
 
     def close(self) -> None:
         self.records.clear()
+        self.order.clear()
 
 
 def open_store(mode: str, path: Path) -> Store:
