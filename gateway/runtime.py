@@ -1,8 +1,9 @@
 """Wires the stages together and runs them on one event loop.
 
-    sources (one task per device) -> pipeline (transforms) -> publisher (sink task)
+    sources (one task per device) -> pipeline (transforms) -> buffer -> publisher (sink task)
 
-Every device runs in its own task, so a slow or dead device never delays another.
+Every device runs in its own task, so a slow or dead device never delays another. The pump of
+each device also publishes the device's connection state when it changes.
 """
 
 from __future__ import annotations
