@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -157,8 +158,9 @@ class V5Subscriber:
         raise AssertionError(f"fewer than {count} messages")
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        with contextlib.suppress(AttributeError):  # paho's loop_stop race, as in Collector
+            self.client.loop_stop()
 
 
 def test_mqtt5_device_batches_and_device_states(workdir: Path, broker: Mosquitto) -> None:
