@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gateway.config.schema import DeviceConfig, PointConfig
-from gateway.config.types import Duration, FieldError, StrictModel
+from gateway.config.types import (
+    Duration,
+    FieldError,
+    OptionalText,
+    StrictModel,
+    relative_to_map,
+)
 
 Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 Mode = Literal["None", "Sign", "SignAndEncrypt"]
@@ -137,6 +143,9 @@ class OpcUaFaults(StrictModel):
     password: str | None = Field(default=None, repr=False)
 
 
+PKI_PATHS = ("certificate", "private_key", "trust", "user_certificate", "user_private_key")
+
+
 class OpcUaDevice(DeviceConfig):
     protocol: Literal["opcua"]
     endpoint: str
@@ -145,8 +154,8 @@ class OpcUaDevice(DeviceConfig):
     publishing_interval: Duration | None = None
     timeout: Duration = 5.0  # one request (a batch of 1,000 monitored items is one request)
     security: Security = Security()
-    username: str | None = None
-    password: str | None = Field(default=None, repr=False)
+    username: OptionalText = None  # empty (`${OPCUA_USER:-}` unset): anonymous
+    password: OptionalText = Field(default=None, repr=False)
     # Own application certificate (DER) and key (PEM), generated when absent; the folder of
     # trusted server certificates. Relative paths are relative to the device map's folder.
     certificate: Path = Path("pki/own/cert.der")
@@ -179,12 +188,6 @@ class OpcUaDevice(DeviceConfig):
             raise ValueError(f"{endpoint!r}: the port is not a number from 1 to 65535") from None
         return endpoint
 
-    @field_validator("username", "password", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        # `username: ${OPCUA_USER:-}` with the variable unset means anonymous.
-        return None if value == "" else value
-
     @model_validator(mode="after")
     def _pki(self, info: ValidationInfo) -> OpcUaDevice:
         if (self.user_certificate is None) != (self.user_private_key is None):
@@ -197,19 +200,7 @@ class OpcUaDevice(DeviceConfig):
             )
         if self.password is not None and self.username is None:
             raise FieldError("password", "password is set but username is not")
-        # Relative paths are relative to the device map's folder, not to where we run.
-        base = (info.context or {}).get("base_dir")
-        if base is not None:
-            for name in (
-                "certificate",
-                "private_key",
-                "trust",
-                "user_certificate",
-                "user_private_key",
-            ):
-                value: Path | None = getattr(self, name)
-                if value is not None and not value.is_absolute():
-                    object.__setattr__(self, name, Path(base) / value)
+        relative_to_map(self, PKI_PATHS, info)
         return self
 
     @property

@@ -15,7 +15,15 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gateway.config.sim import SimSpec
-from gateway.config.types import ByteSize, Duration, FieldError, Name, StrictModel
+from gateway.config.types import (
+    ByteSize,
+    Duration,
+    FieldError,
+    Name,
+    OptionalText,
+    StrictModel,
+    relative_to_map,
+)
 
 DEFAULT_TOPIC = "{enterprise}/{site}/{area}/{line}/{device}/{point}"
 DEFAULT_BATCH_TOPIC = "{enterprise}/{site}/{area}/{line}/{device}"
@@ -39,8 +47,8 @@ class MqttSection(StrictModel):
     url: str = "mqtt://127.0.0.1:1883"
     version: Literal[3, 5] = 3  # 3 = MQTT 3.1.1
     client_id: str | None = None
-    username: str | None = None
-    password: str | None = Field(default=None, repr=False)
+    username: OptionalText = None
+    password: OptionalText = Field(default=None, repr=False)
     # TLS (mqtts://): the CA that signed the broker's certificate (default: the system's), a
     # client certificate and key for brokers that require one; `insecure` skips the host check.
     ca: Path | None = None
@@ -61,11 +69,6 @@ class MqttSection(StrictModel):
     def _version(cls, version: Any) -> Any:
         return 3 if version in (4, "3.1.1", "3") else (5 if version == "5" else version)
 
-    @field_validator("username", "password", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if value == "" else value
-
     @model_validator(mode="after")
     def _tls_files(self, info: ValidationInfo) -> MqttSection:
         if (self.cert is None) != (self.key is None):
@@ -74,12 +77,7 @@ class MqttSection(StrictModel):
             raise FieldError("ca", "ca, cert and key need a TLS broker URL (mqtts://)")
         if self.message_expiry is not None and self.version != 5:
             raise FieldError("message_expiry", "message_expiry needs mqtt.version: 5")
-        base = (info.context or {}).get("base_dir")
-        if base is not None:
-            for name in ("ca", "cert", "key"):
-                value: Path | None = getattr(self, name)
-                if value is not None and not value.is_absolute():
-                    object.__setattr__(self, name, Path(base) / value)
+        relative_to_map(self, ("ca", "cert", "key"), info)
         return self
 
     @field_validator("url")

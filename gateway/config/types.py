@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -75,6 +76,25 @@ def _check_name(value: str) -> str:
 # Ids and names end up as MQTT topic levels: no '/', '+', '#', spaces, or a leading '_'
 # (topics starting with '_' are the gateway's own, e.g. '_status').
 Name = Annotated[str, AfterValidator(_check_name)]
+
+
+# A text that may be left empty (`username: ${USER:-}`): empty means not set.
+OptionalText = Annotated[str | None, BeforeValidator(lambda v: None if v == "" else v)]
+
+
+def relative_to_map(model: BaseModel, names: tuple[str, ...], info: ValidationInfo) -> None:
+    """Make the model's relative path fields relative to the device map's folder.
+
+    The loader passes the folder as validation context (``base_dir``); validated without it
+    (a test, the ``browse`` command), paths stay relative to the working directory.
+    """
+    base = (info.context or {}).get("base_dir")
+    if base is None:
+        return
+    for name in names:
+        value: Path | None = getattr(model, name)
+        if value is not None and not value.is_absolute():
+            object.__setattr__(model, name, Path(base) / value)
 
 
 class StrictModel(BaseModel):
