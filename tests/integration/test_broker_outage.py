@@ -89,15 +89,19 @@ def test_a_60_s_broker_outage_at_1000_readings_per_s_loses_nothing(workdir: Path
         # The backlog is replayed while live values keep flowing; wait until all is there.
         resumed = time.monotonic()
         line.wait_until_delivered(max(line.seqs()) + 60_000, timeout=60)
-        line.wait_until_complete(max(line.seqs()) - 1000, timeout=180)
+        # Live values overtake the replay, so the newest ~second may still be on its way.
+        upto = max(line.seqs()) - 1000
+        line.wait_until_complete(upto, timeout=180)
         catch_up = time.monotonic() - resumed
         readings = line.collector.readings()
     finally:
         line.close()
     seqs = [r["seq"] for r in readings]
-    unique = sorted(set(seqs))
-    assert unique == list(range(unique[0], unique[-1] + 1)), "a seq is missing"
-    assert unique[0] <= 100  # from the very first readings on
+    received = set(seqs)
+    first = min(received)
+    assert first <= 100  # from the very first readings on
+    missing = set(range(first, upto + 1)) - received
+    assert not missing, f"{len(missing)} seqs missing, from {min(missing)}"
     replayed = [r for r in readings if r.get("replayed")]
     assert len(replayed) > 50_000  # what waited for the broker, marked as such
     # Replayed messages keep their original timestamps: read during the outage.
@@ -122,13 +126,14 @@ def test_kill_9_at_random_moments_loses_nothing(workdir: Path) -> None:
             line.gateway.kill()
             line.gateway = line.start_gateway()
         time.sleep(2)
-        line.wait_until_complete(max(line.seqs()) + 400)
+        upto = max(line.seqs()) + 400  # well past the last kill's replay
+        line.wait_until_complete(upto)
         logs = [(workdir / f"gw{n}.log").read_text() for n in range(1, line.runs + 1)]
     finally:
         line.close()
-    counts = Counter(line.seqs())
+    counts = Counter(seq for seq in line.seqs() if seq <= upto)
     unique = sorted(counts)
-    assert unique == list(range(unique[0], unique[-1] + 1)), "a seq is missing"
+    assert unique == list(range(unique[0], upto + 1)), "a seq is missing"
     # Duplicates only for what was in flight at each kill: sent, and not yet known to be
     # acknowledged (acknowledgements are committed every sync_interval, 200 ms).
     duplicates = sum(n - 1 for n in counts.values())
