@@ -17,6 +17,7 @@ from asyncua import Client, ua
 
 from adapters.opcua import security
 from adapters.opcua.config import OpcUaDevice, SimDataType
+from adapters.opcua.nodes import read_value_id
 from adapters.opcua.source import translate_errors
 
 OBJECTS = ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder))
@@ -118,13 +119,11 @@ async def _describe_variables(client: Client, variables: list[Entry]) -> None:
     """DataType name and AccessLevel of every variable, in two batched Reads."""
     if not variables:
         return
-    wanted = []
-    for entry in variables:
-        for attribute in (ua.AttributeIds.DataType, ua.AttributeIds.AccessLevel):
-            item = ua.ReadValueId()
-            item.NodeId = entry.node_id
-            item.AttributeId = attribute
-            wanted.append(item)
+    wanted = [
+        read_value_id(entry.node_id, attribute)
+        for entry in variables
+        for attribute in (ua.AttributeIds.DataType, ua.AttributeIds.AccessLevel)
+    ]
     values = []
     for start in range(0, len(wanted), 1000):
         parameters = ua.ReadParameters()

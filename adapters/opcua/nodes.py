@@ -28,6 +28,17 @@ def relative_path(text: str) -> ua.RelativePath:
     return path
 
 
+def read_value_id(
+    node: ua.NodeId, attribute: ua.AttributeIds = ua.AttributeIds.Value
+) -> ua.ReadValueId:
+    """What to read (or monitor) of a node. Browse and TranslateBrowsePaths answer with
+    ExpandedNodeIds; requests take plain NodeIds, so the node is copied as one."""
+    item = ua.ReadValueId()
+    item.NodeId = ua.NodeId(node.Identifier, node.NamespaceIndex, node.NodeIdType)
+    item.AttributeId = attribute
+    return item
+
+
 def parse_node_id(text: str, namespaces: list[str]) -> ua.NodeId | str:
     """The NodeId of ``text``, or the reason it cannot be one on this server."""
     if text.startswith("nsu="):

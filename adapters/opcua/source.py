@@ -32,7 +32,7 @@ from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subs
 from adapters.opcua import security
 from adapters.opcua.config import OpcUaDevice, OpcUaPoint
 from adapters.opcua.convert import convert
-from adapters.opcua.nodes import resolve
+from adapters.opcua.nodes import read_value_id, resolve
 from gateway.backoff import Backoff
 from gateway.errors import DeviceError
 from gateway.model import BAD, Reading, bad_readings
@@ -287,9 +287,6 @@ class OpcUaSource:
         ]
 
     def _item_request(self, point: OpcUaPoint, node: ua.NodeId) -> ua.MonitoredItemCreateRequest:
-        item = ua.ReadValueId()
-        item.NodeId = ua.NodeId(node.Identifier, node.NamespaceIndex, node.NodeIdType)
-        item.AttributeId = ua.AttributeIds.Value
         parameters = ua.MonitoringParameters()
         parameters.ClientHandle = self._handles[point.name]
         interval = point.sampling_interval or self.device.interval
@@ -308,7 +305,7 @@ class OpcUaSource:
                 band.DeadbandValue = point.deadband or 0.0
             parameters.Filter = band
         request = ua.MonitoredItemCreateRequest()
-        request.ItemToMonitor = item
+        request.ItemToMonitor = read_value_id(node)
         request.MonitoringMode = ua.MonitoringMode.Reporting
         request.RequestedParameters = parameters
         return request
@@ -344,7 +341,7 @@ class OpcUaSource:
             for name, reason in self.unknown.items()
         ]
         names = list(resolved)
-        reads = [_read_value_id(resolved[name]) for name in names]
+        reads = [read_value_id(resolved[name]) for name in names]
         last_reason: dict[str, str | None] = {}
         loop = asyncio.get_running_loop()
         due = loop.time()
@@ -386,7 +383,7 @@ class OpcUaSource:
                     for name, node in found.items():
                         resolved[name] = node
                         names.append(name)
-                        reads.append(_read_value_id(node))
+                        reads.append(read_value_id(node))
             yield batch
             due = max(due + device.interval, loop.time())
             await asyncio.sleep(due - loop.time())
@@ -408,13 +405,6 @@ def _saved_token(path: Path) -> ua.NodeId | None:
         return ua.NodeId.from_string(json.loads(path.read_text())["authentication_token"])
     except (OSError, ValueError, KeyError, TypeError, ua.UaStringParsingError):
         return None
-
-
-def _read_value_id(node: ua.NodeId) -> ua.ReadValueId:
-    item = ua.ReadValueId()
-    item.NodeId = ua.NodeId(node.Identifier, node.NamespaceIndex, node.NodeIdType)
-    item.AttributeId = ua.AttributeIds.Value
-    return item
 
 
 def _address(point: OpcUaPoint) -> str:
