@@ -3,7 +3,8 @@
 Scenarios: ``hot-path`` (CPU per value of decode -> reading -> JSON, in process),
 ``modbus-1000dev`` (1,000 simulated devices, each on its own connection, through a real
 mosquitto; gateway CPU and RSS read from /proc, values counted by an independent subscriber)
-and ``opcua-latency`` (source timestamp -> publish latency of a subscription of ``--items``).
+``opcua-latency`` (source timestamp -> publish latency of a subscription of ``--items``) and
+``command-latency`` (command -> result round trip, Modbus and OPC UA, ``--commands`` each).
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def main() -> None:
     parser.add_argument("--batch", choices=("point", "device"), default="point")
     parser.add_argument("--items", type=int, default=1000, help="OPC UA monitored items")
     parser.add_argument("--rate", type=float, default=1000.0, help="OPC UA changes per second")
+    parser.add_argument("--commands", type=int, default=500, help="commands per device")
+    parser.add_argument(
+        "--broker-nodelay",
+        choices=("on", "off"),
+        default="on",
+        help="mosquitto's set_tcp_nodelay (command-latency; off is mosquitto's default)",
+    )
     parser.add_argument("--publishing-interval", type=float, default=0.1, help="OPC UA, seconds")
     args = parser.parse_args()
     result = SCENARIOS[args.scenario](args)

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.mqtt.link import no_delay
 from gateway.testing import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +50,14 @@ def free_port_block(count: int, start: int = 20000) -> int:
 
 class Broker(Mosquitto):
     """mosquitto (amqtt is ~5x slower: it would measure itself) with unbounded queues, so a
-    slow subscriber never makes the broker drop what we count."""
+    slow subscriber never makes the broker drop what we count, and ``set_tcp_nodelay`` (as
+    docs/device-map.md recommends for commands: mosquitto's default Nagle adds ~40 ms)."""
 
-    def __init__(self) -> None:
+    def __init__(self, nodelay: bool = True) -> None:
         super().__init__(
             Path(tempfile.mkdtemp(prefix="bench-mosquitto-")),
-            extra="max_queued_messages 0\nmax_inflight_messages 0\n",
+            extra="max_queued_messages 0\nmax_inflight_messages 0\n"
+            + ("set_tcp_nodelay true\n" if nodelay else ""),
         )
 
 
@@ -171,3 +176,45 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path = folder / f"{name}.json"
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return path
+
+
+class Requester:
+    """An upstream application sending commands one at a time and timing each answer."""
+
+    def __init__(self, port: int, answers: str) -> None:
+        self._answered = threading.Event()
+        self.last: dict[str, Any] = {}
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"bench-cmd-{os.getpid()}", protocol=mqtt.MQTTv5
+        )
+        subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(answers, qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = self._on_message
+        # Like the gateway, send small packets at once: with Nagle on, a command published
+        # right after the PUBACK of the previous answer waits ~40 ms for the broker's ACK.
+        self.client.on_socket_open = no_delay
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            raise RuntimeError("the command client could not subscribe")
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self.last = orjson.loads(message.payload)
+        self._answered.set()
+
+    def command(self, topic: str, value: Any, qos: int = 1) -> float:
+        """Seconds from publishing the command to receiving its result."""
+        self._answered.clear()
+        started = time.perf_counter()
+        self.client.publish(topic, orjson.dumps({"value": value}), qos=qos)
+        if not self._answered.wait(10):
+            raise RuntimeError(f"no answer to a command on {topic}")
+        elapsed = time.perf_counter() - started
+        if not self.last.get("ok"):
+            raise RuntimeError(f"command refused: {self.last}")
+        return elapsed
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

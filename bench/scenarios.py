@@ -15,6 +15,7 @@ from adapters.modbus.source import create_sources
 from bench.harness import (
     Broker,
     Counter,
+    Requester,
     cpu_seconds,
     free_port_block,
     gateway_process,
@@ -277,6 +278,91 @@ def opcua_latency(args: Any) -> dict[str, Any]:
         broker.stop()
 
 
+def command_latency(args: Any) -> dict[str, Any]:
+    """Command -> result round trip, as an application sees it: publish on ``.../set``, wait for
+    ``.../set/result`` (QoS 1 both ways), one command at a time, while the devices are polled.
+
+    Each command is a full safe write: read the old value, write, read back, compare, publish
+    the new reading, answer. Modbus on the pymodbus simulator (100 ms polls of 50 registers),
+    OPC UA on the asyncua simulator (subscribed, 100 ms). ``--commands`` per device.
+    """
+    work = Path(tempfile.mkdtemp(prefix="bench-commands-"))
+    broker = Broker(nodelay=args.broker_nodelay == "on")
+    modbus_port = free_port_block(2)
+    opcua_port = modbus_port + 1
+    registers = "\n".join(
+        f"      - {{name: r{i}, table: holding, address: {10 + i}, type: uint16, sim: {{ramp: "
+        f"{{min: 0, max: 1000, period: 10s}}}}}}"
+        for i in range(50)
+    )
+    path = work / "map.yaml"
+    path.write_text(
+        f"""gateway: {{id: bench, hierarchy: {{enterprise: bench, site: s1, area: a1}}}}
+mqtt: {{url: 'mqtt://127.0.0.1:{broker.port}', version: 5}}
+buffer: {{mode: memory}}
+devices:
+  - id: plc
+    line: l1
+    protocol: modbus-tcp
+    host: 127.0.0.1
+    port: {modbus_port}
+    poll_interval: 100ms
+    write_rate_limit: 1000
+    points:
+      - {{name: setpoint, table: holding, address: 0, type: float32, scale: 0.1, writable: true,
+          sim: {{constant: 0}}}}
+{registers}
+  - id: mixer
+    line: l1
+    protocol: opcua
+    endpoint: opc.tcp://127.0.0.1:{opcua_port}/bench
+    publishing_interval: 100ms
+    write_rate_limit: 1000
+    points:
+      - {{name: speed, node: "ns=2;s=Mixer.Speed", data_type: Double, writable: true,
+          sim: {{constant: 0}}}}
+      - {{name: load, node: "ns=2;s=Mixer.Load", data_type: Double,
+          sim: {{sine: {{max: 5, period: 2s}}}}}}
+"""
+    )
+    simulator = gateway_process("simulate", str(path), log=work / "simulators.log")
+    gateway = None
+    requester = None
+    try:
+        wait_port(modbus_port, timeout=60)
+        wait_port(opcua_port, timeout=60)
+        gateway = gateway_process("run", str(path), log=work / "gateway.log")
+        requester = Requester(broker.port, "bench/s1/a1/l1/+/+/set/result")
+        time.sleep(args.warmup)
+        # The polls' and the subscription's own CPU, subtracted from the commands' figure.
+        idle_cpu, idle_start = cpu_seconds(gateway.pid), time.monotonic()
+        time.sleep(5)
+        idle = (cpu_seconds(gateway.pid) - idle_cpu) / (time.monotonic() - idle_start)
+        result: dict[str, Any] = {
+            "commands_per_device": args.commands,
+            "broker_set_tcp_nodelay": args.broker_nodelay,
+        }
+        for device, point in (("plc", "setpoint"), ("mixer", "speed")):
+            topic = f"bench/s1/a1/l1/{device}/{point}/set"
+            start_cpu, start = cpu_seconds(gateway.pid), time.monotonic()
+            times = [requester.command(topic, round(n * 0.5, 1)) for n in range(args.commands)]
+            elapsed = time.monotonic() - start
+            cpu = cpu_seconds(gateway.pid) - start_cpu - idle * elapsed
+            p50, p99, worst = percentiles(times, 50, 99, 100)
+            result[f"{device}_ms_p50_p99_max"] = [p50, p99, worst]
+            result[f"{device}_gateway_cpu_ms_per_command"] = round(1000 * cpu / len(times), 2)
+        result["gateway_cpu_idle_per_s"] = round(idle, 3)
+        return result
+    finally:
+        if requester is not None:
+            requester.stop()
+        for process in (gateway, simulator):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+        broker.stop()
+
+
 def buffer_cost(args: Any) -> dict[str, Any]:
     """The same Modbus workload twice: memory buffer, then the durable (disk) buffer."""
     results = {}
@@ -300,6 +386,7 @@ def buffer_cost(args: Any) -> dict[str, Any]:
 
 SCENARIOS = {
     "buffer-cost": buffer_cost,
+    "command-latency": command_latency,
     "hot-path": hot_path,
     "modbus-1000dev": modbus_1000dev,
     "opcua-latency": opcua_latency,

@@ -1,4 +1,4 @@
-"""The ``factory-gateway`` command: validate, run, plan, simulate, browse, demo.
+"""The ``factory-gateway`` command: validate, run, plan, simulate, browse, write, demo.
 
 Config mistakes are printed as ``file:line:col: message`` lines and exit 1; no traceback reaches
 the user for them. Ctrl-C and SIGTERM stop cleanly (status ``offline`` published, connections
@@ -88,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="include namespace 0's standard nodes (Server...)"
     )
     browse.set_defaults(handler=_browse)
+
+    write = commands.add_parser(
+        "write", help="write one point of a device now, with the map's checks and a read-back"
+    )
+    write.add_argument("file", type=Path, metavar="FILE")
+    write.add_argument("device", metavar="DEVICE")
+    write.add_argument("point", metavar="POINT")
+    write.add_argument("value", metavar="VALUE", help="a JSON scalar (12.5, true) or a text")
+    write.set_defaults(handler=_write)
 
     demo = commands.add_parser(
         "demo", help="simulators + embedded broker + gateway, with a live table of values"
@@ -203,6 +212,23 @@ def _browse(args: argparse.Namespace) -> int:
         return 1
     print(render_points(space) if args.yaml else render_tree(space))
     return 0
+
+
+def _write(args: argparse.Namespace) -> int:
+    """Exit 0 when written and read back equal; the result (JSON) on stdout either way."""
+    config = _load([args.file])
+    if config is None:
+        return 1
+    from gateway.commands.direct import parse_value, write_directly
+
+    try:
+        value = parse_value(args.value)
+        result = asyncio.run(write_directly(config, args.device, args.point, value))
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(result.payload().decode())
+    return 0 if result.ok else 1
 
 
 def _demo(args: argparse.Namespace) -> int:

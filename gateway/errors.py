@@ -5,6 +5,8 @@
     sentence) so a user fixes them all in one go.
   - ``DeviceError``: a southbound device failed (timeout, refused, garbage, protocol exception).
     Carries a short ``reason`` that becomes the reading's quality reason.
+  - ``CommandError``: a command (an MQTT write request) is refused before it reaches a device:
+    not writable, out of range, a wrong type... Its message is what the caller reads.
   - ``ListenError``: a server of ours (a simulator) cannot listen where the map says.
 
 Lower-library exceptions (pymodbus, paho, PyYAML) are translated into these where they are caught,
@@ -39,6 +41,17 @@ class ConfigError(GatewayError):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = sorted(issues, key=lambda i: (i.file, i.line, i.column))
         super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class CommandError(GatewayError):
+    """A command refused by the gateway; ``str(error)`` is the caller's ``error`` text.
+
+    ``command_id`` is the command's correlation id when it could be read before the refusal.
+    """
+
+    def __init__(self, message: str, command_id: str | int | float | None = None) -> None:
+        super().__init__(message)
+        self.command_id = command_id
 
 
 class ListenError(GatewayError):

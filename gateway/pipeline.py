@@ -48,6 +48,12 @@ class Deadband:
             out.append(reading)
         return out
 
+    def remember(self, reading: Reading) -> None:
+        """Make ``reading`` the last published value of its point (published outside here)."""
+        key = (reading.device, reading.point)
+        if key in self._deadband:
+            self._last[key] = (reading.value, reading.quality, reading.reason)
+
 
 def _news(previous: tuple[Value | None, str, str | None], reading: Reading, band: float) -> bool:
     value, quality, reason = previous

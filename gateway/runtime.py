@@ -1,6 +1,8 @@
 """Wires the stages together and runs them on one event loop.
 
     sources (one task per device) -> pipeline (transforms) -> buffer -> publisher (sink task)
+    commands: MQTT -> router -> source.write -> result on MQTT (+ the value read back, as a
+    reading, into the buffer)
 
 Every device runs in its own task, so a slow or dead device never delays another. The pump of
 each device also publishes the device's connection state when it changes.
@@ -15,12 +17,14 @@ import orjson
 import structlog
 
 from gateway.buffer import Buffer, open_store
+from gateway.commands import CommandRouter
 from gateway.config.load import Config
 from gateway.encode import iso_time
+from gateway.model import Reading
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.pipeline import Deadband, Transform
 from gateway.registry import create_sources
-from gateway.source import Source
+from gateway.source import Source, Writable
 from gateway.topics import Topics
 
 log = structlog.get_logger("gateway")
@@ -46,8 +50,14 @@ class Gateway:
             self.buffer,
             settings.sync_interval,
         )
-        self.transforms: list[Transform] = [Deadband(config.devices)]
         self.sources: list[Source] = create_sources(config.devices)
+        self.deadband = Deadband(config.devices)
+        self.transforms: list[Transform] = [self.deadband]
+        writers = {s.device_id: s for s in self.sources if isinstance(s, Writable)}
+        self.router = CommandRouter(
+            config.devices, writers, self.topics, self.publisher.answer, self._publish_now
+        )
+        self.publisher.commands = (self.router.subscription, self.router.handle)
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -64,7 +74,14 @@ class Gateway:
                 for source in self.sources:
                     tasks.create_task(self._pump(source), name=f"device:{source.device_id}")
         finally:
+            self.router.cancel()
             log.info("gateway stopped", published=self.publisher.published)
+
+    def _publish_now(self, reading: Reading) -> None:
+        """A value read back after a command: published at once, whatever the deadband (it
+        also becomes the deadband's reference, so the next poll does not repeat it)."""
+        self.deadband.remember(reading)
+        self.publisher.send([reading])
 
     async def _pump(self, source: Source) -> None:
         send = self.publisher.send

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from gateway.model import Reading
+from gateway.model import Reading, Scalar, Value
 
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"  # the device does not answer (timeout, refused, lost)
@@ -31,6 +32,33 @@ class Source(Protocol):
 
     async def close(self) -> None:
         """Release the connection. Safe to call more than once."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What a write did: the value before, what the device should hold now, what it holds."""
+
+    old: Value | None  # read just before writing (None when that read gave no value)
+    expected: Value  # the written value at the point's resolution (e.g. float32, a 0.1 scale)
+    reading: Reading  # read back right after writing; published as a normal reading
+
+
+@runtime_checkable
+class Writable(Protocol):
+    """A source that can write its device's points (commands: docs/device-map.md)."""
+
+    device_id: str
+    state: tuple[str, str | None]
+
+    async def write(self, point: str, value: Scalar) -> WriteOutcome:
+        """Read the old value, write ``value``, read it back: one uninterrupted sequence on the
+        device's connection, so no poll request of the device runs in between.
+
+        Raises ``CommandError`` before sending anything when the value does not fit the point
+        (a wrong type, out of the data type's range), ``DeviceError`` when the device fails.
+        The caller has checked ``writable``, ``min``/``max``/``allowed`` and bounds the time.
+        """
         ...
 
 

@@ -26,6 +26,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice, ModbusTcpDevice
 from adapters.modbus.decode import PointCodec
 from adapters.modbus.plan import Slot, slots_of
+from adapters.modbus.write import INT_RANGES
 from gateway.errors import ListenError
 from simulators.generators import Generated, Generator, make_generator
 
@@ -33,16 +34,6 @@ log = structlog.get_logger("simulators.modbus")
 
 TABLE_OF_FUNCTION = {1: "coil", 2: "discrete_input", 3: "holding", 4: "input"}
 WRITE_TABLE = {5: "coil", 15: "coil", 6: "holding", 16: "holding"}
-INT_RANGES = {
-    "int16": (-(2**15), 2**15 - 1),
-    "uint16": (0, 2**16 - 1),
-    "int32": (-(2**31), 2**31 - 1),
-    "uint32": (0, 2**32 - 1),
-    "int64": (-(2**63), 2**63 - 1),
-    "uint64": (0, 2**64 - 1),
-    "bcd16": (0, 9999),
-    "bcd32": (0, 99_999_999),
-}
 DROPPED_ANSWER_DELAY = 30.0  # long past any client timeout
 
 

@@ -126,7 +126,9 @@ class SimulatedPoint:
         self.data_type = data_type_of(point)
         self.variant = getattr(ua.VariantType, self.data_type)
         self.generator: Generator = make_generator(point.sim, _generic(self.data_type), seed)
-        self.constant = point.sim is not None and point.sim.constant is not None
+        # A writable point is a setpoint: it holds what a client writes (the generator only
+        # gives its first value).
+        self.constant = point.writable or (point.sim is not None and point.sim.constant is not None)
         self.node: Node | None = None
         self.node_id: ua.NodeId | None = None
         self.parent: Node | None = None
@@ -452,7 +454,8 @@ class EndpointSimulator:
             node_id, ua.QualifiedName(name, namespace), variable, sim.variant
         )
         sim.node_id = sim.node.nodeid
-        await sim.node.set_writable()
+        if sim.point.writable:  # as on a real server: only what the map writes is writable
+            await sim.node.set_writable()
         await sim.node.write_value(sim.data_value(value))
 
     async def _tick(self) -> None:

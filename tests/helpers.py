@@ -15,12 +15,15 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from gateway.mqtt.link import no_delay
 from gateway.testing import Mosquitto, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ROOT", "Collector", "Mosquitto", "Process", "free_port", "wait_port"]
+__all__ = ["ROOT", "Collector", "Commander", "Mosquitto", "Process", "free_port", "wait_port"]
 
 
 class Collector:
@@ -58,7 +61,7 @@ class Collector:
             return list(self.messages)
 
     def readings(self) -> list[dict[str, Any]]:
-        return [p for t, p, _ in self.snapshot() if isinstance(p, dict) and "point" in p]
+        return [p for _, p, _ in self.snapshot() if isinstance(p, dict) and "quality" in p]
 
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0, since: int = 0
@@ -111,3 +114,82 @@ class Process:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+class Commander:
+    """An upstream platform sending commands (MQTT 5) and collecting every answer."""
+
+    def __init__(self, port: int, results: str | list[str] = "#") -> None:
+        self.answers: list[tuple[str, Any, bytes | None]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"cmd-{free_port()}", protocol=mqtt.MQTTv5
+        )
+        self.client.on_socket_open = no_delay  # as an application should: no 40 ms Nagle waits
+        filters = [results] if isinstance(results, str) else results
+        self.client.on_connect = lambda c, *_: c.subscribe([(f, 1) for f in filters])
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("commander could not subscribe")
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            payload = orjson.loads(message.payload)
+        except orjson.JSONDecodeError:
+            payload = message.payload
+        correlation = getattr(message.properties, "CorrelationData", None)
+        with self._lock:
+            self.answers.append((message.topic, payload, correlation))
+
+    def send(
+        self,
+        topic: str,
+        payload: bytes | str,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+        client_id: str | None = None,
+        retain: bool = False,
+    ) -> int:
+        """Publish a command; returns how many answers had arrived before it (for ``answer``)."""
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if response_topic is not None:
+            properties.ResponseTopic = response_topic
+        if correlation is not None:
+            properties.CorrelationData = correlation
+        if client_id is not None:
+            properties.UserProperty = ("client_id", client_id)
+        with self._lock:
+            before = len(self.answers)
+        self.client.publish(
+            topic, payload, qos=1, retain=retain, properties=properties
+        ).wait_for_publish(5)
+        return before
+
+    def answer(self, topic: str, since: int = 0, timeout: float = 10.0) -> tuple[Any, bytes | None]:
+        """The first answer on ``topic`` after index ``since``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for answer_topic, payload, correlation in self.answers[since:]:
+                    if answer_topic == topic:
+                        return payload, correlation
+            time.sleep(0.001)
+        raise AssertionError(f"no answer on {topic} within {timeout}s")
+
+    def command(self, topic: str, payload: bytes | str, timeout: float = 10.0) -> Any:
+        """Send a command and return its result (from ``{topic}/result``)."""
+        since = self.send(topic, payload)
+        return self.answer(topic + "/result", since, timeout)[0]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.answers)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        with contextlib.suppress(AttributeError):
+            self.client.loop_stop()

@@ -114,6 +114,12 @@ class ModbusPoint(PointConfig):
         if self.type != "string" and self.length is not None:
             raise FieldError("length", "length applies only to type string")
         self._check_conversions()
+        if self.writable and table not in ("coil", "holding"):
+            raise FieldError(
+                "writable",
+                f"table {table} is read-only in Modbus; only coils and holding registers "
+                "can be written",
+            )
         end = self.address + self.width
         if end > 65536:
             raise FieldError(

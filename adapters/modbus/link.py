@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -130,38 +131,80 @@ class ModbusLink:
         self, table: str, address: int, count: int, unit: int, retries: int = 0
     ) -> list[int] | list[bool]:
         """One read request, serialized on the link; ``retries`` more tries after a timeout."""
-        loop = asyncio.get_running_loop()
         for attempt in range(retries + 1):
-            if self.silence:
-                # RTU: a frame ends after 3.5 characters of silence; pymodbus does not wait it
-                # out between requests, so a fast poll could run two frames together.
-                gap = self._last_frame + self.silence - loop.time()
-                if gap > 0:
-                    await asyncio.sleep(gap)
             try:
-                return await self._read_once(table, address, count, unit)
+                values: list[int] | list[bool] = await self._exchange(
+                    self._read_once, table, address, count, unit
+                )
+                return values
             except DeviceError as exc:
                 if exc.reason != "timeout" or attempt == retries:
                     raise
-            finally:
-                self._last_frame = loop.time()
         raise AssertionError("unreachable")
+
+    async def write(self, table: str, address: int, values: list[int] | bool, unit: int) -> None:
+        """One write request: FC 5 for a coil, FC 6 for one register, FC 16 for several.
+
+        Never retried: a write whose answer was lost may have been applied, and the caller
+        reads back to find out.
+        """
+        await self._exchange(self._write_once, table, address, values, unit)
+
+    async def _exchange(self, request: Any, *args: Any) -> Any:
+        """Run one request, keeping the RTU inter-frame silence before it."""
+        loop = asyncio.get_running_loop()
+        if self.silence:
+            # RTU: a frame ends after 3.5 characters of silence; pymodbus does not wait it
+            # out between requests, so a fast poll could run two frames together.
+            gap = self._last_frame + self.silence - loop.time()
+            if gap > 0:
+                await asyncio.sleep(gap)
+        try:
+            return await request(*args)
+        finally:
+            self._last_frame = loop.time()
 
     async def _read_once(
         self, table: str, address: int, count: int, unit: int
     ) -> list[int] | list[bool]:
-        client = self._client
-        if client is None:
-            raise DeviceError(self.last_error or "not connected")
+        client = self._connected_client()
         call = {
             "holding": client.read_holding_registers,
             "input": client.read_input_registers,
             "coil": client.read_coils,
             "discrete_input": client.read_discrete_inputs,
         }[table]
+        response = await self._answer(lambda: call(address, count=count, device_id=unit))
+        bits = table in BIT_TABLES
+        values: list[int] | list[bool] = (
+            list(response.bits)[:count] if bits else list(response.registers)
+        )
+        if len(values) != count:
+            raise DeviceError("short response", connection_lost=False)
+        return values
+
+    async def _write_once(
+        self, table: str, address: int, values: list[int] | bool, unit: int
+    ) -> None:
+        client = self._connected_client()
+        if table == "coil":
+            await self._answer(lambda: client.write_coil(address, bool(values), device_id=unit))
+        elif isinstance(values, list) and len(values) > 1:
+            await self._answer(lambda: client.write_registers(address, values, device_id=unit))
+        else:
+            assert isinstance(values, list) and table == "holding"
+            await self._answer(lambda: client.write_register(address, values[0], device_id=unit))
+
+    def _connected_client(self) -> Any:
+        if self._client is None:
+            raise DeviceError(self.last_error or "not connected")
+        return self._client
+
+    async def _answer(self, request: Callable[[], Awaitable[Any]]) -> Any:
+        """Send a pymodbus request; its exceptions and exception answers -> ``DeviceError``."""
         try:
             async with asyncio.timeout(self.timeout * 2 + 1):  # a guard; pymodbus times out first
-                response = await call(address, count=count, device_id=unit)
+                response = await request()
         except TimeoutError:
             raise DeviceError("timeout") from None
         except ModbusException as exc:
@@ -172,13 +215,7 @@ class ModbusLink:
             raise DeviceError(f"connection error: {exc.strerror or exc}") from None
         if response.isError():
             raise ModbusExceptionAnswer(getattr(response, "exception_code", 0))
-        bits = table in BIT_TABLES
-        values: list[int] | list[bool] = (
-            list(response.bits)[:count] if bits else list(response.registers)
-        )
-        if len(values) != count:
-            raise DeviceError("short response", connection_lost=False)
-        return values
+        return response
 
     def _make_client(self) -> Any:
         device = self.first

@@ -23,9 +23,10 @@ from adapters.modbus.config import BIT_TABLES, ModbusDevice
 from adapters.modbus.decode import PointCodec, registers_to_bytes
 from adapters.modbus.link import ModbusExceptionAnswer, ModbusLink
 from adapters.modbus.plan import Address, PollGroup, ReadRequest, plan_device, plan_reads
+from adapters.modbus.write import write_point
 from gateway.errors import DeviceError
-from gateway.model import BAD, GOOD, UNCERTAIN, Reading, Value, bad_readings
-from gateway.source import CONNECTED, DISCONNECTED, raise_if_cancelling
+from gateway.model import BAD, GOOD, UNCERTAIN, Reading, Scalar, Value, bad_readings
+from gateway.source import CONNECTED, DISCONNECTED, WriteOutcome, raise_if_cancelling
 
 log = structlog.get_logger("adapters.modbus")
 
@@ -49,6 +50,7 @@ class ModbusSource:
             p.name: PointCodec(p, device.byte_order_of(p), device.word_order_of(p))
             for p in device.points
         }
+        self._points = {p.name: p for p in device.points}
         self._all_points = [(p.name, p.unit) for p in device.points]
         self._last_good: dict[str, tuple[float, Value]] = {}  # point -> (ts, value)
         self._stale: set[str] = set()
@@ -106,6 +108,12 @@ class ModbusSource:
 
     async def close(self) -> None:
         self.link.release()
+
+    async def write(self, point: str, value: Scalar) -> WriteOutcome:
+        """A command (``gateway.source.Writable``): see adapters/modbus/write.py."""
+        return await write_point(
+            self.link, self.device, self._points[point], self._codecs[point], value
+        )
 
     async def _connect_and_poll(self, groups: Iterable[PollGroup]) -> list[Reading]:
         await self.link.connect(self.device.pause_after_connect)

@@ -33,10 +33,11 @@ from adapters.opcua import security
 from adapters.opcua.config import OpcUaDevice, OpcUaPoint
 from adapters.opcua.convert import convert
 from adapters.opcua.nodes import read_value_id, resolve
+from adapters.opcua.write import expected_value, to_variant, variant_type
 from gateway.backoff import Backoff
 from gateway.errors import DeviceError
-from gateway.model import BAD, Reading, bad_readings
-from gateway.source import CONNECTED, DISCONNECTED, ERROR, raise_if_cancelling
+from gateway.model import BAD, Reading, Scalar, bad_readings
+from gateway.source import CONNECTED, DISCONNECTED, ERROR, WriteOutcome, raise_if_cancelling
 
 log = structlog.get_logger("adapters.opcua")
 
@@ -46,6 +47,7 @@ logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 ITEMS_PER_REQUEST = 1000  # monitored items per CreateMonitoredItems, nodes per Read
 DEAD_AFTER_KEEPALIVES = 3
 MISSING_NODE = ("BadNodeIdUnknown", "BadNodeIdInvalid")
+DATA_TYPE = ua.AttributeIds.DataType
 
 
 class OpcUaSource:
@@ -68,6 +70,10 @@ class OpcUaSource:
         self._session_file = _state_dir() / f"{device.id}.session.json"
         self._subscription_id: int | None = None
         self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
+        self._nodes: dict[str, ua.NodeId] = {}  # resolved points
+        self._variant_types: dict[str, ua.VariantType] = {}  # built-in type of written points
+        # Poll reads and writes take turns on the session (a write's read-back is its own).
+        self._requests = asyncio.Lock()
 
     async def readings(self) -> AsyncIterator[list[Reading]]:
         backoff = Backoff(initial=0.5, cap=30.0)
@@ -125,6 +131,48 @@ class OpcUaSource:
             self._subscription_id = None
         client.disconnect_socket()
 
+    async def write(self, point: str, value: Scalar) -> WriteOutcome:
+        """A command (``gateway.source.Writable``): read the old value and the node's DataType
+        (once), write the Value as exactly that type, read it back."""
+        client = self._client
+        if client is None or self.state[0] != CONNECTED:
+            raise DeviceError(self.state[1] or "not connected")
+        spec = self.points[point]
+        async with self._requests:
+            with translate_errors(self.device):
+                node = self._nodes.get(point)
+                if node is None:
+                    resolved, failed = await resolve(client, [spec])
+                    if point not in resolved:
+                        reason = failed.get(point, "BadNodeIdUnknown")
+                        raise DeviceError(reason, connection_lost=False)
+                    node = self._nodes[point] = resolved[point]
+                item = read_value_id(node)
+                old, data_type = await _read(client, [item, read_value_id(node, DATA_TYPE)])
+                vtype = self._variant_types.get(point)
+                if vtype is None:
+                    status = data_type.StatusCode
+                    if (status is not None and not status.is_good()) or data_type.Value is None:
+                        raise DeviceError(f"cannot read DataType: {status}", connection_lost=False)
+                    vtype = await variant_type(client, data_type.Value.Value)
+                    self._variant_types[point] = vtype
+                variant = to_variant(value, vtype)
+                change = ua.WriteValue()
+                change.NodeId = item.NodeId
+                change.AttributeId = ua.AttributeIds.Value
+                # The value alone: many servers refuse a written SourceTimestamp.
+                change.Value = ua.DataValue(variant)
+                request = ua.WriteParameters()
+                request.NodesToWrite = [change]
+                (written,) = await client.uaclient.write(request)
+                if not written.is_good():
+                    raise DeviceError(f"write refused: {written.name}", connection_lost=False)
+                (after,) = await _read(client, [item])
+        received = time.time()
+        new, quality, ts, why = convert(after, received)
+        reading = Reading(self.device_id, point, new, quality, ts, spec.unit, why)
+        return WriteOutcome(convert(old, received)[0], expected_value(variant), reading)
+
     # -- connection ---------------------------------------------------------------------
 
     async def _connect(self) -> tuple[Client, asyncio.Event]:
@@ -163,6 +211,7 @@ class OpcUaSource:
         """(resolved nodes, names of points newly found unavailable)."""
         with translate_errors(self.device):
             resolved, failed = await resolve(client, list(points))
+        self._nodes.update(resolved)
         # A resolved point stays "unknown" until its item is created or its read is good.
         return resolved, [
             name for name, reason in failed.items() if self._mark_unknown(name, reason)
@@ -351,11 +400,9 @@ class OpcUaSource:
                 raise DeviceError("connection lost")
             batch: list[Reading] = []
             for start in range(0, len(reads), ITEMS_PER_REQUEST):
-                request = ua.ReadParameters()
-                request.NodesToRead = reads[start : start + ITEMS_PER_REQUEST]
-                request.TimestampsToReturn = ua.TimestampsToReturn.Both
                 with translate_errors(device):
-                    results = await client.uaclient.read(request)
+                    async with self._requests:
+                        results = await _read(client, reads[start : start + ITEMS_PER_REQUEST])
                 raise_if_cancelling()
                 received = time.time()
                 for name, data in zip(
@@ -387,6 +434,13 @@ class OpcUaSource:
             yield batch
             due = max(due + device.interval, loop.time())
             await asyncio.sleep(due - loop.time())
+
+
+async def _read(client: Client, items: list[ua.ReadValueId]) -> list[ua.DataValue]:
+    request = ua.ReadParameters()
+    request.NodesToRead = items
+    request.TimestampsToReturn = ua.TimestampsToReturn.Both
+    return await client.uaclient.read(request)
 
 
 _STATE_DIR: Path | None = None

@@ -170,7 +170,21 @@ class PointConfig(StrictModel):
     # Absolute deadband: a new value is published only when it differs from the last published
     # one by more than this. Absent: every sample is published.
     deadband: float | None = Field(default=None, ge=0)
+    # Commands (docs/device-map.md, "Commands"): nothing is writable unless the map says so.
+    writable: bool = False
+    min: float | None = None  # the lowest value a command may write (engineering units)
+    max: float | None = None
+    allowed: list[bool | int | float | str] | None = Field(default=None, min_length=1)
     sim: SimSpec | None = None
+
+    @model_validator(mode="after")
+    def _write_limits(self) -> PointConfig:
+        for key in ("min", "max", "allowed"):
+            if getattr(self, key) is not None and not self.writable:
+                raise FieldError(key, f"{key} limits what commands write: add writable: true")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise FieldError("max", f"max ({self.max:g}) is below min ({self.min:g})")
+        return self
 
 
 class DeviceConfig(StrictModel):
@@ -182,7 +196,13 @@ class DeviceConfig(StrictModel):
     description: str | None = None
     poll_interval: Duration = 1.0
     timeout: Duration = 1.0
+    # Commands accepted per second for this device; more are refused (never queued).
+    write_rate_limit: float = Field(default=10.0, gt=0)
     points: Sequence[PointConfig] = Field(min_length=1)
+
+    @property
+    def writable(self) -> bool:
+        return any(p.writable for p in self.points)
 
 
 class RootSection(StrictModel):

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import orjson
 import paho.mqtt.client as mqtt
 import structlog
 
 from gateway.buffer import Buffer, Record
+from gateway.commands.request import Incoming
 from gateway.config.schema import MqttSection
 from gateway.encode import encode_batch, encode_reading, iso_time, mark_replayed, split_by_point
 from gateway.model import Reading
@@ -54,6 +56,8 @@ class MqttPublisher:
         self.started = iso_time(time.time())
         self._link: MqttLink | None = None
         self._batch = config.batch == "device"
+        # (topic filter, handler) of commands; set before ``run`` to receive them.
+        self.commands: tuple[str, Callable[[Incoming], None]] | None = None
 
     @property
     def published(self) -> int:
@@ -83,6 +87,11 @@ class MqttPublisher:
         if link is not None and link.connected.is_set():
             link.publish(topic, payload, qos=1, retain=True)
 
+    def answer(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
+        """A command's result (see ``MqttLink.publish_answer``)."""
+        if self._link is not None:
+            self._link.publish_answer(topic, payload, correlation)
+
     # -- to the broker ---------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -91,6 +100,7 @@ class MqttPublisher:
             self.client_id,
             will=(self.topics.status, OFFLINE),
             on_connected=self._on_connected,
+            commands=self.commands,
         )
         self._link = link
         link.start()

@@ -66,7 +66,12 @@ def device(name: str, port: int, points: str, poll: str = "200ms", timeout: str 
     points:{points}"""
 
 
-def write_map(path: Path, broker_port: int, devices: list[str]) -> Path:
+def write_map(
+    path: Path, broker_port: int, devices: list[str], mqtt: str = "", sections: str = ""
+) -> Path:
+    """``mqtt``: more keys of the mqtt section (``version: 5``); ``sections``: more top-level
+    sections (``buffer: {mode: memory}``)."""
+    more_mqtt = "".join(f"  {line}\n" for line in mqtt.splitlines())
     path.write_text(
         f"""gateway:
   id: gw-test
@@ -74,6 +79,7 @@ def write_map(path: Path, broker_port: int, devices: list[str]) -> Path:
 mqtt:
   url: mqtt://127.0.0.1:{broker_port}
   qos: 1
+{more_mqtt}{sections}
 devices:{"".join(devices)}
 """
     )

@@ -1,0 +1,113 @@
+"""What a command says, checked before anything reaches a device (pure functions).
+
+A command is an MQTT message on ``{point topic}/set``: ``{"value": ..., "id": ...}`` or a bare
+JSON scalar. Everything a caller can get wrong is a ``CommandError`` whose text is the result's
+``error``: no exception of the parser or of a device library ever escapes with a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from gateway.config.schema import PointConfig
+from gateway.errors import CommandError
+from gateway.model import Scalar
+
+MAX_PAYLOAD = 4096  # bytes; a setpoint needs a few dozen
+MAX_ID = 200  # characters of a correlation id
+
+CommandId = str | int | float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A command message as it arrived (built on the MQTT side, protocol-neutral from here)."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    response_topic: str | None = None  # MQTT 5: answer here instead of ``{topic}/result``
+    correlation: bytes | None = None  # MQTT 5: echoed with the answer
+    client: str | None = None  # who sent it, when an MQTT 5 user property says so
+
+
+def parse(payload: bytes) -> tuple[CommandId, Scalar]:
+    """``(id, value)`` of a command payload; ``CommandError`` carries the id when it was read."""
+    if len(payload) > MAX_PAYLOAD:
+        raise CommandError(f"payload too large ({len(payload)} bytes, at most {MAX_PAYLOAD})")
+    try:
+        data = json.loads(payload, parse_constant=_no_constant)
+    except _NotANumber as exc:
+        raise CommandError(str(exc)) from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+        raise CommandError(f"malformed JSON: {_first_line(exc)}") from None
+    if not isinstance(data, dict):
+        return None, _scalar(data)
+    command_id = data.get("id")
+    if command_id is not None:
+        if isinstance(command_id, bool) or not isinstance(command_id, str | int | float):
+            raise CommandError("id must be a string or a number")
+        if isinstance(command_id, str) and len(command_id) > MAX_ID:
+            raise CommandError(f"id is longer than {MAX_ID} characters")
+        if isinstance(command_id, int) and abs(command_id) >= 2**63:
+            raise CommandError("id is too large a number; use a string")
+    if "value" not in data:
+        raise CommandError('no "value" in the command', command_id)
+    try:
+        return command_id, _scalar(data["value"])
+    except CommandError as exc:
+        raise CommandError(str(exc), command_id) from None
+
+
+def check_limits(point: PointConfig, value: Scalar) -> None:
+    """The map's rules for commands: ``writable``, ``min``/``max``, ``allowed``."""
+    if not point.writable:
+        raise CommandError("not writable")
+    if point.min is not None or point.max is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CommandError("expected a number")
+        low = -math.inf if point.min is None else point.min
+        high = math.inf if point.max is None else point.max
+        if not low <= value <= high:
+            low_text = "-inf" if point.min is None else _number(point.min)
+            raise CommandError(f"out of range [{low_text}, {_number(point.max)}]")
+    allowed = point.allowed
+    if allowed is not None and not any(_same_json(value, a) for a in allowed):
+        raise CommandError(f"not allowed; allowed: {json.dumps(allowed)}")
+
+
+def _scalar(value: object) -> Scalar:
+    if value is None:
+        raise CommandError("value is null")
+    if isinstance(value, dict | list):
+        raise CommandError("value must be a number, true/false or a string, not an object or array")
+    assert isinstance(value, bool | int | float | str)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CommandError("value is not a finite number")  # 1e999 parses as infinity
+    return value
+
+
+def _same_json(a: Scalar, b: Scalar) -> bool:
+    """Equal as JSON values: true is not 1, 1 is 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return a == b
+
+
+def _number(limit: float | None) -> str:
+    """``100`` for 100.0; an open end of a range reads ``-inf`` or ``inf``."""
+    return f"{limit:g}" if limit is not None else "inf"
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> object:
+    raise _NotANumber(f"{name} is not a valid value (JSON numbers are finite)")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

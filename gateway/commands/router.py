@@ -1,0 +1,158 @@
+"""Commands from MQTT to the devices: MQTT -> router -> adapter write -> result on MQTT.
+
+The router knows topics and devices, not MQTT: the link hands it ``Incoming`` messages on the
+event loop and it answers through ``respond``. Every message gets exactly one answer, on
+``{command topic}/result`` (or the MQTT 5 response topic), including messages it refuses.
+
+- A device takes one command at a time (its own lock, in arrival order); the adapter serialises
+  the write with the device's polls. Different devices write in parallel.
+- ``write_rate_limit`` per device: a token bucket; a command beyond it is refused at once.
+- Retained commands are refused: a broker would hand them out again on every reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+import structlog
+
+from gateway.commands.execute import REFUSED, Result, check_command, execute
+from gateway.commands.request import CommandId, Incoming, parse
+from gateway.config.schema import DeviceConfig
+from gateway.errors import CommandError
+from gateway.model import Reading, Scalar
+from gateway.source import Writable
+from gateway.topics import Topics
+
+log = structlog.get_logger("gateway.commands")
+
+# Commands waiting or running, all devices together; beyond it new ones are refused.
+MAX_PENDING = 1000
+
+# (topic, payload, correlation data) -> published at QoS 1, not retained.
+Respond = Callable[[str, bytes, bytes | None], None]
+
+
+class RateLimit:
+    """A token bucket: ``rate`` commands per second, bursts up to ``max(rate, 1)``."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(rate, 1.0)
+        self.tokens = self.capacity
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class CommandRouter:
+    def __init__(
+        self,
+        devices: list[DeviceConfig],
+        sources: Mapping[str, Writable],
+        topics: Topics,
+        respond: Respond,
+        publish_reading: Callable[[Reading], None],
+    ) -> None:
+        self.devices = {d.id: d for d in devices}
+        self.sources = sources
+        self.topics = topics
+        self.respond = respond
+        self.publish_reading = publish_reading
+        self.limits = {d.id: RateLimit(d.write_rate_limit) for d in devices}
+        self.locks = {d.id: asyncio.Lock() for d in devices}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.answered = 0
+
+    @property
+    def subscription(self) -> str:
+        return self.topics.command_filter()
+
+    def handle(self, message: Incoming) -> None:
+        """Take one message (on the event loop); answer at once or start its execution."""
+        target = self.topics.command_target(message.topic)
+        if target is None:  # not a command topic (only a misbehaving broker sends one)
+            log.warning("message outside the command topics ignored", topic=message.topic)
+            return
+        device_id, point, exact = target
+        command_id: CommandId = None
+        try:
+            command_id, value = parse(message.payload)
+            if message.retain:
+                raise CommandError("retained commands are refused (they replay on reconnect)")
+            if device_id not in self.devices:
+                raise CommandError(f"unknown device {device_id!r}")
+            if not exact:
+                raise self._misplaced(device_id, point)
+            assert point is not None
+            check_command(self.devices[device_id], point, value)
+            if device_id not in self.sources:
+                raise CommandError("this device's protocol cannot write")
+            if not self.limits[device_id].take():
+                rate = self.devices[device_id].write_rate_limit
+                raise CommandError(f"rate limit exceeded ({rate:g} commands/s for this device)")
+            if len(self.tasks) >= MAX_PENDING:
+                raise CommandError("gateway busy: too many commands waiting")
+        except CommandError as exc:
+            known = device_id in self.devices  # echo only names that exist
+            names = (device_id, point) if known else (None, None)
+            self._answer(message, _refused(exc, command_id, *names))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run(message, device_id, point, value, command_id)
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(
+        self, message: Incoming, device_id: str, point: str, value: Scalar, command_id: CommandId
+    ) -> None:
+        device = self.devices[device_id]
+        async with self.locks[device_id]:
+            result, reading = await execute(
+                device, self.sources[device_id], point, value, command_id
+            )
+        if reading is not None:
+            self.publish_reading(reading)
+        self._answer(message, result)
+
+    def _misplaced(self, device_id: str, point: str | None) -> CommandError:
+        device = self.devices[device_id]
+        if point is None or not any(p.name == point for p in device.points):
+            return CommandError(f"unknown point {point!r} of device {device_id!r}")
+        return CommandError(f"wrong topic: this point's is {self.topics.point(device_id, point)}")
+
+    def _answer(self, message: Incoming, result: Result) -> None:
+        result.audit(message.client)
+        topic = message.response_topic
+        if not topic or "+" in topic or "#" in topic:
+            topic = message.topic + "/result"
+        self.respond(topic, result.payload(), message.correlation)
+        self.answered += 1
+
+    def cancel(self) -> None:
+        """Shutting down: commands still waiting or running get no answer."""
+        for task in self.tasks:
+            task.cancel()
+
+
+def _refused(
+    error: CommandError, command_id: CommandId, device: str | None, point: str | None
+) -> Result:
+    return Result(
+        error.command_id if error.command_id is not None else command_id,
+        device,
+        point,
+        None,
+        REFUSED,
+        error=str(error),
+    )
