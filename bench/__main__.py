@@ -3,8 +3,10 @@
 Scenarios: ``hot-path`` (CPU per value of decode -> reading -> JSON, in process),
 ``modbus-1000dev`` (1,000 simulated devices, each on its own connection, through a real
 mosquitto; gateway CPU and RSS read from /proc, values counted by an independent subscriber)
-``opcua-latency`` (source timestamp -> publish latency of a subscription of ``--items``) and
-``command-latency`` (command -> result round trip, Modbus and OPC UA, ``--commands`` each).
+``opcua-latency`` (source timestamp -> publish latency of a subscription of ``--items``;
+``opcua-10k`` with 10,000), ``command-latency`` (command -> result round trip, Modbus and OPC UA,
+``--commands`` each), and on the lean Modbus simulator (``simulators/lean_modbus.py``):
+``modbus-100k``, ``modbus-fast``, ``report-by-exception``. docs/performance.md has the figures.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from bench.scenarios import SCENARIOS
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("scenario", choices=sorted(SCENARIOS), nargs="?", default="hot-path")
-    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--devices", type=int, default=None, help="default: the scenario's")
     parser.add_argument("--simulators", type=int, default=4, help="simulator processes")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))
-    parser.add_argument("--poll", type=float, default=1.0, help="poll interval, seconds")
+    parser.add_argument("--poll", type=float, default=None, help="seconds; default: the scenario's")
     parser.add_argument("--buffer", choices=("disk", "memory"), default="disk")
-    parser.add_argument("--batch", choices=("point", "device"), default="point")
+    parser.add_argument("--batch", choices=("point", "device"), default=None)
     parser.add_argument("--items", type=int, default=1000, help="OPC UA monitored items")
     parser.add_argument("--rate", type=float, default=1000.0, help="OPC UA changes per second")
     parser.add_argument("--commands", type=int, default=500, help="commands per device")

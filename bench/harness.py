@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 SEQ = re.compile(rb'"seq":(\d+)')
 TIMES = re.compile(rb'"ts":"([^"]+)","gw_ts":"([^"]+)"')
+# The lean simulator's `clock` point: when it last changed its values, ms since the epoch mod 2^32.
+CLOCK = re.compile(rb'"point":"clock","value":(\d+)|"clock":\{"value":(\d+)')
 
 
 def free_port_block(count: int, start: int = 20000) -> int:
@@ -79,12 +81,16 @@ class Counter:
     would measure itself.
     """
 
-    def __init__(self, port: int, topic: str, latency: bool = False) -> None:
-        """``latency``: also keep, per reading, (receive - ts, gw_ts - ts) in seconds."""
+    def __init__(self, port: int, topic: str, latency: bool = False, clock: bool = False) -> None:
+        """``latency``: also keep, per reading, (receive - ts, gw_ts - ts) in seconds.
+        ``clock``: keep receive - (the simulator's change time in a ``clock`` point), seconds."""
         self.lock = threading.Lock()
         self.latency = latency
         self.latencies: list[tuple[float, float]] = []
+        self.clock = clock
+        self.changes: list[float] = []  # change -> receive, seconds
         self.messages = 0
+        self.values = 0  # readings: one per message, or every point of a device batch
         self.seqs: set[int] = set()
         self.duplicates = 0
         binary = shutil.which("mosquitto_sub")
@@ -112,8 +118,14 @@ class Counter:
                 ts, gw_ts = (_epoch(t) for t in times.groups())
                 with self.lock:
                     self.latencies.append((received - ts, gw_ts - ts))
+            if self.clock and (changed := CLOCK.search(line)):
+                now_ms = int(time.time() * 1000) % 2**32
+                with self.lock:
+                    value = int(changed.group(1) or changed.group(2))
+                    self.changes.append(((now_ms - value) % 2**32) / 1000)
             with self.lock:
                 self.messages += 1
+                self.values += line.count(b'"quality"')
                 if seq in self.seqs:
                     self.duplicates += 1
                 self.seqs.add(seq)
@@ -121,7 +133,9 @@ class Counter:
     def reset(self) -> None:
         with self.lock:
             self.latencies.clear()
+            self.changes.clear()
             self.messages = 0
+            self.values = 0
             self.seqs.clear()
             self.duplicates = 0
 
@@ -218,3 +232,29 @@ class Requester:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def start_gateway(path: Path, counter: Counter, minimum: int = 1) -> tuple[Any, float]:
+    """``factory-gateway run PATH`` (log beside the map); returns it once the counter has seen
+    ``minimum`` messages, with the seconds that took (loading the map, connecting)."""
+    launched = time.monotonic()
+    gateway = gateway_process("run", str(path), log=path.parent / "gateway.log")
+    while counter.snapshot() < minimum:
+        if gateway.poll() is not None or time.monotonic() - launched > 300:
+            gateway.kill()
+            raise RuntimeError(f"the gateway did not start: see {path.parent / 'gateway.log'}")
+        time.sleep(0.2)
+    return gateway, time.monotonic() - launched
+
+
+def stop_all(counter: Counter, gateway: Any, others: list[Any], broker: Broker) -> None:
+    """End a scenario: the subscriber, the gateway (cleanly), the simulators, the broker."""
+    counter.stop()
+    if gateway is not None:
+        gateway.terminate()
+        gateway.wait(timeout=60)
+    for process in others:
+        process.terminate()
+    for process in others:
+        process.wait(timeout=30)
+    broker.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from bench.harness import (
     gateway_process,
     percentiles,
     rss_mb,
+    start_gateway,
+    stop_all,
     threads,
 )
 from gateway.encode import encode_reading, iso_time
@@ -105,7 +108,8 @@ def _device_map(
 
 def modbus_1000dev(args: Any) -> dict[str, Any]:
     """1,000 devices x 20 points (1 s polls by default), each on its own TCP connection."""
-    devices, points, duration = args.devices, 20, args.duration
+    devices, points, duration = args.devices or 1000, 20, args.duration
+    args.poll, args.batch = args.poll or 1.0, args.batch or "point"
     work = Path(tempfile.mkdtemp(prefix="bench-1000dev-"))
     broker = Broker()
     base = free_port_block(devices)
@@ -129,13 +133,7 @@ def modbus_1000dev(args: Any) -> dict[str, Any]:
                 devices, points, base, broker.port, args.qos, args.poll, args.buffer, args.batch
             )
         )
-        launched = time.monotonic()
-        gateway = gateway_process("run", str(gw_map), log=work / "gateway.log")
-        while counter.snapshot() == 0:  # loading the map and connecting every device
-            if gateway.poll() is not None or time.monotonic() - launched > 300:
-                raise RuntimeError(f"the gateway did not start: see {work / 'gateway.log'}")
-            time.sleep(0.2)
-        first_value_s = time.monotonic() - launched
+        gateway, first_value_s = start_gateway(gw_map, counter)
         time.sleep(args.warmup)
         samples = []
         counter.reset()
@@ -174,15 +172,7 @@ def modbus_1000dev(args: Any) -> dict[str, Any]:
             "duplicate_seq": counter.duplicates,
         }
     finally:
-        counter.stop()
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(timeout=30)
-        for sim in sims:
-            sim.terminate()
-        for sim in sims:
-            sim.wait(timeout=30)
-        broker.stop()
+        stop_all(counter, gateway, sims, broker)
 
 
 def _slice(text: str, first: int, last: int) -> str:
@@ -276,6 +266,154 @@ def opcua_latency(args: Any) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=30)
         broker.stop()
+
+
+def _gapped_points(
+    rng: random.Random, count: int, deadband: str, moving: float | None = None
+) -> list[str]:
+    """``clock`` at holding 0, then float32/int16 points in runs of 5-40 with gaps between
+    runs: mostly small (1-60 registers, read through), one in ten large (150-400: a new
+    request), as real register maps are laid out. ``moving``: the share of points whose value
+    changes (a fast ramp); the others are constant. Default: every point drifts slowly."""
+    lines = ["      - {name: clock, table: holding, address: 0, type: uint32}"]
+    address = {"holding": 10, "input": 0}
+    left = count - 1
+    while left > 0:
+        table = rng.choice(("holding", "holding", "input"))
+        for _ in range(min(left, rng.randint(5, 40))):
+            kind = rng.choice(("float32", "int16"))
+            width = 2 if kind == "float32" else 1
+            sim = ""
+            if moving is not None:
+                sim = (
+                    ", sim: {ramp: {min: 0, max: 1000, period: 10s}}"
+                    if rng.random() < moving
+                    else f", sim: {{constant: {rng.randint(0, 1000)}}}"
+                )
+            lines.append(
+                f"      - {{name: p{count - left}, table: {table}, address: {address[table]}, "
+                f"type: {kind}{deadband}{sim}}}"
+            )
+            address[table] += width
+            left -= 1
+        address[table] += rng.randint(150, 400) if rng.random() < 0.1 else rng.randint(1, 60)
+    return lines
+
+
+def _lean_modbus(
+    args: Any,
+    devices: int,
+    points: int,
+    poll: float,
+    batch: str,
+    deadband: str = "",
+    moving: float | None = None,
+) -> dict[str, Any]:
+    """``devices`` Modbus TCP devices of ``points`` on the lean simulator (its own process),
+    each on its own port; values counted and latencies taken by ``mosquitto_sub``."""
+    work = Path(tempfile.mkdtemp(prefix="bench-modbus-"))
+    broker = Broker()
+    base = free_port_block(devices)
+    rng = random.Random(7)
+    lines = [
+        "gateway: {id: bench, hierarchy: {enterprise: bench, site: s1, area: a1}}",
+        f"mqtt: {{url: 'mqtt://127.0.0.1:{broker.port}', qos: {args.qos}, batch: {batch}}}",
+        f"buffer: {{mode: {args.buffer}}}",
+        "devices:",
+    ]
+    for d in range(devices):
+        lines += [
+            f"  - id: dev{d:03d}",
+            "    line: l1",
+            "    protocol: modbus-tcp",
+            "    host: 127.0.0.1",
+            f"    port: {base + d}",
+            f"    poll_interval: {poll}s",
+            "    timeout: 2s",
+            "    points:",
+            *_gapped_points(rng, points, deadband, moving),
+        ]
+    path = work / "map.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    counter = Counter(broker.port, "bench/#", clock=True)
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "simulators.lean_modbus", str(path), "--tick", "100ms"],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    gateway = None
+    try:
+        for port in (base, base + devices - 1):
+            wait_port(port, timeout=300)
+        gateway, first_value_s = start_gateway(path, counter)
+        time.sleep(args.warmup)
+        counter.reset()
+        start_cpu, start = cpu_seconds(gateway.pid), time.monotonic()
+        sim_cpu = cpu_seconds(simulator.pid)
+        rss = [rss_mb(gateway.pid)]
+        while time.monotonic() - start < args.duration:
+            time.sleep(5)
+            rss.append(rss_mb(gateway.pid))
+        elapsed = time.monotonic() - start
+        cpu = cpu_seconds(gateway.pid) - start_cpu
+        with counter.lock:
+            values, messages, changes = counter.values, counter.messages, list(counter.changes)
+        p50, p99, worst = percentiles(changes, 50, 99, 100)
+        return {
+            "devices": devices,
+            "points": devices * points,
+            "poll_interval_s": poll,
+            "batch": batch,
+            "qos": args.qos,
+            "buffer": args.buffer,
+            "first_value_after_s": round(first_value_s, 1),
+            "expected_values_per_s": round(devices * points / poll),
+            "values_per_s": round(values / elapsed),
+            "messages_per_s": round(messages / elapsed),
+            "gateway_cpu_per_s": round(cpu / elapsed, 3),
+            "values_per_cpu_s": round(values / cpu) if cpu else None,
+            "change_to_receive_ms_p50_p99_max": [p50, p99, worst],
+            "rss_mb_start_end_max": [round(rss[0], 1), round(rss[-1], 1), round(max(rss), 1)],
+            "simulator_cpu_per_s": round((cpu_seconds(simulator.pid) - sim_cpu) / elapsed, 3),
+            "lost_seq": counter.lost(),
+            "duplicate_seq": counter.duplicates,
+        }
+    finally:
+        stop_all(counter, gateway, [simulator], broker)
+
+
+def modbus_100k(args: Any) -> dict[str, Any]:
+    """100 devices x 1,000 points at 1 s: 100,000 values/s, device-batched, QoS 1, disk buffer."""
+    return _lean_modbus(args, args.devices or 100, 1000, args.poll or 1.0, args.batch or "device")
+
+
+def modbus_fast(args: Any) -> dict[str, Any]:
+    """10 devices x 200 points at 100 ms, per-point messages, deadband 0: 20,000 values/s."""
+    return _lean_modbus(
+        args, args.devices or 10, 200, args.poll or 0.1, args.batch or "point", ", deadband: 0"
+    )
+
+
+def opcua_10k(args: Any) -> dict[str, Any]:
+    """``opcua-latency`` with 10,000 monitored items, 1,000 changing every 100 ms (10,000
+    notifications/s) unless ``--rate`` says otherwise."""
+    args.items = 10_000
+    if args.rate == 1000.0:  # the option's default
+        args.rate = 10_000.0
+    return opcua_latency(args)
+
+
+def report_by_exception(args: Any) -> dict[str, Any]:
+    """50 devices x 1,000 points at 1 s, 2 % of them changing, deadband 0.5, per-point messages:
+    what matters is the CPU spent reading and discarding the 98 % that did not change."""
+    return _lean_modbus(
+        args,
+        args.devices or 50,
+        1000,
+        args.poll or 1.0,
+        args.batch or "point",
+        ", deadband: 0.5",
+        moving=0.02,
+    )
 
 
 def command_latency(args: Any) -> dict[str, Any]:
@@ -388,6 +526,10 @@ SCENARIOS = {
     "buffer-cost": buffer_cost,
     "command-latency": command_latency,
     "hot-path": hot_path,
+    "modbus-100k": modbus_100k,
+    "modbus-fast": modbus_fast,
     "modbus-1000dev": modbus_1000dev,
+    "opcua-10k": opcua_10k,
     "opcua-latency": opcua_latency,
+    "report-by-exception": report_by_exception,
 }
