@@ -1,13 +1,16 @@
-"""paho-mqtt's network thread meets our event loop here, and only here.
+"""paho-mqtt driven by our event loop: the one MQTT connection of the gateway.
 
-paho runs its network loop in a thread of its own (``loop_start``); its callbacks are handed to
-the asyncio loop with ``call_soon_threadsafe``, except acknowledgements, which are many: their
-message ids go into a deque (thread-safe appends and pops) that the loop drains in batches.
-``publish`` is called from the event loop; paho guards its state with its own locks.
+paho does not get a thread of its own. Its socket is watched by the event loop (``add_reader``;
+``add_writer`` while paho has something to send), and ``loop_misc`` runs every second for the
+keep-alive. A second thread made the two take turns on the GIL, with a hand-off per
+acknowledgement: the profile of a loaded gateway had paho's thread holding the GIL most of the
+time. Only the blocking part of a (re)connect -- TCP connect and TLS handshake -- runs in a
+worker thread; the socket callbacks it triggers are handed to the loop, in ``_on_loop``, the one
+place where a thread meets the loop.
 
 The session is persistent (clean session off, a stable client id; MQTT 5: clean start off with a
-session expiry), so QoS 1/2 messages paho holds are resent after a reconnect. paho reconnects by
-itself; we re-randomize its first delay after every drop, so a fleet of gateways does not
+session expiry), so QoS 1/2 messages paho holds are resent after a reconnect. We reconnect with
+capped backoff whose first delay after a drop is randomized, so a fleet of gateways does not
 reconnect in lock-step after a broker restart. A TLS failure is diagnosed once, on the loop, with
 a handshake of our own, so the log says *why* (an unknown CA, a wrong host name).
 """
@@ -19,6 +22,7 @@ import contextlib
 import random
 import socket
 import ssl
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -87,7 +91,6 @@ class MqttLink:
             client.tls_insecure_set(config.insecure)
         if will is not None:
             client.will_set(will[0], will[1], qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         # NOTES: an in-flight window of 20-100 is fastest; a huge one halves QoS 1 throughput.
         client.max_inflight_messages_set(100)
         # Bound paho's own queue (a safety net: the publisher keeps to WINDOW): beyond it,
@@ -96,9 +99,17 @@ class MqttLink:
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_publish = self._paho_publish
-        client.on_connect_fail = self._paho_connect_fail
         client.on_message = self._paho_message
-        client.on_socket_open = no_delay
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._socket_want_write
+        client.on_socket_unregister_write = self._socket_done_writing
+        self._loop_thread = threading.get_ident()
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._delay = 0.0  # before the next connection attempt
+        self._closed = asyncio.Event()
+        self._closed.set()
         self._commands = commands
         self._client = client
         self._v5 = v5
@@ -121,7 +132,8 @@ class MqttLink:
         self._client.connect_async(
             self.config.host, self.config.port, int(self.config.keepalive), **connect
         )
-        self._client.loop_start()
+        self._reconnect_after(0.0)
+        self._housekeeping = self._loop.create_task(self._keep_alive())
 
     @property
     def outstanding(self) -> int:
@@ -175,12 +187,103 @@ class MqttLink:
         return acked
 
     async def stop(self) -> None:
+        """Send DISCONNECT (when connected), wait for the socket to close, stop our tasks."""
         self._stopping = True
-        self._client.disconnect()
-        # loop_stop joins paho's thread: do it off the event loop.
-        await asyncio.to_thread(self._client.loop_stop)
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        if self._client.socket() is not None:
+            self._client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._closed.wait()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        sock = self._client.socket()
+        if sock is not None:  # the broker did not let us say goodbye
+            self._unwatch(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
 
-    # -- paho thread side: hand everything over to the loop -----------------------------------
+    # -- driving paho from the loop -------------------------------------------------------------
+
+    def _on_loop(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function`` on the event loop, soon: paho calls back from the loop itself, or
+        from the worker thread of a (re)connect."""
+        if threading.get_ident() == self._loop_thread:
+            self._loop.call_soon(function, *args)
+        else:
+            self._loop.call_soon_threadsafe(function, *args)
+
+    def _socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        no_delay(client, userdata, sock)
+        self._on_loop(self._watch, sock)
+
+    def _socket_close(self, _c: Any, _u: Any, sock: Any) -> None:
+        self._on_loop(self._unwatch, sock)
+
+    def _socket_want_write(self, _c: Any, _u: Any, sock: Any) -> None:
+        self._on_loop(self._watch_writes, sock)
+
+    def _socket_done_writing(self, _c: Any, _u: Any, sock: Any) -> None:
+        self._on_loop(self._unwatch_writes, sock)
+
+    def _watch(self, sock: Any) -> None:
+        current: Any = self._client.socket()
+        if sock is current:  # not a socket closed since
+            self._closed.clear()
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.add_reader(current, self._read)
+
+    def _unwatch(self, sock: Any) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        if self._client.socket() is None:
+            self._closed.set()
+
+    def _watch_writes(self, sock: Any) -> None:
+        current: Any = self._client.socket()
+        if sock is current:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.add_writer(current, self._client.loop_write)
+
+    def _unwatch_writes(self, sock: Any) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_writer(sock)
+
+    def _read(self) -> None:
+        client = self._client
+        client.loop_read()
+        # TLS: what the SSL layer already decrypted does not wake the selector again.
+        sock = client.socket()
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():
+            self._loop.call_soon(self._read)
+
+    async def _keep_alive(self) -> None:
+        """paho's keep-alive (PINGREQ, and a dead connection detected) needs a tick."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._client.loop_misc()
+
+    def _reconnect_after(self, delay: float) -> None:
+        if self._stopping or (self._reconnecting is not None and not self._reconnecting.done()):
+            return
+        self._reconnecting = self._loop.create_task(self._reconnect(delay))
+
+    async def _reconnect(self, delay: float) -> None:
+        """Connect (TCP, TLS, CONNECT) off the loop; on failure retry with capped backoff.
+        Once connected, the CONNACK (or the broker closing on us) arrives on the loop."""
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self._client.reconnect)
+                return
+            except Exception as exc:  # OSError, ssl.SSLError, socket.timeout, a DNS failure...
+                self._unreachable(str(exc) or type(exc).__name__)
+            delay = self._delay = min(max(2 * self._delay, 1.0), 30.0)
+
+    # -- paho's callbacks (on the loop) ---------------------------------------------------------
 
     def _paho_connect(self, client: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         if self._commands is not None and not reason.is_failure:
@@ -189,11 +292,14 @@ class MqttLink:
             # MQTT 5 keeps the retain flag of live messages too, so a command published
             # retained is refused at once, not only when the broker replays it.
             if self._v5:
+                # A resumed session may hold the same filter without Retain-As-Published
+                # (made by an MQTT 3.1.1 run): mosquitto then keeps the old options.
+                client.unsubscribe(self._commands[0])
                 options = SubscribeOptions(qos=0, retainAsPublished=True)
                 client.subscribe(self._commands[0], options=options)
             else:
                 client.subscribe(self._commands[0], qos=0)
-        self._loop.call_soon_threadsafe(self._connected, reason.is_failure, str(reason))
+        self._on_loop(self._connected, reason.is_failure, str(reason))
 
     def _paho_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -201,24 +307,19 @@ class MqttLink:
         except Exception:  # never let a malformed message stop paho's thread
             return
         if self._commands is not None:
-            self._loop.call_soon_threadsafe(self._commands[1], incoming)
+            self._on_loop(self._commands[1], incoming)
 
     def _paho_disconnect(self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
-        self._loop.call_soon_threadsafe(self._disconnected, str(reason))
-
-    def _paho_connect_fail(self, _c: Any, _u: Any) -> None:
-        self._loop.call_soon_threadsafe(self._disconnected, "connection failed")
+        self._on_loop(self._disconnected, str(reason))
 
     def _paho_publish(self, _c: Any, _u: Any, mid: int, _r: Any, _p: Any) -> None:
         self.acked.append(mid)
         self.completed += 1
-        # Waking the loop costs a syscall, a loop turn and a GIL hand-off: only once the window
-        # has drained to the low-water mark the publisher asked for, not per acknowledgement.
+        # Wake the publisher once the window has drained to the low-water mark it asked for,
+        # not per acknowledgement.
         if self.wake_at is not None and self.sent - self.completed <= self.wake_at:
             self.wake_at = None
-            self._loop.call_soon_threadsafe(self.room.set)
-
-    # -- loop side ------------------------------------------------------------------------------
+            self.room.set()
 
     async def _diagnose_tls(self) -> None:
         """Say why a TLS connection fails: paho only reports that it did."""
@@ -254,23 +355,33 @@ class MqttLink:
             return
         self._log.info("broker connected")
         self._last_error = None
+        self._delay = 0.0
         self.connected.set()
         if self._on_connected is not None:
             self._on_connected()
 
     def _disconnected(self, reason: str) -> None:
-        # Jitter: the first retry after a drop waits 0.5-1.5 s (then paho doubles, up to 30 s).
-        # (paho types the delays as int; it sleeps on floats just as well)
-        delay: Any = random.uniform(0.5, 1.5)
-        self._client.reconnect_delay_set(min_delay=delay, max_delay=30)
+        """The connection ended (lost, refused by the broker, or closed by us)."""
+        if self._stopping:
+            self._log.info("broker disconnected")
+            self.connected.clear()
+            return
+        if self.connected.is_set():
+            self._log.warning("broker connection lost", reason=reason)
+            self._last_error = reason
+            self.connected.clear()
+            # Jitter: the first retry after a drop waits 0.5-1.5 s, then doubles up to 30 s.
+            self._delay = random.uniform(0.5, 1.5)
+        else:
+            self._unreachable(reason)
+            self._delay = min(max(2 * self._delay, 1.0), 30.0)
+        self._reconnect_after(self._delay)
+
+    def _unreachable(self, reason: str) -> None:
         if self.tls_context is not None and not self._diagnosing and not self._stopping:
             self._diagnosing = True
             self._loop.create_task(self._diagnose_tls())
-        if self._stopping:
-            self._log.info("broker disconnected")
-        elif self.connected.is_set():
-            self._log.warning("broker connection lost", reason=reason)
-        elif reason != self._last_error:
+        if reason != self._last_error:
             self._log.warning("broker unreachable", reason=reason)
         self._last_error = reason
         self.connected.clear()
