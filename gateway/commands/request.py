@@ -71,8 +71,7 @@ def check_limits(point: PointConfig, value: Scalar) -> None:
         low = -math.inf if point.min is None else point.min
         high = math.inf if point.max is None else point.max
         if not low <= value <= high:
-            low_text = "-inf" if point.min is None else _number(point.min)
-            raise CommandError(f"out of range [{low_text}, {_number(point.max)}]")
+            raise CommandError(f"out of range [{low:g}, {high:g}]")  # 100.0 reads 100
     allowed = point.allowed
     if allowed is not None and not any(_same_json(value, a) for a in allowed):
         raise CommandError(f"not allowed; allowed: {json.dumps(allowed)}")
@@ -94,11 +93,6 @@ def _same_json(a: Scalar, b: Scalar) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     return a == b
-
-
-def _number(limit: float | None) -> str:
-    """``100`` for 100.0; an open end of a range reads ``-inf`` or ``inf``."""
-    return f"{limit:g}" if limit is not None else "inf"
 
 
 class _NotANumber(ValueError):
