@@ -6,6 +6,7 @@ must cost well under a microsecond. Pydantic is for configuration only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -41,3 +42,60 @@ def bad_readings(
 ) -> list[Reading]:
     """Readings that mark every listed ``(point, unit)`` of a device bad for the same reason."""
     return [Reading(device, name, None, BAD, ts, unit, reason) for name, unit in points]
+
+
+class Points:
+    """The names and units of points that a source samples together, again and again.
+
+    Built once by an adapter (one per Modbus read request, say) and passed with every block of
+    their values: sinks key per-point renderings (topics, JSON fragments) on this object, so the
+    hot path never formats a point's name twice. Compared by identity.
+    """
+
+    __slots__ = ("__weakref__", "names", "units")
+
+    def __init__(self, names: tuple[str, ...], units: tuple[str | None, ...]) -> None:
+        self.names = names
+        self.units = units
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(slots=True, eq=False)
+class Block:
+    """Good values of several points of one device, sampled at the same moment.
+
+    The fast lane for the common case: a poll that read plain numbers. It carries a list of
+    values instead of one ``Reading`` per value; ``readings()`` turns it into readings for a
+    stage that needs them (a deadband). ``values[i]`` belongs to ``points.names[i]``; values are
+    numbers (int or float) only, so a sink may encode them as one JSON array. Within one batch
+    a point is in at most one block, and then in no reading.
+    """
+
+    device: str
+    points: Points
+    values: list[int | float]
+    ts: float
+
+    def readings(self) -> list[Reading]:
+        device, ts, points = self.device, self.ts, self.points
+        return [
+            Reading(device, name, value, GOOD, ts, unit)
+            for name, unit, value in zip(points.names, points.units, self.values, strict=True)
+        ]
+
+
+# What a source yields per poll: readings, blocks, or both.
+Sample: TypeAlias = Reading | Block
+
+
+def expand(batch: Sequence[Sample]) -> list[Reading]:
+    """Every sample of ``batch`` as readings, in order."""
+    out: list[Reading] = []
+    for sample in batch:
+        if isinstance(sample, Block):
+            out.extend(sample.readings())
+        else:
+            out.append(sample)
+    return out

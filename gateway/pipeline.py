@@ -16,6 +16,11 @@ from gateway.model import Reading, Value
 class Transform(Protocol):
     def __call__(self, batch: list[Reading]) -> list[Reading]: ...
 
+    def covers(self, device_id: str) -> bool:
+        """Whether the transform acts on this device's readings at all. A device no
+        transform covers sends its blocks of values on untouched (no reading objects)."""
+        ...
+
 
 class Deadband:
     """Drops readings that carry no news.
@@ -31,6 +36,10 @@ class Deadband:
             (d.id, p.name): p.deadband for d in devices for p in d.points if p.deadband is not None
         }
         self._last: dict[tuple[str, str], tuple[Value | None, str, str | None]] = {}
+        self._devices = {device for device, _ in self._deadband}
+
+    def covers(self, device_id: str) -> bool:
+        return device_id in self._devices
 
     def __call__(self, batch: list[Reading]) -> list[Reading]:
         if not self._deadband:

@@ -20,7 +20,7 @@ from gateway.buffer import Buffer, open_store
 from gateway.commands import CommandRouter
 from gateway.config.load import Config
 from gateway.encode import iso_time
-from gateway.model import Reading
+from gateway.model import Reading, expand
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.pipeline import Deadband, Transform
 from gateway.registry import create_sources
@@ -85,17 +85,21 @@ class Gateway:
 
     async def _pump(self, source: Source) -> None:
         send = self.publisher.send
-        transforms = self.transforms
         room = self.buffer.room
         status_topic = self.topics.device_status(source.device_id)
         published_state: tuple[str, str | None] | None = None
+        # Blocks of values go to the sink as they are unless a transform must see readings.
+        transforms = [t for t in self.transforms if t.covers(source.device_id)]
         try:
             async for batch in source.readings():
                 if source.state != published_state:
                     published_state = source.state
                     self.publisher.set_retained(status_topic, _device_state(*published_state))
-                for transform in transforms:
-                    batch = transform(batch)
+                if transforms:
+                    readings = expand(batch)
+                    for transform in transforms:
+                        readings = transform(readings)
+                    batch = readings
                 if batch:
                     send(batch)
                 if not room.is_set():  # buffer full with on_full: block_oldest_first

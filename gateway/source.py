@@ -10,11 +10,11 @@ keeps its connection ``state`` up to date before yielding.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from gateway.model import Reading, Scalar, Value
+from gateway.model import Reading, Sample, Scalar, Value
 
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"  # the device does not answer (timeout, refused, lost)
@@ -26,8 +26,9 @@ class Source(Protocol):
     # (state, reason): one of the three above; the runtime publishes it, retained, on change.
     state: tuple[str, str | None]
 
-    def readings(self) -> AsyncIterator[list[Reading]]:
-        """Batches of readings, forever; cancel the consuming task to stop."""
+    def readings(self) -> AsyncIterator[Sequence[Sample]]:
+        """Batches of readings (or blocks of values: ``gateway.model.Block``), forever; cancel
+        the consuming task to stop."""
         ...
 
     async def close(self) -> None:

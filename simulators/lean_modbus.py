@@ -6,13 +6,16 @@ slicing a prebuilt image (the registers as their wire bytes): ~10-30 us per requ
 
 Values move without per-value work: the points' ``sim:`` generators are evaluated at start-up
 for ``images`` moments one ``tick`` apart, and a timer switches the image served every tick.
+The default of 7 images does not divide 10 ticks: a poll every 1 s (or 100 ms) gets another
+image each time, so every value that moves has changed between two polls (the worst case
+for a decoder that reuses an unchanged answer).
 A point named ``clock`` (``uint32`` or ``float64``) holds the simulator's time of the last
 switch, in milliseconds since the epoch (``uint32``: modulo 2^32), so a subscriber measures
 change -> receive latency from the value itself. Writes (FC 5, 6, 15, 16) go to every image, so
 a written value holds. The pymodbus simulator (``simulators/modbus.py``) stays the reference
 in tests; this one serves the same device maps, TCP only, without fault injection.
 
-    python -m simulators.lean_modbus MAP.yaml [--images 10] [--tick 100ms]
+    python -m simulators.lean_modbus MAP.yaml [--images 7] [--tick 100ms]
 """
 
 from __future__ import annotations
@@ -180,7 +183,7 @@ class _Connection(asyncio.Protocol):
 class LeanModbusSimulator:
     """Every Modbus TCP device of a map; devices on one host:port are units of one server."""
 
-    def __init__(self, devices: list[ModbusDevice], images: int = 10, tick: float = 0.1) -> None:
+    def __init__(self, devices: list[ModbusDevice], images: int = 7, tick: float = 0.1) -> None:
         self.tick = tick
         self.links: dict[tuple[str, int], dict[int, UnitImages]] = defaultdict(dict)
         for seed, device in enumerate(devices):
@@ -213,7 +216,7 @@ class LeanModbusSimulator:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m simulators.lean_modbus")
     parser.add_argument("file", type=Path)
-    parser.add_argument("--images", type=int, default=10, help="value snapshots cycled through")
+    parser.add_argument("--images", type=int, default=7, help="value snapshots cycled through")
     parser.add_argument("--tick", default="100ms", help="how often values change")
     args = parser.parse_args()
     config = load_config([args.file])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,32 +24,13 @@ from pymodbus.client import (
 from pymodbus.exceptions import ModbusException
 
 from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice, ModbusTcpDevice
+from adapters.modbus.decode import registers_to_bytes
+from adapters.modbus.errors import ModbusExceptionAnswer
+from adapters.modbus.tcp import TcpClient
 from gateway.backoff import Backoff
 from gateway.errors import DeviceError
 
 log = structlog.get_logger("adapters.modbus")
-
-EXCEPTION_REASONS = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "device failure",
-    5: "acknowledge",
-    6: "device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
-
-
-class ModbusExceptionAnswer(DeviceError):
-    """The device answered with a Modbus exception: the connection is fine."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(
-            EXCEPTION_REASONS.get(code, f"modbus exception {code}"), connection_lost=False
-        )
-        self.code = code
 
 
 class ModbusLink:
@@ -129,11 +111,14 @@ class ModbusLink:
 
     async def read(
         self, table: str, address: int, count: int, unit: int, retries: int = 0
-    ) -> list[int] | list[bool]:
-        """One read request, serialized on the link; ``retries`` more tries after a timeout."""
+    ) -> bytes | list[bool]:
+        """One read request, serialized on the link; ``retries`` more tries after a timeout.
+
+        Registers come back as their wire bytes (two per register, big-endian), bits as bools.
+        """
         for attempt in range(retries + 1):
             try:
-                values: list[int] | list[bool] = await self._exchange(
+                values: bytes | list[bool] = await self._exchange(
                     self._read_once, table, address, count, unit
                 )
                 return values
@@ -152,6 +137,8 @@ class ModbusLink:
 
     async def _exchange(self, request: Any, *args: Any) -> Any:
         """Run one request, keeping the RTU inter-frame silence before it."""
+        if not self.silence:
+            return await request(*args)
         loop = asyncio.get_running_loop()
         if self.silence:
             # RTU: a frame ends after 3.5 characters of silence; pymodbus does not wait it
@@ -166,8 +153,17 @@ class ModbusLink:
 
     async def _read_once(
         self, table: str, address: int, count: int, unit: int
-    ) -> list[int] | list[bool]:
+    ) -> bytes | list[bool]:
         client = self._connected_client()
+        bits = table in BIT_TABLES
+        if isinstance(client, TcpClient):
+            try:
+                raw = await client.read(table, address, count, unit)
+            except OSError as exc:
+                raise DeviceError(f"connection error: {exc.strerror or exc}") from None
+            if bits:
+                return [bool(raw[i >> 3] >> (i & 7) & 1) for i in range(count)]
+            return raw
         call = {
             "holding": client.read_holding_registers,
             "input": client.read_input_registers,
@@ -175,18 +171,26 @@ class ModbusLink:
             "discrete_input": client.read_discrete_inputs,
         }[table]
         response = await self._answer(lambda: call(address, count=count, device_id=unit))
-        bits = table in BIT_TABLES
-        values: list[int] | list[bool] = (
-            list(response.bits)[:count] if bits else list(response.registers)
-        )
-        if len(values) != count:
+        if bits:
+            flags = list(response.bits)[:count]
+            if len(flags) != count:
+                raise DeviceError("short response", connection_lost=False)
+            return flags
+        registers = list(response.registers)
+        if len(registers) != count:
             raise DeviceError("short response", connection_lost=False)
-        return values
+        return registers_to_bytes(registers)
 
     async def _write_once(
         self, table: str, address: int, values: list[int] | bool, unit: int
     ) -> None:
         client = self._connected_client()
+        if isinstance(client, TcpClient):
+            try:
+                await client.request(unit, write_pdu(table, address, values))
+            except OSError as exc:
+                raise DeviceError(f"connection error: {exc.strerror or exc}") from None
+            return
         if table == "coil":
             await self._answer(lambda: client.write_coil(address, bool(values), device_id=unit))
         elif isinstance(values, list) and len(values) > 1:
@@ -227,8 +231,9 @@ class ModbusLink:
         assert isinstance(device, ModbusTcpDevice)
         if device.protocol == "modbus-udp":
             return AsyncModbusUdpClient(device.host, port=device.port, **common)
-        framer = FramerType.RTU if device.protocol == "modbus-rtu-over-tcp" else FramerType.SOCKET
-        return AsyncModbusTcpClient(device.host, port=device.port, framer=framer, **common)
+        if device.protocol == "modbus-tcp":
+            return TcpClient(device.host, device.port, self.timeout)
+        return AsyncModbusTcpClient(device.host, port=device.port, framer=FramerType.RTU, **common)
 
 
 def inter_frame_silence(device: ModbusDevice) -> float:
@@ -239,3 +244,14 @@ def inter_frame_silence(device: ModbusDevice) -> float:
     if device.baudrate > 19200:
         return 0.00175
     return 3.5 * 11 / device.baudrate
+
+
+def write_pdu(table: str, address: int, values: list[int] | bool) -> bytes:
+    """FC 5 for a coil, FC 6 for one register, FC 16 for several."""
+    if table == "coil":
+        return struct.pack(">BHH", 5, address, 0xFF00 if values else 0)
+    assert isinstance(values, list) and table == "holding"
+    if len(values) == 1:
+        return struct.pack(">BHH", 6, address, values[0])
+    count = len(values)
+    return struct.pack(f">BHHB{count}H", 16, address, count, 2 * count, *values)

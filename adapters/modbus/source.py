@@ -15,17 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Sequence
 
 import structlog
 
+from adapters.modbus.block import RequestDecoder
 from adapters.modbus.config import BIT_TABLES, ModbusDevice
-from adapters.modbus.decode import PointCodec, registers_to_bytes
-from adapters.modbus.link import ModbusExceptionAnswer, ModbusLink
+from adapters.modbus.decode import PointCodec
+from adapters.modbus.errors import ModbusExceptionAnswer
+from adapters.modbus.link import ModbusLink
 from adapters.modbus.plan import Address, PollGroup, ReadRequest, plan_device, plan_reads
 from adapters.modbus.write import write_point
 from gateway.errors import DeviceError
-from gateway.model import BAD, GOOD, UNCERTAIN, Reading, Scalar, Value, bad_readings
+from gateway.model import BAD, UNCERTAIN, Reading, Sample, Scalar, bad_readings
 from gateway.source import CONNECTED, DISCONNECTED, WriteOutcome, raise_if_cancelling
 
 log = structlog.get_logger("adapters.modbus")
@@ -45,19 +47,28 @@ class ModbusSource:
         self.link = link
         self.holes: set[Address] = set()
         self.isolated: set[Address] = set()
-        self.groups = plan_device(device)
         self._codecs = {
             p.name: PointCodec(p, device.byte_order_of(p), device.word_order_of(p))
             for p in device.points
         }
         self._points = {p.name: p for p in device.points}
         self._all_points = [(p.name, p.unit) for p in device.points]
-        self._last_good: dict[str, tuple[float, Value]] = {}  # point -> (ts, value)
-        self._stale: set[str] = set()
+        self._plan(plan_device(device))
         self._log = log.bind(device=device.id, link=link.name)
         self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
 
-    async def readings(self) -> AsyncIterator[list[Reading]]:
+    def _plan(self, groups: list[PollGroup]) -> None:
+        """Adopt a plan: its requests, each with its decoder (staleness is tracked afresh)."""
+        self.groups = groups
+        self._schedule = [
+            (group, [self._decoder(r, group.interval) for r in group.requests]) for group in groups
+        ]
+        self._decoders = [d for _, decoders in self._schedule for d in decoders]
+
+    def _decoder(self, request: ReadRequest, interval: float) -> RequestDecoder:
+        return RequestDecoder(self.device_id, request, interval, self._codecs)
+
+    async def readings(self) -> AsyncIterator[Sequence[Sample]]:
         device, link = self.device, self.link
         loop = asyncio.get_running_loop()
         due = {group.interval: loop.time() for group in self.groups}
@@ -68,7 +79,7 @@ class ModbusSource:
             if next_due > now:
                 await asyncio.sleep(next_due - now)
                 now = loop.time()
-            groups = [g for g in self.groups if due[g.interval] <= now]
+            groups = [g for g in self._schedule if due[g[0].interval] <= now]
             poll = asyncio.ensure_future(self._connect_and_poll(groups))
             try:
                 # While the poll runs (a slow device, a busy shared bus), points whose value is
@@ -86,7 +97,8 @@ class ModbusSource:
                     self._log.warning("device unreachable", reason=exc.reason)
                     outage = exc.reason
                     self.state = (DISCONNECTED, exc.reason)
-                    self._last_good.clear()
+                    for decoder in self._decoders:
+                        decoder.forget()
                     yield bad_readings(device.id, self._all_points, exc.reason, time.time())
                 await asyncio.sleep(max(link.retry_at - loop.time(), 0.05))
                 due = dict.fromkeys(due, loop.time())
@@ -103,7 +115,7 @@ class ModbusSource:
             yield batch
             # Fixed-rate schedule: the next poll is due one interval after the last was due, so
             # periods do not drift; if we fell behind, skip the missed slots instead of bursting.
-            for group in groups:
+            for group, _ in groups:
                 due[group.interval] = max(due[group.interval] + group.interval, loop.time())
 
     async def close(self) -> None:
@@ -115,27 +127,30 @@ class ModbusSource:
             self.link, self.device, self._points[point], self._codecs[point], value
         )
 
-    async def _connect_and_poll(self, groups: Iterable[PollGroup]) -> list[Reading]:
+    async def _connect_and_poll(
+        self, groups: list[tuple[PollGroup, list[RequestDecoder]]]
+    ) -> list[Sample]:
         await self.link.connect(self.device.pause_after_connect)
         return await self._poll(groups)
 
-    async def _poll(self, groups: Iterable[PollGroup]) -> list[Reading]:
-        batch: list[Reading] = []
+    async def _poll(self, groups: list[tuple[PollGroup, list[RequestDecoder]]]) -> list[Sample]:
+        batch: list[Sample] = []
         learned = False
         first = True
-        for group in groups:
-            for request in group.requests:
-                if not first and self.device.pause_between_requests:
-                    await asyncio.sleep(self.device.pause_between_requests)
+        pause = self.device.pause_between_requests
+        for _, decoders in groups:
+            for decoder in decoders:
+                if not first and pause:
+                    await asyncio.sleep(pause)
                 first = False
-                learned |= await self._read_request(request, batch)
+                learned |= await self._read_request(decoder, batch)
         if learned:
-            self.groups = plan_device(self.device, frozenset(self.holes), frozenset(self.isolated))
+            self._plan(plan_device(self.device, frozenset(self.holes), frozenset(self.isolated)))
         return batch
 
-    async def _read_request(self, request: ReadRequest, batch: list[Reading]) -> bool:
+    async def _read_request(self, decoder: RequestDecoder, batch: list[Sample]) -> bool:
         """Read one request into ``batch``; True when it taught the device a hole."""
-        device = self.device
+        device, request = self.device, decoder.request
         try:
             async with self.link.lock:
                 values = await self.link.read(
@@ -143,19 +158,24 @@ class ModbusSource:
                 )
             raise_if_cancelling()
         except ModbusExceptionAnswer as exc:
+            decoder.forget()
             splittable = request.unused or len({s.address for s in request.slots}) > 1
             if exc.code == 2 and splittable:  # flags of one register cannot be split further
-                return await self._learn_and_split(request, batch)
+                return await self._learn_and_split(decoder, batch)
             now = time.time()
             batch.extend(
                 Reading(device.id, s.point.name, None, BAD, now, s.point.unit, exc.reason)
                 for s in request.slots
             )
             return False
-        self._decode(request, values, time.time(), batch)
+        if isinstance(values, bytes):
+            decoder.decode(values, time.time(), batch)
+        else:
+            decoder.decode_bits(values, time.time(), batch)
         return False
 
-    async def _learn_and_split(self, request: ReadRequest, batch: list[Reading]) -> bool:
+    async def _learn_and_split(self, decoder: RequestDecoder, batch: list[Sample]) -> bool:
+        request = decoder.request
         unused = request.unused
         if unused:
             self.holes.update((request.table, a) for a in unused)
@@ -176,62 +196,35 @@ class ModbusSource:
             isolated=frozenset(self.isolated),
         )
         for part in parts:
-            await self._read_request(part, batch)
+            await self._read_request(self._decoder(part, decoder.interval), batch)
         return True
 
-    def _decode(
-        self, request: ReadRequest, values: list[int] | list[bool], ts: float, out: list[Reading]
-    ) -> None:
-        device_id = self.device_id
-        codecs = self._codecs
-        last_good = self._last_good
-        if request.table in BIT_TABLES:
-            for slot in request.slots:
-                point = slot.point
-                bit = bool(values[slot.address - request.start])
-                out.append(Reading(device_id, point.name, bit, GOOD, ts, point.unit))
-                last_good[point.name] = (ts, bit)
-            self._stale.difference_update(s.point.name for s in request.slots)
-            return
-        raw = registers_to_bytes(values)
-        start = request.start
-        for slot in request.slots:
-            point = slot.point
-            offset = 2 * (slot.address - start)
-            value, quality, reason = codecs[point.name].decode(
-                raw[offset : offset + 2 * slot.width]
-            )
-            out.append(Reading(device_id, point.name, value, quality, ts, point.unit, reason))
-            if quality == GOOD and value is not None:
-                last_good[point.name] = (ts, value)
-                self._stale.discard(point.name)
-
     def _next_stale_in(self) -> float | None:
-        """Seconds until the next good point turns stale; None when none can."""
-        now = time.time()
+        """Seconds until the next request's values turn stale; None when none can."""
         soonest: float | None = None
-        for point in self.device.points:
-            seen = self._last_good.get(point.name)
-            if seen is None or point.name in self._stale:
+        for decoder in self._decoders:
+            if decoder.last_ts is None or decoder.stale:
                 continue
-            left = seen[0] + STALE_AFTER * self.device.interval_of(point) - now
-            soonest = left if soonest is None else min(soonest, left)
-        return None if soonest is None else max(soonest, 0.001)
+            at = decoder.last_ts + STALE_AFTER * decoder.interval
+            if soonest is None or at < soonest:
+                soonest = at
+        return None if soonest is None else max(soonest - time.time(), 0.001)
 
-    def _stale_readings(self) -> list[Reading]:
-        """The last value, ``uncertain: stale``, of points not refreshed for 3 intervals."""
+    def _stale_readings(self) -> list[Sample]:
+        """The last values, ``uncertain: stale``, of requests not answered for 3 intervals."""
         now = time.time()
-        out = []
-        for point in self.device.points:
-            seen = self._last_good.get(point.name)
-            if seen is None or point.name in self._stale:
+        out: list[Sample] = []
+        for decoder in self._decoders:
+            ts = decoder.last_ts
+            if ts is None or decoder.stale or now - ts <= STALE_AFTER * decoder.interval:
                 continue
-            ts, value = seen
-            if now - ts > STALE_AFTER * self.device.interval_of(point):
-                self._stale.add(point.name)
-                out.append(
-                    Reading(self.device_id, point.name, value, UNCERTAIN, ts, point.unit, "stale")
-                )
+            decoder.stale = True
+            names, units = decoder.points.names, decoder.points.units
+            out.extend(
+                Reading(self.device_id, name, value, UNCERTAIN, ts, unit, "stale")
+                for name, unit, value in zip(names, units, decoder.last_values, strict=True)
+                if value is not None
+            )
         return out
 
 

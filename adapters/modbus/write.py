@@ -16,7 +16,7 @@ import struct
 import time
 
 from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusPoint
-from adapters.modbus.decode import PointCodec, registers_to_bytes
+from adapters.modbus.decode import PointCodec
 from adapters.modbus.link import ModbusLink
 from gateway.errors import CommandError, DeviceError
 from gateway.model import GOOD, Reading, Scalar
@@ -97,8 +97,8 @@ async def write_point(
                 await link.write(table, address, bool(value), unit)
                 expected: Scalar = bool(value)
             else:
-                current = registers_to_bytes(before)
-                raw = codec.encode(value, current)
+                assert isinstance(before, bytes)
+                raw = codec.encode(value, before)
                 expected = _decoded(codec, raw)  # before writing: it may refuse the value
                 registers = list(struct.unpack(f">{width}H", raw))
                 await link.write(table, address, registers, unit)
@@ -114,11 +114,11 @@ async def write_point(
 
 
 def _decode(
-    table: str, codec: PointCodec, values: list[int] | list[bool]
+    table: str, codec: PointCodec, values: bytes | list[bool]
 ) -> tuple[Scalar | None, str, str | None]:
-    if table in BIT_TABLES:
+    if isinstance(values, list):
         return bool(values[0]), GOOD, None
-    return codec.decode(registers_to_bytes(values))
+    return codec.decode(values)
 
 
 def _decoded(codec: PointCodec, raw: bytes) -> Scalar:

@@ -25,7 +25,7 @@ import ssl
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -41,7 +41,8 @@ from gateway.errors import GatewayError
 
 log = structlog.get_logger("gateway.mqtt")
 
-WINDOW = 1000  # messages handed to paho and not yet acknowledged
+READ_DELAY = 0.002  # seconds between data arriving and reading it (see ``_readable``)
+WINDOW = 100  # messages handed to paho and not yet acknowledged (NOTES: 20-100 is fastest)
 
 
 class MqttLink:
@@ -91,11 +92,9 @@ class MqttLink:
             client.tls_insecure_set(config.insecure)
         if will is not None:
             client.will_set(will[0], will[1], qos=1, retain=True)
-        # NOTES: an in-flight window of 20-100 is fastest; a huge one halves QoS 1 throughput.
-        client.max_inflight_messages_set(100)
-        # Bound paho's own queue (a safety net: the publisher keeps to WINDOW): beyond it,
-        # records wait in the buffer.
-        client.max_queued_messages_set(2 * WINDOW)
+        # The publisher keeps its own window (WINDOW). paho's limit is off: with one, every
+        # acknowledgement makes paho scan all its in-flight messages for a queued one to send.
+        client.max_inflight_messages_set(0)
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_publish = self._paho_publish
@@ -216,6 +215,10 @@ class MqttLink:
 
     def _socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         no_delay(client, userdata, sock)
+        # paho reads each packet's fixed header a byte at a time, a system call each: three
+        # or more per 4-byte PUBACK. It reads through this buffer instead (its socket is
+        # otherwise untouched: everything but ``recv`` and ``pending`` is the socket's own).
+        client._sock = sock = ReadBuffered(sock)
         self._on_loop(self._watch, sock)
 
     def _socket_close(self, _c: Any, _u: Any, sock: Any) -> None:
@@ -232,7 +235,7 @@ class MqttLink:
         if sock is current:  # not a socket closed since
             self._closed.clear()
             with contextlib.suppress(ValueError, OSError):
-                self._loop.add_reader(current, self._read)
+                self._loop.add_reader(current, self._readable, current)
 
     def _unwatch(self, sock: Any) -> None:
         with contextlib.suppress(ValueError, OSError):
@@ -250,6 +253,25 @@ class MqttLink:
     def _unwatch_writes(self, sock: Any) -> None:
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_writer(sock)
+
+    def _readable(self, sock: Any) -> None:
+        """Data arrived: read it ``READ_DELAY`` later, together with what follows.
+
+        At thousands of messages a second each PUBACK comes in a segment of its own, and a
+        wakeup per PUBACK costs more than the PUBACK. The socket is not watched meanwhile.
+        """
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(sock)
+        self._loop.call_later(READ_DELAY, self._read_and_watch, sock)
+
+    def _read_and_watch(self, sock: Any) -> None:
+        if self._client.socket() is not sock:
+            return  # closed meanwhile
+        self._read()
+        if self._client.socket() is not sock:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.add_reader(cast(Any, sock), self._readable, sock)
 
     def _read(self) -> None:
         client = self._client
@@ -393,6 +415,34 @@ def no_delay(_c: Any, _u: Any, sock: Any) -> None:
     waits for the peer's delayed ACK, ~40 ms on Linux."""
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ReadBuffered:
+    """A socket whose ``recv`` is served from one large read of what the kernel holds."""
+
+    __slots__ = ("_data", "_position", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._data = b""
+        self._position = 0
+
+    def recv(self, size: int) -> bytes:
+        data, position = self._data, self._position
+        if position >= len(data):
+            data = self._data = self._sock.recv(65536)  # BlockingIOError, SSL errors: as is
+            position = 0
+        chunk = data[position : position + size]
+        self._position = position + len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        """Bytes read but not yet taken (plus, for TLS, what the SSL layer holds)."""
+        inner = getattr(self._sock, "pending", None)
+        return len(self._data) - self._position + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 # MQTT 5 user properties that name who sent a command (for the audit log).

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from weakref import WeakKeyDictionary
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -24,8 +25,16 @@ import structlog
 from gateway.buffer import Buffer, Record
 from gateway.commands.request import Incoming
 from gateway.config.schema import MqttSection
-from gateway.encode import encode_batch, encode_reading, iso_time, mark_replayed, split_by_point
-from gateway.model import Reading
+from gateway.encode import (
+    block_values,
+    encode_batch,
+    encode_reading,
+    iso_time,
+    mark_replayed,
+    point_templates,
+    split_by_point,
+)
+from gateway.model import Block, Points, Sample
 from gateway.mqtt.link import WINDOW, MqttLink
 from gateway.topics import Topics
 
@@ -56,6 +65,9 @@ class MqttPublisher:
         self.started = iso_time(time.time())
         self._link: MqttLink | None = None
         self._batch = config.batch == "device"
+        self._point_templates: WeakKeyDictionary[Points, list[tuple[str, bytes]]] = (
+            WeakKeyDictionary()
+        )
         # (topic filter, handler) of commands; set before ``run`` to receive them.
         self.commands: tuple[str, Callable[[Incoming], None]] | None = None
 
@@ -65,7 +77,7 @@ class MqttPublisher:
 
     # -- from the pipeline ----------------------------------------------------------------
 
-    def send(self, batch: list[Reading]) -> None:
+    def send(self, batch: Sequence[Sample]) -> None:
         now = time.time()
         gw_ts = iso_time(now)
         buffer, topics = self.buffer, self.topics
@@ -75,10 +87,26 @@ class MqttPublisher:
                 payload = encode_batch(group, seq, gw_ts)
                 buffer.add(Record(seq, topics.device(group[0].device), payload, now))
             return
-        for reading in batch:
+        gw_bytes = gw_ts.encode()
+        for sample in batch:
+            if isinstance(sample, Block):
+                self._send_block(sample, gw_bytes, now)
+                continue
             seq = buffer.take_seq()
-            payload = encode_reading(reading, seq, gw_ts)
-            buffer.add(Record(seq, topics.point(reading.device, reading.point), payload, now))
+            payload = encode_reading(sample, seq, gw_ts)
+            buffer.add(Record(seq, topics.point(sample.device, sample.point), payload, now))
+
+    def _send_block(self, block: Block, gw_ts: bytes, now: float) -> None:
+        """One message per value of a block, from templates rendered once per set of points."""
+        templates = self._point_templates.get(block.points)
+        if templates is None:
+            templates = self._point_templates[block.points] = point_templates(block, self.topics)
+        ts = iso_time(block.ts).encode()
+        buffer = self.buffer
+        take_seq, add = buffer.take_seq, buffer.add
+        for (topic, template), value in zip(templates, block_values(block), strict=True):
+            seq = take_seq()
+            add(Record(seq, topic, template % (value, ts, gw_ts, seq), now))
 
     def set_retained(self, topic: str, payload: bytes) -> None:
         """Publish a retained state now if connected, and again on every (re)connect."""

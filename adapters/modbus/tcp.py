@@ -1,0 +1,136 @@
+"""A lean Modbus TCP client: MBAP frames on a bare asyncio transport.
+
+Why not pymodbus here: its request path costs ~90-135 us of CPU per request on an edge box
+(a transaction manager, a timer and a PDU object per request, registers decoded one by one into
+a list), and a poll reads tens of blocks per device per second. This client builds the request
+frame from a precompiled header, waits on one future, and returns the answer's register bytes as
+they came off the wire, for the block decoder. ~15-30 us per request. pymodbus still serves every
+other framing (RTU over serial or TCP, UDP).
+
+One request at a time per connection, as most Modbus TCP servers expect (the link's lock
+guarantees it); transaction ids still tell a late answer to a timed-out request from the
+current one, so a stale answer is dropped instead of being taken for the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+from adapters.modbus.errors import ModbusExceptionAnswer
+from gateway.errors import DeviceError
+
+READ_FUNCTIONS = {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}
+
+_header = struct.Struct(">HHHB")  # transaction id, protocol 0, length, unit
+_read_pdu = struct.Struct(">BHH")  # function, address, count
+_mbap = struct.Struct(">HHH")
+
+
+class TcpClient(asyncio.Protocol):
+    """One Modbus TCP connection (the link owns reconnects and backoff)."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._tid = 0
+        self._waiting: tuple[int, asyncio.Future[bytes]] | None = None
+        self._lost: str | None = None
+
+    # -- the link's client interface ----------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and self._lost is None
+
+    async def connect(self) -> bool:
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: self, self.host, self.port)
+        return True
+
+    def close(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+
+    async def read(self, table: str, address: int, count: int, unit: int) -> bytes:
+        """Registers as wire bytes (two per register), or for bit tables the packed bits."""
+        function = READ_FUNCTIONS[table]
+        answer = await self.request(unit, _read_pdu.pack(function, address, count))
+        size = count * 2 if function > 2 else (count + 7) // 8
+        if len(answer) != size + 2 or answer[1] != size:
+            raise DeviceError("garbled answer: wrong length", connection_lost=False)
+        return answer[2:]
+
+    async def request(self, unit: int, pdu: bytes) -> bytes:
+        """Send one request PDU; the answer's PDU (function code first)."""
+        transport = self._transport
+        if transport is None or self._lost is not None:
+            raise DeviceError(self._lost or "not connected")
+        self._tid = tid = (self._tid + 1) & 0xFFFF
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        self._waiting = (tid, future)
+        transport.write(_header.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+        # A bare timer, not ``asyncio.timeout``: this runs thousands of times a second.
+        timer = loop.call_later(self.timeout, _expire, future)
+        try:
+            answer = await future
+        finally:
+            timer.cancel()
+            self._waiting = None
+        function = answer[0]
+        if function & 0x80:
+            raise ModbusExceptionAnswer(answer[1] if len(answer) > 1 else 0)
+        if function != pdu[0]:
+            raise DeviceError("garbled answer: wrong function code", connection_lost=False)
+        return answer
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # requests are small and each waits for its answer: no Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = transport
+        self._lost = None
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 8:
+            tid, protocol, length = _mbap.unpack_from(buffer)
+            if protocol != 0 or not 2 <= length <= 254:
+                self._fail("garbled answer: bad MBAP header")
+                return
+            if len(buffer) < 6 + length:
+                return
+            pdu = bytes(buffer[7 : 6 + length])
+            del buffer[: 6 + length]
+            waiting = self._waiting
+            if waiting is not None and waiting[0] == tid and not waiting[1].done():
+                waiting[1].set_result(pdu)
+            # else: the answer to a request that timed out already; dropped.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("connection lost")
+
+    def _fail(self, reason: str) -> None:
+        self._lost = reason
+        self._buffer.clear()
+        waiting = self._waiting
+        if waiting is not None and not waiting[1].done():
+            waiting[1].set_exception(DeviceError(reason))
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+
+
+def _expire(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(DeviceError("timeout"))

@@ -1,0 +1,146 @@
+"""The lean Modbus TCP client against a scripted server: answers, exception answers, a late
+answer after a timeout, garbage, a dropped connection (the real servers are in integration)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from adapters.modbus.errors import ModbusExceptionAnswer
+from adapters.modbus.link import write_pdu
+from adapters.modbus.tcp import TcpClient
+from gateway.errors import DeviceError
+from gateway.mqtt.link import ReadBuffered
+
+Reply = Callable[[int, bytes], list[bytes]]  # (transaction id, request PDU) -> frames to send
+
+
+def _frame(tid: int, pdu: bytes, unit: int = 1) -> bytes:
+    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+
+async def _with_server(reply: Reply, scenario: Callable[[TcpClient], object]) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(7)
+                tid, _, length, _ = struct.unpack(">HHHB", head)
+                pdu = await reader.readexactly(length - 1)
+                for frame in reply(tid, pdu):
+                    if frame == b"close":
+                        writer.close()
+                        return
+                    writer.write(frame)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = TcpClient("127.0.0.1", port, timeout=0.2)
+    try:
+        assert await client.connect()
+        await scenario(client)  # type: ignore[misc]
+    finally:
+        client.close()
+        server.close()
+
+
+def test_reads_registers_as_wire_bytes_and_bits_packed() -> None:
+    def reply(tid: int, pdu: bytes) -> list[bytes]:
+        function, _, count = struct.unpack(">BHH", pdu)
+        if function == 3:
+            return [_frame(tid, bytes([3, 2 * count]) + bytes(range(2 * count)))]
+        return [_frame(tid, bytes([1, 1, 0b101]))]
+
+    async def scenario(client: TcpClient) -> None:
+        assert await client.read("holding", 0, 3, 1) == bytes(range(6))
+        assert await client.read("coil", 0, 3, 1) == bytes([0b101])
+
+    asyncio.run(_with_server(reply, scenario))
+
+
+def test_an_exception_answer_keeps_the_connection() -> None:
+    asyncio.run(
+        _with_server(
+            lambda tid, pdu: [_frame(tid, bytes([pdu[0] | 0x80, 2]))],
+            _expect_exception,
+        )
+    )
+
+
+async def _expect_exception(client: TcpClient) -> None:
+    with pytest.raises(ModbusExceptionAnswer) as caught:
+        await client.read("holding", 0, 1, 1)
+    assert caught.value.code == 2 and caught.value.reason == "illegal data address"
+    assert client.connected
+
+
+def test_a_late_answer_is_not_taken_for_the_next_request() -> None:
+    answers: Iterator[list[bytes] | None] = iter([[], None])
+
+    def reply(tid: int, pdu: bytes) -> list[bytes]:
+        late = next(answers)
+        if late is not None:  # the first request: no answer now
+            return []
+        # The second: first the first request's late answer, then the right one.
+        return [
+            _frame(tid - 1, bytes([3, 2, 0xDE, 0xAD])),
+            _frame(tid, bytes([3, 2, 0x00, 0x07])),
+        ]
+
+    async def scenario(client: TcpClient) -> None:
+        with pytest.raises(DeviceError, match="timeout"):
+            await client.read("holding", 0, 1, 1)
+        assert await client.read("holding", 0, 1, 1) == b"\x00\x07"
+
+    asyncio.run(_with_server(reply, scenario))
+
+
+def test_garbage_and_a_dropped_connection_are_device_errors() -> None:
+    async def short(client: TcpClient) -> None:
+        with pytest.raises(DeviceError, match="wrong length"):
+            await client.read("holding", 0, 2, 1)
+
+    asyncio.run(_with_server(lambda tid, pdu: [_frame(tid, bytes([3, 2, 0, 1]))], short))
+
+    async def bad_header(client: TcpClient) -> None:
+        with pytest.raises(DeviceError, match="bad MBAP header"):
+            await client.read("holding", 0, 1, 1)
+        assert not client.connected
+
+    asyncio.run(_with_server(lambda tid, pdu: [b"\x00\x01\x00\x07\x00\x05\x01\x03"], bad_header))
+
+    async def dropped(client: TcpClient) -> None:
+        with pytest.raises(DeviceError, match="connection lost"):
+            await client.read("holding", 0, 1, 1)
+        assert not client.connected
+
+    asyncio.run(_with_server(lambda tid, pdu: [b"close"], dropped))
+
+
+def test_writes_send_the_standard_function_codes() -> None:
+    assert write_pdu("coil", 7, True) == bytes([5, 0, 7, 0xFF, 0])
+    assert write_pdu("holding", 2, [0x1234]) == bytes([6, 0, 2, 0x12, 0x34])
+    assert write_pdu("holding", 2, [1, 2]) == bytes([16, 0, 2, 0, 2, 4, 0, 1, 0, 2])
+
+
+def test_paho_reads_packets_through_one_buffer() -> None:
+    left, right = socket.socketpair()
+    try:
+        right.sendall(b"\x40\x02\x00\x01" * 3)
+        sock = ReadBuffered(left)
+        assert sock.recv(1) == b"\x40"
+        assert sock.pending() == 11  # the rest came with the first read
+        assert sock.recv(1) + sock.recv(2) == b"\x02\x00\x01"
+        assert sock.recv(100) == b"\x40\x02\x00\x01" * 2
+        left.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
+        assert sock.fileno() == left.fileno()
+    finally:
+        left.close()
+        right.close()
