@@ -1,12 +1,12 @@
 """``python -m bench SCENARIO``: run one benchmark scenario, print its figures, save JSON.
 
-Scenarios: ``hot-path`` (CPU per value of decode -> reading -> JSON, in process),
-``modbus-1000dev`` (1,000 simulated devices, each on its own connection, through a real
-mosquitto; gateway CPU and RSS read from /proc, values counted by an independent subscriber)
+Scenarios: ``hot-path`` (CPU per value of Modbus bytes -> MQTT payload, in process),
 ``opcua-latency`` (source timestamp -> publish latency of a subscription of ``--items``;
 ``opcua-10k`` with 10,000), ``command-latency`` (command -> result round trip, Modbus and OPC UA,
 ``--commands`` each), and on the lean Modbus simulator (``simulators/lean_modbus.py``):
-``modbus-100k``, ``modbus-fast``, ``report-by-exception``. docs/performance.md has the figures.
+``modbus-100k``, ``modbus-fast``, ``modbus-1000dev`` (1,000 devices, each on its own
+connection), ``report-by-exception``. Gateway CPU and RSS are read from /proc; values are counted
+by an independent subscriber through a real mosquitto. docs/performance.md has the figures.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("scenario", choices=sorted(SCENARIOS), nargs="?", default="hot-path")
     parser.add_argument("--devices", type=int, default=None, help="default: the scenario's")
-    parser.add_argument("--simulators", type=int, default=4, help="simulator processes")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))

@@ -29,7 +29,9 @@ from gateway.testing import Mosquitto
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 SEQ = re.compile(rb'"seq":(\d+)')
-TIMES = re.compile(rb'"ts":"([^"]+)","gw_ts":"([^"]+)"')
+GW_TS = re.compile(rb'"gw_ts":"([^"]+)"')
+# Each value's source timestamp, in a per-point message or inside a device batch.
+POINT_TS = re.compile(rb'"quality":"[a-z]+","ts":"([^"]+)"')
 # The lean simulator's `clock` point: when it last changed its values, ms since the epoch mod 2^32.
 CLOCK = re.compile(rb'"point":"clock","value":(\d+)|"clock":\{"value":(\d+)')
 
@@ -113,11 +115,11 @@ class Counter:
             if found is None:
                 continue  # status messages carry no seq
             seq = int(found.group(1))
-            if self.latency and (times := TIMES.search(line)):
-                received = time.time()
-                ts, gw_ts = (_epoch(t) for t in times.groups())
+            if self.latency and (gw := GW_TS.search(line)):
+                received, gw_ts = time.time(), _epoch(gw.group(1))
+                stamps = [_epoch(t) for t in POINT_TS.findall(line)]
                 with self.lock:
-                    self.latencies.append((received - ts, gw_ts - ts))
+                    self.latencies.extend((received - ts, gw_ts - ts) for ts in stamps)
             if self.clock and (changed := CLOCK.search(line)):
                 now_ms = int(time.time() * 1000) % 2**32
                 with self.lock:

@@ -19,15 +19,27 @@ from adapters.modbus.config import (
     shared_links,
 )
 from adapters.modbus.plan import describe
-from adapters.modbus.source import create_sources as modbus_sources
 from adapters.opcua.config import OpcUaDevice
-from adapters.opcua.source import create_sources as opcua_sources
 from gateway.config.schema import DeviceConfig
 from gateway.config.yaml_source import Loc
 from gateway.plan_report import DevicePlan
 from gateway.source import Source
 
 RawCheck = Callable[[Mapping[str, Any]], list[tuple[Loc, str]]]
+
+
+# The protocol stacks are imported when a device needs them: asyncua alone is ~25 MB of
+# memory that a Modbus-only edge box should not pay for.
+def modbus_sources(devices: list[Any]) -> list[Any]:
+    from adapters.modbus.source import create_sources
+
+    return list(create_sources(devices))
+
+
+def opcua_sources(devices: list[Any]) -> list[Any]:
+    from adapters.opcua.source import create_sources
+
+    return list(create_sources(devices))
 
 
 @dataclass(frozen=True)
