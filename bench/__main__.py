@@ -12,7 +12,9 @@ by an independent subscriber through a real mosquitto. docs/performance.md has t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
+from bench import harness
 from bench.harness import write_result
 from bench.scenarios import SCENARIOS
 
@@ -37,8 +39,17 @@ def main() -> None:
         help="mosquitto's set_tcp_nodelay (command-latency; off is mosquitto's default)",
     )
     parser.add_argument("--publishing-interval", type=float, default=0.1, help="OPC UA, seconds")
+    parser.add_argument(
+        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="gateway's loop"
+    )
     args = parser.parse_args()
+    harness.GATEWAY_LOOP = args.loop
     result = SCENARIOS[args.scenario](args)
+    if args.scenario != "hot-path":
+        uvloop = args.loop == "uvloop" or (
+            args.loop == "auto" and importlib.util.find_spec("uvloop") is not None
+        )
+        result["gateway_loop"] = "uvloop" if uvloop else "asyncio"
     width = max(len(k) for k in result)
     print(f"scenario: {args.scenario}")
     for key, value in result.items():

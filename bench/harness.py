@@ -65,10 +65,15 @@ class Broker(Mosquitto):
         )
 
 
+# The gateway's ``--loop`` (auto: uvloop when installed); ``python -m bench --loop`` sets it.
+GATEWAY_LOOP = "auto"
+
+
 def gateway_process(*args: str, log: Path) -> subprocess.Popen[bytes]:
     out = log.open("wb")
+    options = ["--log-format", "json", "--log-level", "warning", "--loop", GATEWAY_LOOP]
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--log-format", "json", "--log-level", "warning", *args],
+        [sys.executable, "-m", "gateway", *options, *args],
         stdout=out,
         stderr=subprocess.STDOUT,
         cwd=ROOT,

@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), default="info"
     )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop is faster per value; auto uses it when installed (default)",
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check device maps; print every error")
@@ -145,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     from gateway.runtime import Gateway
 
-    return _run_until_signal(lambda: Gateway(config).run())
+    return _run_until_signal(lambda: Gateway(config).run(), args.loop)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -170,7 +176,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return 1
     from simulators.run import serve
 
-    return _run_until_signal(lambda: serve(config))
+    return _run_until_signal(lambda: serve(config), args.loop)
 
 
 def _browse(args: argparse.Namespace) -> int:
@@ -240,10 +246,27 @@ def _demo(args: argparse.Namespace) -> int:
     if args.duration is not None:
         # A bounded run must end: if shutdown hangs, print every thread's stack and exit.
         faulthandler.dump_traceback_later(args.duration + 20, exit=True)
-    return _run_until_signal(lambda: run_demo(config, args.broker, args.port, args.duration))
+    return _run_until_signal(
+        lambda: run_demo(config, args.broker, args.port, args.duration), args.loop
+    )
 
 
-def _run_until_signal(make: Callable[[], Awaitable[None]]) -> int:
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to run on: uvloop's C loop makes socket writes and timers cheaper."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise GatewayError(
+                "--loop uvloop: uvloop is not installed (pip install 'factory-gateway[fast]')"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
+def _run_until_signal(make: Callable[[], Awaitable[None]], loop: str = "auto") -> int:
     """Run a coroutine until it ends, Ctrl-C or SIGTERM; either signal stops it cleanly."""
 
     async def runner() -> None:
@@ -255,7 +278,8 @@ def _run_until_signal(make: Callable[[], Awaitable[None]]) -> int:
             await task
 
     try:
-        asyncio.run(runner())
+        with asyncio.Runner(loop_factory=_loop_factory(loop)) as asyncio_runner:
+            asyncio_runner.run(runner())
     except (OSError, GatewayError) as exc:  # e.g. a port already in use
         print(f"error: {exc}", file=sys.stderr)
         return 1

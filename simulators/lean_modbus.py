@@ -27,6 +27,7 @@ import struct
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import cast
 
 from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusTcpDevice
 from adapters.modbus.decode import PointCodec
@@ -153,8 +154,8 @@ class _Connection(asyncio.Protocol):
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's is not an asyncio.Transport
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from typing import cast
 
 from adapters.modbus.errors import ModbusExceptionAnswer
 from gateway.errors import DeviceError
@@ -92,8 +93,8 @@ class TcpClient(asyncio.Protocol):
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's is not an asyncio.Transport
         sock = transport.get_extra_info("socket")
         if sock is not None:  # requests are small and each waits for its answer: no Nagle
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ try:  # libyaml's parser when PyYAML was built with it: ~20x faster
 except ImportError:  # pragma: no cover
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
+from gateway.config.yaml_stream import GiveUp, load_quickly
 from gateway.errors import ConfigIssue
 
 Loc = tuple[str | int, ...]
@@ -41,11 +43,27 @@ class Position:
     value: tuple[int, int]  # 1-based (line, column) of the value
 
 
-@dataclass
 class SourceMap:
-    """Where each value of the loaded data came from."""
+    """Where each value of the loaded data came from.
 
-    positions: dict[Loc, Position] = field(default_factory=dict)
+    A map read quickly (``yaml_stream``) has no positions until an error needs one: then
+    ``build`` reads the files again, carefully, and the positions are known from then on.
+    """
+
+    def __init__(
+        self,
+        positions: dict[Loc, Position] | None = None,
+        build: Callable[[], dict[Loc, Position]] | None = None,
+    ) -> None:
+        self._positions = positions if positions is not None else {}
+        self._build = build
+
+    @property
+    def positions(self) -> dict[Loc, Position]:
+        if self._build is not None:
+            build, self._build = self._build, None
+            self._positions = build()
+        return self._positions
 
     def issue(self, data: Any, loc: Loc, message: str, *, at_key: bool = False) -> ConfigIssue:
         """Locate ``loc`` (a pydantic-style error location) as precisely as the data allows.
@@ -188,13 +206,56 @@ class _Loader:
         return [(k, v) for k, v in merged if k.value not in own_keys] + own
 
 
+def _expand_or_give_up(text: str) -> str:
+    """``${VAR}`` expansion for the quick reader: an unset variable is the careful reader's."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is not None and (value != "" or default is None):
+            return value
+        if default is not None:
+            return default
+        raise GiveUp
+
+    return _ENV.sub(replace, text)
+
+
 def load_yaml(paths: list[Path]) -> tuple[dict[str, Any], SourceMap, list[ConfigIssue]]:
     """Load the first file as the device map, and any further files as extra device lists.
 
     ``include:`` in the main file pulls device lists from other files (glob patterns, relative
     to the including file). An included file holds either a list of devices or a mapping with
     a single ``devices`` key.
+
+    A map that reads without surprises is read quickly, its positions left for later; any
+    surprise and it is read carefully, which reports the problem where it is.
     """
+    data = load_quickly(paths, _YamlLoader, _expand_or_give_up, _quick_includes)
+    if data is not None:
+        return data, SourceMap(build=lambda: _load_carefully(paths)[1].positions), []
+    return _load_carefully(paths)
+
+
+def _quick_includes(main: Path, include: Any) -> list[Path] | None:
+    """The files an ``include:`` entry names, or ``None`` if it is wrong in any way."""
+    if include is None:
+        return []
+    patterns = [include] if isinstance(include, str) else include
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        return None
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(main.parent / pattern)))
+        if not matches:
+            return None
+        files.extend(Path(m) for m in matches)
+    return files
+
+
+def _load_carefully(
+    paths: list[Path],
+) -> tuple[dict[str, Any], SourceMap, list[ConfigIssue]]:
     loader = _Loader()
     main = paths[0]
     main_file = str(main)

@@ -1,0 +1,149 @@
+"""The quick way to read a device map that is fine: plain data straight from libyaml's events.
+
+Why: the careful reader (``yaml_source``) composes a node tree and records the position of every
+value, so that an error can name ``file:line:col``. For a 100,000-point map that is ~0.5 GB of
+short-lived objects, and Python keeps most of that memory after they are gone (the long-lived
+config objects are allocated in between and pin the pages). A map that is fine needs no
+positions, so this reader builds the data directly from the event stream, value by value, and
+nothing else. The moment anything is unusual (a YAML error, a duplicate key, an unset
+environment variable, an odd include) it gives up and returns ``None``: the careful reader then
+reads the map again and reports the problem. When validation finds a mistake later, the
+positions are computed then (see ``SourceMap``).
+
+The data is the same as the careful reader's: YAML 1.2 booleans, merge keys, ``${VAR}``
+expansion in every string, aliases copied.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class GiveUp(Exception):
+    """Something the careful reader should look at (and report)."""
+
+
+class _Builder:
+    def __init__(self, text: str, loader_class: type[Any], expand: Any) -> None:
+        self.loader = loader_class(text)
+        self.expand = expand  # str -> str; raises GiveUp for an unset variable
+        self.anchors: dict[str, Any] = {}
+
+    def document(self) -> Any:
+        loader = self.loader
+        try:
+            loader.get_event()  # stream start
+            if loader.check_event(yaml.StreamEndEvent):
+                return None
+            loader.get_event()  # document start
+            value = self.value(loader.get_event())
+            loader.get_event()  # document end
+            if not loader.check_event(yaml.StreamEndEvent):
+                raise GiveUp  # several documents: the careful reader says so
+            return value
+        finally:
+            loader.dispose()
+
+    def value(self, event: Any) -> Any:
+        if isinstance(event, yaml.ScalarEvent):
+            out = self.scalar(event)
+        elif isinstance(event, yaml.MappingStartEvent):
+            out = self.mapping()
+        elif isinstance(event, yaml.SequenceStartEvent):
+            get, value = self.loader.get_event, self.value
+            out = []
+            while not isinstance(item := get(), yaml.SequenceEndEvent):
+                out.append(value(item))
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in self.anchors:
+                raise GiveUp
+            return copy.deepcopy(self.anchors[event.anchor])
+        else:
+            raise GiveUp
+        if event.anchor is not None:
+            self.anchors[event.anchor] = out
+        return out
+
+    def scalar(self, event: Any) -> Any:
+        loader = self.loader
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        if tag == "tag:yaml.org,2002:str":
+            text: str = event.value
+            return self.expand(text) if "${" in text else text
+        constructor = loader.yaml_constructors.get(tag)
+        if constructor is None:
+            raise GiveUp
+        return constructor(loader, yaml.ScalarNode(tag, event.value, style=event.style))
+
+    def mapping(self) -> dict[Any, Any]:
+        get, value = self.loader.get_event, self.value
+        own: dict[Any, Any] = {}
+        merged: dict[Any, Any] = {}
+        while not isinstance(event := get(), yaml.MappingEndEvent):
+            if isinstance(event, yaml.ScalarEvent) and "${" in event.value:
+                raise GiveUp  # keys are not expanded (the careful reader keeps them as written)
+            if (
+                isinstance(event, yaml.ScalarEvent)
+                and event.value == "<<"
+                and event.tag is None
+                and event.implicit[0]
+            ):
+                item = value(get())
+                for source in item if isinstance(item, list) else [item]:
+                    if not isinstance(source, dict):
+                        raise GiveUp
+                    for k, v in source.items():
+                        if k in merged:
+                            raise GiveUp  # the careful reader reports the clash
+                        merged[k] = v
+                continue
+            key = value(event)
+            item = value(get())
+            if key in own:
+                raise GiveUp  # duplicate key: reported with its line by the careful reader
+            own[key] = item
+        if not merged:
+            return own
+        return {**{k: v for k, v in merged.items() if k not in own}, **own}
+
+
+def read_quickly(path: Path, loader_class: type[Any], expand: Any) -> Any:
+    """The data of one YAML file, or raise ``GiveUp`` / ``OSError`` / ``yaml.YAMLError``."""
+    text = path.read_text(encoding="utf-8")
+    return _Builder(text, loader_class, expand).document()
+
+
+def load_quickly(
+    paths: list[Path], loader_class: type[Any], expand: Any, include_files: Any
+) -> dict[str, Any] | None:
+    """The whole device map (main file plus included device lists), or ``None`` if unusual.
+
+    ``expand(text)`` expands ``${VAR}``; ``include_files(main, include)`` lists included files
+    (``None`` when the include entry is wrong).
+    """
+    try:
+        data = read_quickly(paths[0], loader_class, expand)
+        if not isinstance(data, dict):
+            return None
+        extra = include_files(paths[0], data.pop("include", None))
+        if extra is None:
+            return None
+        extra.extend(paths[1:])
+        if extra and data.get("devices") is None:
+            data["devices"] = []
+        for path in extra:
+            included = read_quickly(path, loader_class, expand)
+            if isinstance(included, dict) and list(included) == ["devices"]:
+                included = included["devices"]
+            if not isinstance(included, list) or not isinstance(data["devices"], list):
+                return None
+            data["devices"].extend(included)
+        return data
+    except (GiveUp, OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, TypeError):
+        return None
