@@ -14,7 +14,7 @@ COPY gateway ./gateway
 COPY adapters ./adapters
 COPY simulators ./simulators
 COPY configs ./configs
-RUN pip install . \
+RUN pip install '.[fast]' \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin gateway \
     && mkdir -p /config /data \
     && cp configs/example.yaml /config/gateway.yaml \
