@@ -260,7 +260,8 @@ def _lean_modbus(
         ]
     path = work / "map.yaml"
     path.write_text("\n".join(lines) + "\n")
-    counter = Counter(broker.port, "bench/#", clock=True)
+    # Per-point messages are few enough to also time each one from its read (ts) to receipt.
+    counter = Counter(broker.port, "bench/#", latency=batch == "point", clock=True)
     simulator = subprocess.Popen(
         [sys.executable, "-m", "simulators.lean_modbus", str(path), "--tick", "100ms"],
         cwd=Path(__file__).resolve().parent.parent,
@@ -283,7 +284,9 @@ def _lean_modbus(
         cpu = cpu_seconds(gateway.pid) - start_cpu
         with counter.lock:
             values, messages, changes = counter.values, counter.messages, list(counter.changes)
+            timed = list(counter.latencies)
         p50, p99, worst = percentiles(changes, 50, 99, 100)
+        read_to_receive = percentiles([r for r, _ in timed], 50, 99, 100) if timed else None
         return {
             "devices": devices,
             "points": devices * points,
@@ -298,6 +301,7 @@ def _lean_modbus(
             "gateway_cpu_per_s": round(cpu / elapsed, 3),
             "values_per_cpu_s": round(values / cpu) if cpu else None,
             "change_to_receive_ms_p50_p99_max": [p50, p99, worst],
+            "read_to_receive_ms_p50_p99_max": read_to_receive,
             "rss_mb_start_end_max": [round(rss[0], 1), round(rss[-1], 1), round(max(rss), 1)],
             "rss_mb_every_5s": [round(r, 1) for r in rss],
             "gateway_threads": threads_end,

@@ -38,6 +38,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.commands.request import Incoming
 from gateway.config.schema import MqttSection
 from gateway.errors import GatewayError
+from gateway.mqtt.paho_pubacks import lighten_pubacks
 
 log = structlog.get_logger("gateway.mqtt")
 
@@ -62,6 +63,7 @@ class MqttLink:
     ) -> None:
         """``commands``: (topic filter, handler) -- subscribe on every connect and hand each
         message to the handler on the loop."""
+        lighten_pubacks()
         self.config = config
         self.connected = asyncio.Event()
         # Flow control: `sent` is counted on the loop, `completed` in paho's thread (one writer
@@ -219,10 +221,8 @@ class MqttLink:
 
     def _socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         no_delay(client, userdata, sock)
-        # paho reads each packet's fixed header a byte at a time, a system call each: three
-        # or more per 4-byte PUBACK. It reads through this buffer instead (its socket is
-        # otherwise untouched: everything but ``recv`` and ``pending`` is the socket's own).
-        client._sock = sock = ReadBuffered(sock)
+        # paho reads and writes through buffers: see ``BufferedSocket``.
+        client._sock = sock = BufferedSocket(sock)
         self._on_loop(self._watch, sock)
 
     def _socket_close(self, _c: Any, _u: Any, sock: Any) -> None:
@@ -252,11 +252,23 @@ class MqttLink:
         current: Any = self._client.socket()
         if sock is current:
             with contextlib.suppress(ValueError, OSError):
-                self._loop.add_writer(current, self._client.loop_write)
+                self._loop.add_writer(current, self._writable, current)
 
     def _unwatch_writes(self, sock: Any) -> None:
+        if getattr(sock, "unsent", None) is not None and sock.unsent():
+            return  # paho is done, the socket is not: ``_writable`` stops watching
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_writer(sock)
+
+    def _writable(self, sock: Any) -> None:
+        """paho writes all it has into the socket's buffer, then one ``send`` takes it out."""
+        if self._client.socket() is not sock:
+            return
+        self._client.loop_write()
+        flushed = sock.flush() if isinstance(sock, BufferedSocket) else True
+        if flushed and not self._client.want_write():
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_writer(cast(Any, sock))
 
     def _readable(self, sock: Any) -> None:
         """Data arrived: read it ``READ_DELAY`` later, together with what follows.
@@ -422,15 +434,23 @@ def no_delay(_c: Any, _u: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class ReadBuffered:
-    """A socket whose ``recv`` is served from one large read of what the kernel holds."""
+class BufferedSocket:
+    """A socket read in large chunks and written in large chunks, for paho.
 
-    __slots__ = ("_data", "_position", "_sock")
+    paho reads each packet's fixed header a byte at a time (three or more system calls per
+    4-byte PUBACK) and sends each packet with a system call of its own. Here ``recv`` is
+    served from one large read of what the kernel holds, and ``send`` only collects: the link
+    calls ``flush`` once paho has written everything it had, one system call for all of it.
+    Everything else is the socket's own.
+    """
+
+    __slots__ = ("_data", "_out", "_position", "_sock")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._data = b""
         self._position = 0
+        self._out = bytearray()
 
     def recv(self, size: int) -> bytes:
         data, position = self._data, self._position
@@ -445,6 +465,31 @@ class ReadBuffered:
         """Bytes read but not yet taken (plus, for TLS, what the SSL layer holds)."""
         inner = getattr(self._sock, "pending", None)
         return len(self._data) - self._position + (inner() if inner is not None else 0)
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        self._out += data
+        return len(data)
+
+    def flush(self) -> bool:
+        """Send what was collected, as much as the kernel takes now; True when all is out.
+
+        A broken connection drops what is left: paho learns of it from the next read, and
+        QoS 1 messages are sent again after the reconnect (the buffer keeps them until acked).
+        """
+        out = self._out
+        if out:
+            try:
+                sent = self._sock.send(out)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return False
+            except OSError:
+                out.clear()
+                return True
+            del out[:sent]
+        return not out
+
+    def unsent(self) -> int:
+        return len(self._out)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

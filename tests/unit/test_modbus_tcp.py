@@ -4,6 +4,7 @@ answer after a timeout, garbage, a dropped connection (the real servers are in i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from adapters.modbus.errors import ModbusExceptionAnswer
 from adapters.modbus.link import write_pdu
 from adapters.modbus.tcp import TcpClient
 from gateway.errors import DeviceError
-from gateway.mqtt.link import ReadBuffered
+from gateway.mqtt.link import BufferedSocket
 
 Reply = Callable[[int, bytes], list[bytes]]  # (transaction id, request PDU) -> frames to send
 
@@ -132,7 +133,7 @@ def test_paho_reads_packets_through_one_buffer() -> None:
     left, right = socket.socketpair()
     try:
         right.sendall(b"\x40\x02\x00\x01" * 3)
-        sock = ReadBuffered(left)
+        sock = BufferedSocket(left)
         assert sock.recv(1) == b"\x40"
         assert sock.pending() == 11  # the rest came with the first read
         assert sock.recv(1) + sock.recv(2) == b"\x02\x00\x01"
@@ -141,6 +142,31 @@ def test_paho_reads_packets_through_one_buffer() -> None:
         with pytest.raises(BlockingIOError):
             sock.recv(1)
         assert sock.fileno() == left.fileno()
+    finally:
+        left.close()
+        right.close()
+
+
+def test_paho_writes_go_out_in_one_send_and_wait_for_room() -> None:
+    left, right = socket.socketpair()
+    try:
+        left.setblocking(False)
+        right.setblocking(False)
+        sock = BufferedSocket(left)
+        assert sock.send(b"\x30\x03abc") == 5 and sock.send(b"\x30\x03def") == 5
+        with pytest.raises(BlockingIOError):
+            right.recv(100)  # collected, not sent
+        assert sock.flush() and sock.unsent() == 0
+        assert right.recv(100) == b"\x30\x03abc\x30\x03def"
+        big = b"x" * 4_000_000  # more than the kernel's socket buffers take at once
+        sock.send(big)
+        assert not sock.flush() and 0 < sock.unsent() < len(big)
+        received = bytearray()
+        while len(received) < len(big):
+            with contextlib.suppress(BlockingIOError):
+                received += right.recv(1 << 20)
+            sock.flush()
+        assert bytes(received) == big and sock.unsent() == 0
     finally:
         left.close()
         right.close()
