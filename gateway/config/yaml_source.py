@@ -162,13 +162,7 @@ class _Loader:
         return value
 
     def expand_env(self, text: str, file: str, loc: Loc) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            value = os.environ.get(name)
-            if value is not None and (value != "" or default is None):
-                return value
-            if default is not None:
-                return default
+        def unset(name: str) -> str:
             pos = self.source_map.positions.get(loc)
             line, col = pos.value if pos else (1, 1)
             self.issues.append(
@@ -182,7 +176,7 @@ class _Loader:
             )
             return ""
 
-        return _ENV.sub(replace, text) if "${" in text else text
+        return _expand(text, unset) if "${" in text else text
 
     def _pairs(self, node: yaml.MappingNode, file: str) -> list[tuple[yaml.Node, yaml.Node]]:
         """The mapping's pairs, with YAML merge keys (``<<: *defaults``) applied."""
@@ -206,8 +200,9 @@ class _Loader:
         return [(k, v) for k, v in merged if k.value not in own_keys] + own
 
 
-def _expand_or_give_up(text: str) -> str:
-    """``${VAR}`` expansion for the quick reader: an unset variable is the careful reader's."""
+def _expand(text: str, unset: Callable[[str], str]) -> str:
+    """``${VAR}`` / ``${VAR:-default}`` expanded; ``unset(name)`` for a variable with neither a
+    value nor a default (an empty value counts as unset when there is a default)."""
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
@@ -216,9 +211,18 @@ def _expand_or_give_up(text: str) -> str:
             return value
         if default is not None:
             return default
-        raise GiveUp
+        return unset(name)
 
     return _ENV.sub(replace, text)
+
+
+def _give_up(_name: str) -> str:
+    raise GiveUp
+
+
+def _expand_or_give_up(text: str) -> str:
+    """``${VAR}`` expansion for the quick reader: an unset variable is the careful reader's."""
+    return _expand(text, _give_up)
 
 
 def load_yaml(paths: list[Path]) -> tuple[dict[str, Any], SourceMap, list[ConfigIssue]]:
