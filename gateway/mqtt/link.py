@@ -255,7 +255,7 @@ class MqttLink:
                 self._loop.add_writer(current, self._writable, current)
 
     def _unwatch_writes(self, sock: Any) -> None:
-        if getattr(sock, "unsent", None) is not None and sock.unsent():
+        if isinstance(sock, BufferedSocket) and sock.unsent():
             return  # paho is done, the socket is not: ``_writable`` stops watching
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_writer(sock)
@@ -490,6 +490,11 @@ class BufferedSocket:
 
     def unsent(self) -> int:
         return len(self._out)
+
+    def close(self) -> None:
+        """paho closes right after writing DISCONNECT: send what is collected first."""
+        self.flush()
+        self._sock.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

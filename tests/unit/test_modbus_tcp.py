@@ -167,6 +167,9 @@ def test_paho_writes_go_out_in_one_send_and_wait_for_room() -> None:
                 received += right.recv(1 << 20)
             sock.flush()
         assert bytes(received) == big and sock.unsent() == 0
+        sock.send(b"\xe0\x00")  # DISCONNECT: paho closes the socket right after writing it
+        sock.close()
+        assert right.recv(100) == b"\xe0\x00"
     finally:
         left.close()
         right.close()
