@@ -7,6 +7,7 @@ benchmarks and anyone testing an integration use the same, real broker.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -15,11 +16,33 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
+    """A TCP port free on loopback right now, below the kernel's ephemeral range.
+
+    A port the kernel hands out with ``bind(0)`` is an ephemeral one: while a test's broker is
+    stopped, any outgoing connection on the machine may take it as its source port, and the
+    broker cannot listen on it again. Ports below that range are never taken that way.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded machine: any free port will do
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, 10_001)
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
