@@ -17,6 +17,7 @@ expansion in every string, aliases copied.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,11 @@ class _Builder:
             tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         if tag == "tag:yaml.org,2002:str":
             text: str = event.value
-            return self.expand(text) if "${" in text else text
+            if "${" in text:
+                return self.expand(text)
+            # Keys and words like "holding" or "float32" repeat for every point: one copy each
+            # (a 100,000-point map holds half a million of them).
+            return sys.intern(text) if len(text) <= 32 else text
         constructor = loader.yaml_constructors.get(tag)
         if constructor is None:
             raise GiveUp
