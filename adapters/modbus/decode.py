@@ -120,6 +120,9 @@ def encode(
 _pack_f32 = struct.Struct(">f").pack
 
 
+_MIN_NORMAL_F32 = 1.1754943508222875e-38  # below it a float32 has fewer than 24 bits
+
+
 def shortest_float32(value: float) -> float:
     """The shortest decimal giving the same float32: 0.1f publishes as 0.1, not 0.10000000149.
 
@@ -131,6 +134,12 @@ def shortest_float32(value: float) -> float:
     if candidate == value:
         return candidate
     packed = _pack_f32(value)
+    if abs(value) < _MIN_NORMAL_F32:  # subnormal: fewer significant bits, so fewer digits
+        return next(
+            c
+            for c in (float("%.*g" % (d, value)) for d in range(1, 10))  # noqa: UP031
+            if _pack_f32(c) == packed
+        )
     if _pack_f32(candidate) == packed:
         return candidate
     candidate = float("%.8g" % value)  # noqa: UP031
