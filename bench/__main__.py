@@ -12,11 +12,11 @@ by an independent subscriber through a real mosquitto. docs/performance.md has t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 from bench import harness
 from bench.harness import write_result
 from bench.scenarios import SCENARIOS
+from gateway.cli import loop_factory
 
 
 def main() -> None:
@@ -45,11 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     harness.GATEWAY_LOOP = args.loop
     result = SCENARIOS[args.scenario](args)
-    if args.scenario != "hot-path":
-        uvloop = args.loop == "uvloop" or (
-            args.loop == "auto" and importlib.util.find_spec("uvloop") is not None
-        )
-        result["gateway_loop"] = "uvloop" if uvloop else "asyncio"
+    if args.scenario != "hot-path":  # the loop the gateway chose, as it chooses it
+        result["gateway_loop"] = "asyncio" if loop_factory(args.loop) is None else "uvloop"
     width = max(len(k) for k in result)
     print(f"scenario: {args.scenario}")
     for key, value in result.items():

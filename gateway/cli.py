@@ -251,8 +251,9 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
-def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop to run on: uvloop's C loop makes socket writes and timers cheaper."""
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop for ``--loop``: uvloop's C loop makes socket writes and timers cheaper.
+    ``None`` is asyncio's own."""
     if choice == "asyncio":
         return None
     try:
@@ -278,7 +279,7 @@ def _run_until_signal(make: Callable[[], Awaitable[None]], loop: str = "auto") -
             await task
 
     try:
-        with asyncio.Runner(loop_factory=_loop_factory(loop)) as asyncio_runner:
+        with asyncio.Runner(loop_factory=loop_factory(loop)) as asyncio_runner:
             asyncio_runner.run(runner())
     except (OSError, GatewayError) as exc:  # e.g. a port already in use
         print(f"error: {exc}", file=sys.stderr)

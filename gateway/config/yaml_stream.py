@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ class GiveUp(Exception):
 
 
 class _Builder:
-    def __init__(self, text: str, loader_class: type[Any], expand: Any) -> None:
+    def __init__(self, text: str, loader_class: type[Any], expand: Callable[[str], str]) -> None:
         self.loader = loader_class(text)
         self.expand = expand  # str -> str; raises GiveUp for an unset variable
         self.anchors: dict[str, Any] = {}
@@ -118,14 +119,17 @@ class _Builder:
         return {**{k: v for k, v in merged.items() if k not in own}, **own}
 
 
-def read_quickly(path: Path, loader_class: type[Any], expand: Any) -> Any:
+def read_quickly(path: Path, loader_class: type[Any], expand: Callable[[str], str]) -> Any:
     """The data of one YAML file, or raise ``GiveUp`` / ``OSError`` / ``yaml.YAMLError``."""
     text = path.read_text(encoding="utf-8")
     return _Builder(text, loader_class, expand).document()
 
 
 def load_quickly(
-    paths: list[Path], loader_class: type[Any], expand: Any, include_files: Any
+    paths: list[Path],
+    loader_class: type[Any],
+    expand: Callable[[str], str],
+    include_files: Callable[[Path, Any], list[Path] | None],
 ) -> dict[str, Any] | None:
     """The whole device map (main file plus included device lists), or ``None`` if unusual.
 

@@ -265,7 +265,7 @@ class MqttLink:
         if self._client.socket() is not sock:
             return
         self._client.loop_write()
-        flushed = sock.flush() if isinstance(sock, BufferedSocket) else True
+        flushed = sock.flush() if isinstance(sock, BufferedSocket) else True  # narrows the type
         if flushed and not self._client.want_write():
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_writer(cast(Any, sock))
