@@ -6,9 +6,9 @@ must cost well under a microsecond. Pydantic is for configuration only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
 Scalar: TypeAlias = bool | int | float | str
 # Arrays (OPC UA) become JSON arrays.
@@ -37,11 +37,20 @@ class Reading:
     reason: str | None = None
 
 
+class NamedPoint(Protocol):
+    """What ``bad_readings`` needs of a point of the map: its name and unit."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def unit(self) -> str | None: ...
+
+
 def bad_readings(
-    device: str, points: list[tuple[str, str | None]], reason: str, ts: float
+    device: str, points: Iterable[NamedPoint], reason: str, ts: float
 ) -> list[Reading]:
-    """Readings that mark every listed ``(point, unit)`` of a device bad for the same reason."""
-    return [Reading(device, name, None, BAD, ts, unit, reason) for name, unit in points]
+    """Readings that mark every listed point of a device bad for the same reason."""
+    return [Reading(device, p.name, None, BAD, ts, p.unit, reason) for p in points]
 
 
 class Points:

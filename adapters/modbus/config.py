@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
 from gateway.config.schema import DeviceConfig, PointConfig
-from gateway.config.types import Duration, FieldError, Pause, StrictModel
+from gateway.config.types import POINT_CONFIG, Duration, FieldError, Pause, StrictModel
 from gateway.errors import GatewayError
 
 Table = Literal["coil", "discrete_input", "input", "holding"]
@@ -48,6 +49,7 @@ INTEGER_TYPES = ("int16", "uint16", "int32", "uint32", "int64", "uint64", "bcd16
 MODICON = {0: "coil", 1: "discrete_input", 3: "input", 4: "holding"}
 
 
+@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
 class ModbusPoint(PointConfig):
     table: Table | None = None  # None: `address` is in Modicon notation (40001 = holding 0)
     address: int = Field(ge=0, le=465536)
@@ -176,6 +178,10 @@ class ModbusPoint(PointConfig):
             self.scale if self.scale is not None else 1.0,
             self.offset if self.offset is not None else 0.0,
         )
+
+
+# Validates one point on its own (dataclasses have no ``model_validate``).
+POINT = TypeAdapter(ModbusPoint)
 
 
 class ExceptionRange(StrictModel):
@@ -325,7 +331,7 @@ def overlapping_points(raw_device: Mapping[str, Any]) -> list[tuple[tuple[str | 
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for index, raw in enumerate(points):
         try:
-            point = ModbusPoint.model_validate(raw)
+            point = POINT.validate_python(raw)
         except (ValidationError, GatewayError):
             continue
         assert point.table is not None

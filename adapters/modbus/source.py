@@ -23,7 +23,7 @@ import structlog
 
 from adapters.modbus.block import RequestDecoder
 from adapters.modbus.config import BIT_TABLES, ModbusDevice
-from adapters.modbus.decode import PointCodec
+from adapters.modbus.decode import PointCodec, shared_codec
 from adapters.modbus.errors import ModbusExceptionAnswer
 from adapters.modbus.link import ModbusLink
 from adapters.modbus.plan import Address, PollGroup, ReadRequest, plan_device, plan_reads
@@ -76,12 +76,12 @@ class ModbusSource:
         self.link = link
         self.holes: set[Address] = set()
         self.isolated: set[Address] = set()
+        shared: dict[tuple[object, ...], PointCodec] = {}
         self._codecs = {
-            p.name: PointCodec(p, device.byte_order_of(p), device.word_order_of(p))
+            p.name: shared_codec(p, device.byte_order_of(p), device.word_order_of(p), shared)
             for p in device.points
         }
         self._points = {p.name: p for p in device.points}
-        self._all_points = [(p.name, p.unit) for p in device.points]
         self._plan(plan_device(device))
         self._log = log.bind(device=device.id, link=link.name)
         self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
@@ -129,7 +129,7 @@ class ModbusSource:
                     self.state = (DISCONNECTED, exc.reason)
                     for decoder in self._decoders:
                         decoder.forget()
-                    yield bad_readings(device.id, self._all_points, exc.reason, time.time())
+                    yield bad_readings(device.id, device.points, exc.reason, time.time())
                 await asyncio.sleep(max(link.retry_at - loop.time(), 0.05))
                 due = dict.fromkeys(due, loop.time())
                 continue

@@ -9,9 +9,11 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from gateway.config.schema import DeviceConfig, PointConfig
 from gateway.config.types import (
+    POINT_CONFIG,
     Duration,
     FieldError,
     OptionalText,
@@ -81,6 +83,7 @@ def split_browse_path(text: str) -> list[tuple[int, str]]:
     return segments
 
 
+@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
 class OpcUaPoint(PointConfig):
     node: str | None = None
     browse_path: str | None = None  # from the Root folder, e.g. 0:Objects/2:Oven/2:State

@@ -59,7 +59,6 @@ class OpcUaSource:
         self.points = {p.name: p for p in device.points}
         self._handles = {p.name: index for index, p in enumerate(device.points, start=1)}
         self._by_handle = {self._handles[p.name]: p for p in device.points}
-        self._all_points = [(p.name, p.unit) for p in device.points]
         self._client: Client | None = None
         self._log = log.bind(device=device.id, endpoint=device.endpoint)
         # Points the server does not know: point -> reason; retried periodically.
@@ -97,7 +96,7 @@ class OpcUaSource:
                     outage = exc.reason
                     kind = ERROR if isinstance(exc, security.SecuritySetupError) else DISCONNECTED
                     self.state = (kind, exc.reason)
-                    yield bad_readings(self.device_id, self._all_points, exc.reason, time.time())
+                    yield bad_readings(self.device_id, self.device.points, exc.reason, time.time())
             finally:
                 await session.aclose()
                 await self.close()

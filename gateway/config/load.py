@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from gateway.config.schema import (
@@ -174,7 +176,7 @@ def _message(error: ErrorDetails, model: type[BaseModel]) -> tuple[str, bool]:
     name = str(loc[-1]) if loc else "value"
     if name == "[key]" and len(loc) >= 2:  # a mapping key of the wrong type
         name = f"key {loc[-2]!r}"
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's, a point's
         allowed = _fields_at(model, loc[:-1])
         hint = _did_you_mean(name, allowed)
         return f"unknown key {name!r}{hint}", True
@@ -206,17 +208,23 @@ def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
         if isinstance(part, int):
             args = typing.get_args(current)
             current = args[0] if args else Any
-        elif isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(part)
+        elif (fields := _fields_of(current)) is not None:
+            field = fields.get(part)
             if field is None:
                 return []
             current = field.annotation
         else:
             return []
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+    return list(_fields_of(_unwrap(current)) or ())
+
+
+def _fields_of(tp: Any) -> dict[str, FieldInfo] | None:
+    """The fields of a model or of a pydantic dataclass (points); None for anything else."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp.model_fields
+    if is_pydantic_dataclass(tp):
+        return tp.__pydantic_fields__
+    return None
 
 
 def _unwrap(tp: Any) -> Any:

@@ -13,9 +13,11 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from gateway.config.sim import SimSpec
 from gateway.config.types import (
+    POINT_CONFIG,
     ByteSize,
     Duration,
     FieldError,
@@ -161,8 +163,10 @@ class BufferSection(StrictModel):
         return self.model_copy(update={"path": base / self.path})
 
 
-class PointConfig(StrictModel):
-    """Keys every point has, whatever its protocol."""
+@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
+class PointConfig:
+    """Keys every point has, whatever its protocol. A slotted dataclass, not a model: see
+    ``POINT_CONFIG``."""
 
     name: Name
     unit: str | None = None

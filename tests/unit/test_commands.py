@@ -15,7 +15,7 @@ from asyncua import ua
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.modbus.config import ModbusPoint, ModbusTcpDevice
+from adapters.modbus.config import POINT, ModbusTcpDevice
 from adapters.modbus.decode import PointCodec
 from adapters.modbus.write import command_value
 from adapters.opcua.write import expected_value, to_variant
@@ -59,7 +59,7 @@ POINTS = {p.name: p for p in DEVICE.points}
 
 
 def point(**keys: Any) -> PointConfig:
-    return PointConfig.model_validate({"name": "p", **keys})
+    return PointConfig(name="p", **keys)
 
 
 # -- payloads ------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_modbus_values() -> None:
 
 
 def test_modbus_scaled_integer_range_is_in_engineering_units() -> None:
-    spec = ModbusPoint.model_validate(
+    spec = POINT.validate_python(
         {"name": "p", "table": "holding", "address": 0, "type": "int16", "scale": 0.1,
          "writable": True}
     )  # fmt: skip
@@ -185,7 +185,7 @@ def test_modbus_scaled_integer_range_is_in_engineering_units() -> None:
 
 def test_modbus_read_only_tables_cannot_be_writable() -> None:
     with pytest.raises(ValueError, match="table input is read-only in Modbus"):
-        ModbusPoint.model_validate(
+        POINT.validate_python(
             {"name": "p", "table": "input", "address": 0, "type": "int16", "writable": True}
         )
 

@@ -6,8 +6,15 @@ import struct
 
 import pytest
 
-from adapters.modbus.config import ModbusPoint
-from adapters.modbus.decode import PointCodec, Scaling, decode, encode, registers_to_bytes
+from adapters.modbus.config import POINT
+from adapters.modbus.decode import (
+    PointCodec,
+    Scaling,
+    decode,
+    encode,
+    registers_to_bytes,
+    shared_codec,
+)
 from gateway.model import BAD, GOOD, UNCERTAIN
 
 # 123456.0 as float32 is 0x47F12000: A=47 B=F1 C=20 D=00.
@@ -139,7 +146,43 @@ def test_every_type_in_every_order(
 
 def _codec(**point: object) -> PointCodec:
     spec = {"name": "p", "table": "holding", "address": 0, **point}
-    return PointCodec(ModbusPoint.model_validate(spec), "big", "big")
+    return PointCodec(POINT.validate_python(spec), "big", "big")
+
+
+def test_points_decoded_alike_share_one_codec() -> None:
+    def point(**keys: object) -> object:
+        return POINT.validate_python({"name": "p", "table": "holding", "address": 0, **keys})
+
+    shared: dict[tuple[object, ...], PointCodec] = {}
+
+    def codec(order: str = "big", **keys: object) -> PointCodec:
+        return shared_codec(point(**keys), order, "big", shared)  # type: ignore[arg-type]
+
+    first = codec(type="float32")
+    assert codec(type="float32", name="q", address=7) is first
+    assert codec(type="int16") is not first
+    assert codec(type="float32", scale=0.1) is not first
+    assert codec(type="float32", scale=0.1) is codec(type="float32", scale=0.1)
+    assert codec("little", type="float32") is not first
+    assert codec(bit=3) is not codec(bit=4)
+    # What they decode is each point's own: the scaled one scales, the bits are their own.
+    raw = struct.pack(">f", 2.5)
+    assert codec(type="float32", scale=0.1).decode(raw)[0] == pytest.approx(0.25)
+    assert first.decode(raw) == (2.5, GOOD, None)
+    assert codec(bit=1).decode(b"\x00\x02") == (True, GOOD, None)
+    # Enum points keep their own codec, labels and all.
+    labels = {0: "idle", 1: "run"}
+    assert codec(type="uint16", enum=labels) is not codec(type="uint16", enum=labels)
+
+
+def test_points_are_slotted_records() -> None:
+    """A map can hold 100,000 points: each is a slotted record, with no per-point ``__dict__``
+    (a model's costs ~1 KB more per point)."""
+    point = POINT.validate_python({"name": "p", "address": 40001, "type": "float32"})
+    assert not hasattr(point, "__dict__")
+    assert (point.table, point.address, point.width) == ("holding", 0, 2)
+    with pytest.raises(AttributeError):
+        point.address = 3  # type: ignore[misc]
 
 
 def test_bit_of_a_register() -> None:
