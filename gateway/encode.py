@@ -155,4 +155,12 @@ def encode_reading(reading: Reading, seq: int, gw_ts: str) -> bytes:
     }
     if reading.quality != GOOD:
         payload["reason"] = reading.reason or "unknown"
-    return orjson.dumps(payload)
+    return kept_json(payload)
+
+
+def kept_json(value: object) -> bytes:
+    """``orjson.dumps`` for JSON that is kept a while (a payload waiting in the buffer for the
+    broker's acknowledgement, a retained state): a copy of the right size. orjson's own result
+    keeps a 4 KB allocation however short it is, so 50,000 first values of a start-up would
+    hold 200 MB. Costs ~0.2 µs."""
+    return bytes(memoryview(orjson.dumps(value)))

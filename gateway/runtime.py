@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
 import structlog
 
 from gateway.buffer import Buffer, open_store
 from gateway.commands import CommandRouter
 from gateway.config.load import Config
-from gateway.encode import iso_time
+from gateway.encode import iso_time, kept_json
 from gateway.model import Reading, expand
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.pipeline import Deadband, Transform
@@ -113,4 +112,4 @@ def _device_state(state: str, reason: str | None) -> bytes:
     payload: dict[str, str] = {"state": state, "since": iso_time(time.time())}
     if reason is not None:
         payload["reason"] = reason
-    return orjson.dumps(payload)
+    return kept_json(payload)

@@ -1,25 +1,30 @@
 """Schema of the per-point ``sim:`` block: which generator the simulator uses for that point.
 
 It lives in the core config (not in ``simulators/``) because every protocol's points may carry it
-and ``validate`` must check it; ``run`` ignores it.
+and ``validate`` must check it; ``run`` ignores it. Per-point records, so slotted dataclasses like
+the points (see ``POINT_CONFIG``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pydantic import model_validator
+from pydantic.dataclasses import dataclass
 
-from gateway.config.types import Duration, StrictModel
+from gateway.config.types import POINT_CONFIG, Duration
 
 
-class Sine(StrictModel):
+@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
+class Sine:
     min: float = 0.0
     max: float = 100.0
     period: Duration = 10.0
 
 
-class Ramp(StrictModel):
+@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
+class Ramp:
     """A sawtooth from ``min`` to ``max`` over ``period``."""
 
     min: float = 0.0
@@ -27,7 +32,8 @@ class Ramp(StrictModel):
     period: Duration = 10.0
 
 
-class RandomWalk(StrictModel):
+@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
+class RandomWalk:
     start: float | None = None  # default: middle of [min, max]
     step: float = 1.0
     min: float = 0.0
@@ -35,17 +41,20 @@ class RandomWalk(StrictModel):
     interval: Duration = 1.0
 
 
-class Counter(StrictModel):
+@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
+class Counter:
     start: int = 0
     step: int = 1
     interval: Duration = 1.0
 
 
-class Toggle(StrictModel):
+@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
+class Toggle:
     period: Duration = 2.0
 
 
-class SimSpec(StrictModel):
+@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
+class SimSpec:
     """Exactly one generator, e.g. ``{sine: {period: 5s}}`` or ``{constant: 21.5}``."""
 
     constant: bool | int | float | str | None = None
@@ -65,8 +74,7 @@ class SimSpec(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SimSpec:
-        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
-        if len(chosen) != 1:
-            names = ", ".join(type(self).model_fields)
-            raise ValueError(f"sim takes exactly one generator: one of {names}")
+        names = [field.name for field in dataclasses.fields(self)]
+        if sum(getattr(self, name) is not None for name in names) != 1:
+            raise ValueError(f"sim takes exactly one generator: one of {', '.join(names)}")
         return self

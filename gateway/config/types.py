@@ -103,10 +103,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# Points are validated as slotted pydantic dataclasses rather than models: a map holds up to
-# hundreds of thousands of them, and a model keeps a 25-key ``__dict__`` and a fields-set per
-# point (~1.1 KB) where slots take ~0.25 KB. Same rules, same errors; declare a point class
-# with ``@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)``.
+# Points (and their ``sim:`` blocks) are validated as slotted pydantic dataclasses rather than
+# models: a map holds up to hundreds of thousands of them, and a model keeps a 25-key
+# ``__dict__`` and a fields-set per point (~1.1 KB) where slots take ~0.25 KB. Same rules, same
+# errors; declare such a class with
+# ``@dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)``.
 POINT_CONFIG = ConfigDict(extra="forbid")
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 from gateway.config.load import load_config
@@ -48,6 +49,21 @@ def test_payload_shape() -> None:
     )
     bad = Reading("press-01", "temperature", None, BAD, 1795341600.0, "degC", "timeout")
     assert encode_reading(bad, 8, "x").endswith(b'"seq":8,"reason":"timeout"}')
+
+
+def test_payloads_kept_in_the_buffer_take_their_own_size() -> None:
+    """A payload waits in the buffer until the broker acknowledges it: it must not keep the
+    4 KB that orjson allocates for any result."""
+    reading = Reading("press-01", "temperature", 21.5, GOOD, 1795341600.123, "degC")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [encode_reading(reading, seq, "2026-11-22T10:00:00.200Z") for seq in range(1000)]
+        per_payload = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert len(kept[0]) < 200
+    assert per_payload < 400, per_payload
 
 
 def test_iso_time() -> None:
