@@ -17,7 +17,7 @@ import struct
 from collections.abc import Sequence
 
 from adapters.modbus.config import BIT_TABLES
-from adapters.modbus.decode import PointCodec, shortest_float32
+from adapters.modbus.decode import Float32s, PointCodec
 from adapters.modbus.plan import ReadRequest
 from gateway.model import GOOD, Block, Points, Reading, Sample, Value
 
@@ -37,6 +37,7 @@ class RequestDecoder:
     """Decodes the answers to one ``ReadRequest`` of one device."""
 
     __slots__ = (
+        "_float32s",
         "_floats",
         "_scaled",
         "_struct",
@@ -66,6 +67,7 @@ class RequestDecoder:
         self._struct = _block_format(request, self.codecs)
         self.fast = self._struct is not None
         self._floats = [i for i, c in enumerate(self.codecs) if c.data_type == "float32"]
+        self._float32s = Float32s(len(self._floats))
         self._scaled = [(i, c.scaling) for i, c in enumerate(self.codecs) if not c.scaling.identity]
         # The last good block (fast requests): reused for an identical answer, and the source
         # of ``stale`` readings when the device stops answering in time.
@@ -85,8 +87,8 @@ class RequestDecoder:
             values = self.last_block
         else:
             values = list(self._struct.unpack_from(raw))
-            for i in self._floats:
-                values[i] = shortest_float32(values[i])
+            if self._floats:
+                self._float32s.apply(values, self._floats)
             for i, scaling in self._scaled:
                 values[i] = scaling.apply(values[i])
             self.last_raw, self.last_block = raw, values

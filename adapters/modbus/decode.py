@@ -126,9 +126,9 @@ _MIN_NORMAL_F32 = 1.1754943508222875e-38  # below it a float32 has fewer than 24
 def shortest_float32(value: float) -> float:
     """The shortest decimal giving the same float32: 0.1f publishes as 0.1, not 0.10000000149.
 
-    On the hot path (every float32 of every poll): 7 significant digits are enough for most
-    float32 values and ``%g`` drops trailing zeros (12.3f gives ``12.3``), so one format and
-    one comparison usually settle it; 9 digits always round-trip a float32.
+    Every float32 of every poll goes through here (or through ``Float32s``, for a block):
+    ``%g`` drops trailing zeros (12.3f gives ``12.3``), 7 significant digits give back about
+    40 % of float32 values, 8 most of the rest, and 9 always round-trip a float32.
     """
     candidate = float("%.7g" % value)  # noqa: UP031 -- %-formatting is the fastest here
     if candidate == value:
@@ -142,10 +142,51 @@ def shortest_float32(value: float) -> float:
         )
     if _pack_f32(candidate) == packed:
         return candidate
+    return _eight_or_nine_digits(value)
+
+
+def _eight_or_nine_digits(value: float) -> float:
+    """A normal float32 that 7 digits do not give back: 8 digits often do, 9 always do."""
     candidate = float("%.8g" % value)  # noqa: UP031
-    if _pack_f32(candidate) == packed:
+    if _pack_f32(candidate) == _pack_f32(value):
         return candidate
     return float("%.9g" % value)  # noqa: UP031
+
+
+class Float32s:
+    """``shortest_float32`` of the float32 values of one block answer, the first step at once.
+
+    Per value, ``shortest_float32`` costs ~1 us and was ~15 % of a loaded gateway's CPU. Here
+    one ``%`` formats every value to 7 digits and one ``struct`` round trip through float32
+    checks them all; only the values 7 digits do not give back take 8 or 9 digits one by one.
+    A block holding a possible subnormal (fewer digits may do) or a value 7 digits round past
+    the float32 range takes the per-value path. The results are ``shortest_float32``'s.
+    Measured: 60 random float32s, 1.03 -> 0.76 us per value.
+    """
+
+    __slots__ = ("_format", "_struct")
+
+    def __init__(self, count: int) -> None:
+        self._format = ",".join(["%.7g"] * count)
+        self._struct = struct.Struct(f">{count}f")
+
+    def apply(self, values: list[int | float], indices: Sequence[int]) -> None:
+        """Replace ``values[i]`` of each of ``indices`` (float32s) by its shortest decimal."""
+        originals = tuple([values[i] for i in indices])
+        text = self._format % originals
+        if "e-3" in text or "e-4" in text:  # maybe a subnormal: it may take fewer digits
+            for i in indices:
+                values[i] = shortest_float32(values[i])
+            return
+        candidates = [float(x) for x in text.split(",")]
+        try:
+            back = self._struct.unpack(self._struct.pack(*candidates))
+        except OverflowError:  # 7 digits rounded a value past the float32 range
+            for i in indices:
+                values[i] = shortest_float32(values[i])
+            return
+        for i, value, candidate, again in zip(indices, originals, candidates, back, strict=True):
+            values[i] = candidate if again == value else _eight_or_nine_digits(value)
 
 
 class Scaling:

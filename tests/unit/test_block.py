@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from adapters.modbus.block import RequestDecoder
 from adapters.modbus.config import ModbusTcpDevice
-from adapters.modbus.decode import PointCodec, encode, shortest_float32
+from adapters.modbus.decode import Float32s, PointCodec, encode, shortest_float32
 from adapters.modbus.plan import plan_device
 from gateway.config.schema import MqttSection
 from gateway.encode import encode_batch, encode_reading, split_by_point
@@ -145,6 +145,32 @@ def test_shortest_float32_is_the_same_float32_in_few_digits(raw: bytes) -> None:
     # As short as the first precision that round-trips, or at most one digit more.
     digits = next(d for d in range(1, 10) if struct.pack(">f", float(f"{value:.{d}g}")) == raw)
     assert len(repr(got)) <= len(repr(float(f"{value:.{digits}g}"))) + 1
+
+
+_float32 = st.binary(min_size=4, max_size=4).map(lambda raw: struct.unpack(">f", raw)[0])
+_special = st.sampled_from(
+    [0.0, -0.0, 1.401298464324817e-45, 3.4028234663852886e38, float("inf"), 0.1, 21.5]
+).map(lambda v: struct.unpack(">f", struct.pack(">f", v))[0])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_float32 | _special, min_size=1, max_size=60), st.data())
+def test_float32s_of_a_block_are_each_one_s_shortest_decimal(
+    values: list[float], data: st.DataObject
+) -> None:
+    """The block path gives exactly what ``shortest_float32`` gives value by value, whatever
+    else (other types' values, subnormals, values at the float32 range) shares the block."""
+    indices = sorted(data.draw(st.sets(st.integers(0, len(values) - 1), min_size=1)))
+    block: list[int | float] = [7] * len(values)
+    for i in indices:
+        block[i] = values[i]
+    Float32s(len(indices)).apply(block, indices)
+    for i in range(len(values)):
+        if i not in indices:
+            assert block[i] == 7
+            continue
+        expected = shortest_float32(values[i])
+        assert repr(block[i]) == repr(expected)
 
 
 def _block() -> Block:
