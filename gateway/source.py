@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.model import Reading, Sample, Scalar, Value
 
@@ -63,15 +63,17 @@ class Writable(Protocol):
         ...
 
 
-def raise_if_cancelling() -> None:
+def raise_if_cancelling(task: asyncio.Task[Any] | None = None) -> None:
     """Re-raise a cancellation that a library turned into an error.
 
     Protocol libraries wait with ``asyncio.wait_for`` (pymodbus does). On Python 3.11, a
     cancellation that arrives as the answer does is dropped (``wait_for`` returns the answer),
     and one that arrives as the socket closes surfaces as an I/O error. Either way the task is
     still marked as being cancelled: every adapter checks after each request, so a source
-    cannot poll on forever and block shutdown.
+    cannot poll on forever and block shutdown. ``task``: the current task, when the caller
+    holds it (on Python 3.11 asking for it costs a ``getpid`` system call, per request).
     """
-    task = asyncio.current_task()
+    if task is None:
+        task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError

@@ -18,6 +18,7 @@ import math
 import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import structlog
 
@@ -163,9 +164,11 @@ class ModbusSource:
         self, groups: list[tuple[PollGroup, list[RequestDecoder]]]
     ) -> list[Sample]:
         await self.link.connect(self.device.pause_after_connect)
-        return await self._poll(groups)
+        return await self._poll(groups, asyncio.current_task())
 
-    async def _poll(self, groups: list[tuple[PollGroup, list[RequestDecoder]]]) -> list[Sample]:
+    async def _poll(
+        self, groups: list[tuple[PollGroup, list[RequestDecoder]]], task: asyncio.Task[Any] | None
+    ) -> list[Sample]:
         batch: list[Sample] = []
         learned = False
         first = True
@@ -175,12 +178,14 @@ class ModbusSource:
                 if not first and pause:
                     await asyncio.sleep(pause)
                 first = False
-                learned |= await self._read_request(decoder, batch)
+                learned |= await self._read_request(decoder, batch, task)
         if learned:
             self._plan(plan_device(self.device, frozenset(self.holes), frozenset(self.isolated)))
         return batch
 
-    async def _read_request(self, decoder: RequestDecoder, batch: list[Sample]) -> bool:
+    async def _read_request(
+        self, decoder: RequestDecoder, batch: list[Sample], task: asyncio.Task[Any] | None
+    ) -> bool:
         """Read one request into ``batch``; True when it taught the device a hole."""
         device, request = self.device, decoder.request
         try:
@@ -188,12 +193,12 @@ class ModbusSource:
                 values = await self.link.read(
                     request.table, request.start, request.count, device.unit_id, device.retries
                 )
-            raise_if_cancelling()
+            raise_if_cancelling(task)
         except ModbusExceptionAnswer as exc:
             decoder.forget()
             splittable = request.unused or len({s.address for s in request.slots}) > 1
             if exc.code == 2 and splittable:  # flags of one register cannot be split further
-                return await self._learn_and_split(decoder, batch)
+                return await self._learn_and_split(decoder, batch, task)
             now = time.time()
             batch.extend(
                 Reading(device.id, s.point.name, None, BAD, now, s.point.unit, exc.reason)
@@ -206,7 +211,9 @@ class ModbusSource:
             decoder.decode_bits(values, time.time(), batch)
         return False
 
-    async def _learn_and_split(self, decoder: RequestDecoder, batch: list[Sample]) -> bool:
+    async def _learn_and_split(
+        self, decoder: RequestDecoder, batch: list[Sample], task: asyncio.Task[Any] | None
+    ) -> bool:
         request = decoder.request
         unused = request.unused
         if unused:
@@ -228,7 +235,7 @@ class ModbusSource:
             isolated=frozenset(self.isolated),
         )
         for part in parts:
-            await self._read_request(self._decoder(part, decoder.interval), batch)
+            await self._read_request(self._decoder(part, decoder.interval), batch, task)
         return True
 
     def _next_stale_in(self) -> float | None:

@@ -41,6 +41,7 @@ class TcpClient(asyncio.Protocol):
         self._tid = 0
         self._waiting: tuple[int, asyncio.Future[bytes]] | None = None
         self._lost: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the link's client interface ----------------------------------------------------------
 
@@ -49,7 +50,8 @@ class TcpClient(asyncio.Protocol):
         return self._transport is not None and self._lost is None
 
     async def connect(self) -> bool:
-        loop = asyncio.get_running_loop()
+        # Kept: asking for the running loop costs a ``getpid`` system call on Python 3.11.
+        loop = self._loop = asyncio.get_running_loop()
         await loop.create_connection(lambda: self, self.host, self.port)
         return True
 
@@ -73,7 +75,7 @@ class TcpClient(asyncio.Protocol):
         if transport is None or self._lost is not None:
             raise DeviceError(self._lost or "not connected")
         self._tid = tid = (self._tid + 1) & 0xFFFF
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self._waiting = (tid, future)
         transport.write(_header.pack(tid, 0, len(pdu) + 1, unit) + pdu)
