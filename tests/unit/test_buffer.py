@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.buffer import Buffer, MemoryStore, Record, SqliteStore, Store
+from gateway.buffer.store import PAGE_SIZE, SCHEMA, crc
 from gateway.errors import GatewayError
 
 StoreFactory = Callable[[], Store]
@@ -170,3 +171,46 @@ def test_one_gateway_per_buffer_folder(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "buf")
     first.close()
     SqliteStore(tmp_path / "buf").close()
+
+
+def _page_size(folder: Path) -> int:
+    db = sqlite3.connect(folder / "buffer.sqlite3")
+    try:
+        return int(db.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_buffer_from_small_pages_keeps_them_until_empty_then_moves_to_large(
+    tmp_path: Path,
+) -> None:
+    """Large pages can only be set on an empty database: an older buffer holding records is
+    used as it is (nothing is rewritten under a running replay), converted once it is empty."""
+    folder = tmp_path / "buf"
+    folder.mkdir()
+    old = sqlite3.connect(folder / "buffer.sqlite3")
+    old.execute("PRAGMA page_size=4096")
+    old.executescript(SCHEMA)
+    old.execute("INSERT INTO records VALUES (7, 't', X'01', ?, 1.0)", (crc("t", b"\x01"),))
+    old.execute("INSERT INTO meta VALUES ('last_seq', 7)")
+    old.commit()
+    old.close()
+
+    def replay_and_empty() -> None:
+        buffer = Buffer(SqliteStore(folder), max_size=10**6)
+        assert _page_size(folder) == 4096
+        buffer.connected()
+        assert [s for s, _ in _drain(buffer)] == [7]
+        buffer.acknowledged([7])
+        buffer.close()
+
+    def reopen() -> None:
+        buffer = Buffer(SqliteStore(folder), max_size=10**6)
+        assert _page_size(folder) == PAGE_SIZE
+        assert buffer.take_seq() == 8  # seq continues through the conversion
+        buffer.store.close()
+
+    run(replay_and_empty)
+    run(reopen)
+    SqliteStore(tmp_path / "new").close()
+    assert _page_size(tmp_path / "new") == PAGE_SIZE
