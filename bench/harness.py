@@ -23,8 +23,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.mqtt.link import no_delay
-from gateway.testing import Mosquitto
+from gateway.testing import Mosquitto, no_delay
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -85,7 +84,8 @@ class Counter:
 
     It is ``mosquitto_sub`` (C, Debian's mosquitto-clients) printing payloads into a pipe that a
     thread scans for ``seq``: a Python MQTT client tops out near the gateway's own rate and
-    would measure itself.
+    would measure itself. Each line starts with the time mosquitto_sub received the message
+    (``%U``), so a moment's lag of the scanning thread is not counted as latency.
     """
 
     def __init__(self, port: int, topic: str, latency: bool = False, clock: bool = False) -> None:
@@ -106,7 +106,7 @@ class Counter:
                 "the benchmark needs mosquitto_sub: apt-get install mosquitto-clients"
             )
         self.proc = subprocess.Popen(
-            [binary, "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-F", "%p"],
+            [binary, "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-F", "%U %p"],
             stdout=subprocess.PIPE,
         )
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -116,17 +116,18 @@ class Counter:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            stamp, _, line = line.partition(b" ")
             found = SEQ.search(line)
             if found is None:
                 continue  # status messages carry no seq
             seq = int(found.group(1))
             if self.latency and (gw := GW_TS.search(line)):
-                received, gw_ts = time.time(), _epoch(gw.group(1))
+                received, gw_ts = float(stamp), _epoch(gw.group(1))
                 stamps = [_epoch(t) for t in POINT_TS.findall(line)]
                 with self.lock:
                     self.latencies.extend((received - ts, gw_ts - ts) for ts in stamps)
             if self.clock and (changed := CLOCK.search(line)):
-                now_ms = int(time.time() * 1000) % 2**32
+                now_ms = int(float(stamp) * 1000) % 2**32
                 with self.lock:
                     value = int(changed.group(1) or changed.group(2))
                     self.changes.append(((now_ms - value) % 2**32) / 1000)
@@ -157,8 +158,22 @@ class Counter:
             return (max(self.seqs) - min(self.seqs) + 1) - len(self.seqs)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        end(self.proc, 10)
+
+
+def end(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Terminate a process, and kill it if it has not ended within ``timeout``.
+
+    mosquitto_sub handles SIGTERM by finishing its loop, which never happens while it is
+    blocked writing into a full pipe: a run once left it, the gateway and the simulator behind.
+    """
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _epoch(text: bytes) -> float:
@@ -255,13 +270,20 @@ def start_gateway(path: Path, counter: Counter, minimum: int = 1) -> tuple[Any, 
 
 
 def stop_all(counter: Counter, gateway: Any, others: list[Any], broker: Broker) -> None:
-    """End a scenario: the subscriber, the gateway (cleanly), the simulators, the broker."""
-    counter.stop()
-    if gateway is not None:
-        gateway.terminate()
-        gateway.wait(timeout=60)
-    for process in others:
-        process.terminate()
-    for process in others:
-        process.wait(timeout=30)
-    broker.stop()
+    """End a scenario: the subscriber, the gateway (cleanly), the simulators, the broker.
+    Each is ended even when an earlier one will not: nothing outlives the benchmark."""
+    try:
+        counter.stop()
+    finally:
+        try:
+            if gateway is not None:
+                end(gateway, 60)
+        finally:
+            try:
+                for process in others:
+                    if process.poll() is None:
+                        process.terminate()
+                for process in others:
+                    end(process, 30)
+            finally:
+                broker.stop()

@@ -8,9 +8,13 @@
   - ``CommandError``: a command (an MQTT write request) is refused before it reaches a device:
     not writable, out of range, a wrong type... Its message is what the caller reads.
   - ``ListenError``: a server of ours (a simulator) cannot listen where the map says.
+  - ``BrokerError``: the MQTT broker refused us (CONNACK, DISCONNECT) or sent something that is
+    not MQTT; the link logs it and reconnects.
+    - ``MessageTooLarge``: a message over the broker's maximum packet size (MQTT 5): it can
+      never be delivered, so it is dropped and counted.
 
-Lower-library exceptions (pymodbus, paho, PyYAML) are translated into these where they are caught,
-never returned as ``None``.
+Lower-library exceptions (pymodbus, asyncua, PyYAML, ssl) are translated into these where they
+are caught, never returned as ``None``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,14 @@ class CommandError(GatewayError):
 
 class ListenError(GatewayError):
     """A simulator cannot serve where the device map says (address in use, no such device)."""
+
+
+class BrokerError(GatewayError):
+    """The broker refused the connection or broke the protocol; ``str(error)`` says how."""
+
+
+class MessageTooLarge(BrokerError):
+    """A message longer than the broker accepts (its MQTT 5 Maximum Packet Size)."""
 
 
 class DeviceError(GatewayError):

@@ -18,8 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.mqtt.link import no_delay
-from gateway.testing import Mosquitto, free_port, wait_port
+from gateway.testing import Mosquitto, free_port, no_delay, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,8 +28,15 @@ __all__ = ["ROOT", "Collector", "Commander", "Mosquitto", "Process", "free_port"
 class Collector:
     """Subscribes like any consumer would and keeps every message, decoded."""
 
-    def __init__(self, port: int, topic: str = "#", persistent: bool = False) -> None:
-        """``persistent``: a durable session, so the broker queues messages while it is away."""
+    def __init__(
+        self,
+        port: int,
+        topic: str = "#",
+        persistent: bool = False,
+        login: tuple[str, str] | None = None,
+    ) -> None:
+        """``persistent``: a durable session, so the broker queues messages while it is away;
+        ``login``: user name and password."""
         self.messages: list[tuple[str, Any, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -40,6 +46,8 @@ class Collector:
             clean_session=not persistent,
         )
         self.client.reconnect_delay_set(0.1, 0.5)
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message

@@ -164,6 +164,15 @@ class Buffer:
 
     def acknowledged(self, seqs: list[int]) -> None:
         """The broker has these (PUBACK/PUBCOMP, or written at QoS 0): delete at next commit."""
+        self._settle(seqs, None)
+
+    def dropped(self, seqs: list[int], reason: str) -> None:
+        """Handed records the broker will never take (refused, too large): deleted at the next
+        commit and counted as dropped for ``reason``, not delivered."""
+        self._settle(seqs, reason)
+
+    def _settle(self, seqs: list[int], dropped_for: str | None) -> None:
+        outcomes = self.outcomes
         for seq in seqs:
             size = self.out.pop(seq, None)
             if size is None:
@@ -172,7 +181,10 @@ class Buffer:
             self.deletes.append(seq)
             self.count -= 1
             self.bytes -= size
-            self.outcomes.delivered += 1
+            if dropped_for is None:
+                outcomes.delivered += 1
+            else:
+                outcomes.dropped[dropped_for] += 1
 
     def returned(self, record: Record) -> None:
         """The client refused a record it was handed: it goes back to the front."""

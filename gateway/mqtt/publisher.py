@@ -3,9 +3,11 @@
 ``send`` encodes each reading (or, with ``mqtt.batch: device``, each device's poll cycle) with
 its ``seq`` and ``gw_ts`` and adds it to the buffer; it never blocks. ``run`` connects, publishes
 what the buffer hands out (live readings, and after an outage the backlog, marked
-``"replayed": true``), keeps at most ``WINDOW`` messages unacknowledged, and every
+``"replayed": true``), keeps at most the link's window of messages unacknowledged, and every
 ``sync_interval`` tells the buffer which were acknowledged (PUBACK at QoS 1, PUBCOMP at QoS 2;
-at QoS 0, once written: "may lose"). Every 10 s it publishes the gateway status (retained) with
+at QoS 0, once written: "may lose") and which the broker refused (MQTT 5: a reason code, or a
+message over its maximum packet size): those are dropped and counted, never retried. Every
+10 s it publishes the gateway status (retained) with
 the delivery accounting. Device states are retained messages of their own, outside the buffer:
 only the latest matters, and it is re-published on every connect.
 """
@@ -19,7 +21,6 @@ from collections.abc import Callable, Sequence
 from weakref import WeakKeyDictionary
 
 import orjson
-import paho.mqtt.client as mqtt
 import structlog
 
 from gateway.buffer import Buffer, Record
@@ -34,8 +35,9 @@ from gateway.encode import (
     point_templates,
     split_by_point,
 )
+from gateway.errors import MessageTooLarge
 from gateway.model import Block, Points, Sample
-from gateway.mqtt.link import WINDOW, MqttLink
+from gateway.mqtt.link import MqttLink
 from gateway.topics import Topics
 
 log = structlog.get_logger("gateway.mqtt")
@@ -60,7 +62,7 @@ class MqttPublisher:
         self.topics = topics
         self.buffer = buffer
         self.sync_interval = sync_interval
-        self.inflight: dict[int, int] = {}  # paho mid -> seq
+        self.inflight: dict[int, int] = {}  # message id -> seq
         self.retained: dict[str, bytes] = {}  # device states: topic -> latest payload
         self.started = iso_time(time.time())
         self._link: MqttLink | None = None
@@ -68,6 +70,7 @@ class MqttPublisher:
         self._point_templates: WeakKeyDictionary[Points, list[tuple[str, bytes]]] = (
             WeakKeyDictionary()
         )
+        self._refusals: set[tuple[str, str]] = set()  # (kind, reason) logged already
         # (topic filter, handler) of commands; set before ``run`` to receive them.
         self.commands: tuple[str, Callable[[Incoming], None]] | None = None
 
@@ -112,8 +115,8 @@ class MqttPublisher:
         """Publish a retained state now if connected, and again on every (re)connect."""
         self.retained[topic] = payload
         link = self._link
-        if link is not None and link.connected.is_set():
-            link.publish(topic, payload, qos=1, retain=True)
+        if link is not None:
+            link.publish_state(topic, payload)
 
     def answer(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
         """A command's result (see ``MqttLink.publish_answer``)."""
@@ -146,9 +149,9 @@ class MqttPublisher:
         if link is None:
             return
         self.buffer.connected()
-        link.publish(self.topics.status, self._status(), qos=1, retain=True)
+        link.publish_state(self.topics.status, self._status())
         for topic, payload in self.retained.items():
-            link.publish(topic, payload, qos=1, retain=True)
+            link.publish_state(topic, payload)
 
     async def _drain_forever(self, link: MqttLink) -> None:
         buffer = self.buffer
@@ -164,40 +167,54 @@ class MqttPublisher:
         buffer, qos = self.buffer, self.config.qos
         sent = 0
         while link.connected.is_set():
-            if link.outstanding >= WINDOW:
+            window = link.window
+            if link.outstanding >= window:
                 # Hysteresis: wait until half the window is acknowledged, then send a burst.
                 self._collect_acks(link)
-                await link.wait_for_room(WINDOW // 2)
+                await link.wait_for_room(window // 2)
                 continue
             item = buffer.next()
             if item is None:
                 return
             record, replayed = item
             payload = mark_replayed(record.payload) if replayed else record.payload
-            rc, mid = link.publish(record.topic, payload, qos)
-            if rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and qos):
-                # At QoS 1/2 paho holds it (and resends it after a reconnect) until acknowledged.
+            try:
+                mid = link.publish(record.topic, payload, qos)
+            except MessageTooLarge as exc:
                 buffer.handed(record)
-                if qos:
-                    self.inflight[mid] = record.seq
-                else:
-                    buffer.acknowledged([record.seq])
-            else:
+                self._refused([record.seq], "too_large", str(exc))
+                continue
+            if mid is None:  # not connected any more, or the socket's buffer is full
                 buffer.returned(record)
-                if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-                    await link.wait_for_room(WINDOW // 2)
-                    continue
-                return  # not connected (QoS 0): wait for the broker
+                await link.wait_writable()
+                continue
+            # At QoS 1/2 the link keeps it (and resends it after a reconnect) until acknowledged.
+            buffer.handed(record)
+            if mid:
+                self.inflight[mid] = record.seq
+            else:
+                buffer.acknowledged([record.seq])
             sent += 1
             if sent % 500 == 0:
                 self._collect_acks(link)
                 await asyncio.sleep(0)  # let polls run during a long drain
 
     def _collect_acks(self, link: MqttLink) -> None:
-        mids = link.take_acked()
+        mids, refused = link.take_acked()
+        pop = self.inflight.pop
         if mids:
-            pop = self.inflight.pop
             self.buffer.acknowledged([s for s in (pop(m, None) for m in mids) if s is not None])
+        for mid, reason in refused:
+            seq = pop(mid, None)
+            if seq is not None:
+                self._refused([seq], "refused_by_broker", reason)
+
+    def _refused(self, seqs: list[int], kind: str, reason: str) -> None:
+        """Messages the broker will never take: dropped, counted, logged once per reason."""
+        if (kind, reason) not in self._refusals:
+            self._refusals.add((kind, reason))
+            log.error("the broker refuses messages: they are dropped", kind=kind, reason=reason)
+        self.buffer.dropped(seqs, kind)
 
     async def _acknowledge_and_sync(self, link: MqttLink) -> None:
         """Every ``sync_interval``: delete what was acknowledged, commit, fsync."""
@@ -212,8 +229,7 @@ class MqttPublisher:
         while True:
             await asyncio.sleep(STATUS_EVERY)
             stats = self.buffer.stats()
-            if link.connected.is_set():
-                link.publish(self.topics.status, self._status(stats), qos=1, retain=True)
+            link.publish_state(self.topics.status, self._status(stats))
             dropped = stats["dropped"]
             quiet = not stats["buffered"] or link.connected.is_set()
             if dropped != last_dropped or not quiet:
@@ -246,7 +262,7 @@ class MqttPublisher:
                             await self._drain(link)
                             await asyncio.sleep(0.01)
                     await link.wait_for_room(0)
-            link.publish(self.topics.status, OFFLINE, qos=1, retain=True)
+            link.publish_state(self.topics.status, OFFLINE)
             await asyncio.sleep(0.05)
         self._collect_acks(link)
         await link.stop()

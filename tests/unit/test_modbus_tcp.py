@@ -4,8 +4,6 @@ answer after a timeout, garbage, a dropped connection (the real servers are in i
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import struct
 from collections.abc import Callable, Iterator
 
@@ -15,7 +13,6 @@ from adapters.modbus.errors import ModbusExceptionAnswer
 from adapters.modbus.link import write_pdu
 from adapters.modbus.tcp import TcpClient
 from gateway.errors import DeviceError
-from gateway.mqtt.link import BufferedSocket
 
 Reply = Callable[[int, bytes], list[bytes]]  # (transaction id, request PDU) -> frames to send
 
@@ -127,49 +124,3 @@ def test_writes_send_the_standard_function_codes() -> None:
     assert write_pdu("coil", 7, True) == bytes([5, 0, 7, 0xFF, 0])
     assert write_pdu("holding", 2, [0x1234]) == bytes([6, 0, 2, 0x12, 0x34])
     assert write_pdu("holding", 2, [1, 2]) == bytes([16, 0, 2, 0, 2, 4, 0, 1, 0, 2])
-
-
-def test_paho_reads_packets_through_one_buffer() -> None:
-    left, right = socket.socketpair()
-    try:
-        right.sendall(b"\x40\x02\x00\x01" * 3)
-        sock = BufferedSocket(left)
-        assert sock.recv(1) == b"\x40"
-        assert sock.pending() == 11  # the rest came with the first read
-        assert sock.recv(1) + sock.recv(2) == b"\x02\x00\x01"
-        assert sock.recv(100) == b"\x40\x02\x00\x01" * 2
-        left.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            sock.recv(1)
-        assert sock.fileno() == left.fileno()
-    finally:
-        left.close()
-        right.close()
-
-
-def test_paho_writes_go_out_in_one_send_and_wait_for_room() -> None:
-    left, right = socket.socketpair()
-    try:
-        left.setblocking(False)
-        right.setblocking(False)
-        sock = BufferedSocket(left)
-        assert sock.send(b"\x30\x03abc") == 5 and sock.send(b"\x30\x03def") == 5
-        with pytest.raises(BlockingIOError):
-            right.recv(100)  # collected, not sent
-        assert sock.flush() and sock.unsent() == 0
-        assert right.recv(100) == b"\x30\x03abc\x30\x03def"
-        big = b"x" * 4_000_000  # more than the kernel's socket buffers take at once
-        sock.send(big)
-        assert not sock.flush() and 0 < sock.unsent() < len(big)
-        received = bytearray()
-        while len(received) < len(big):
-            with contextlib.suppress(BlockingIOError):
-                received += right.recv(1 << 20)
-            sock.flush()
-        assert bytes(received) == big and sock.unsent() == 0
-        sock.send(b"\xe0\x00")  # DISCONNECT: paho closes the socket right after writing it
-        sock.close()
-        assert right.recv(100) == b"\xe0\x00"
-    finally:
-        left.close()
-        right.close()
