@@ -287,6 +287,8 @@ def _lean_modbus(
             timed = list(counter.latencies)
         p50, p99, worst = percentiles(changes, 50, 99, 100)
         read_to_receive = percentiles([r for r, _ in timed], 50, 99, 100) if timed else None
+        # read -> gw_ts (the publisher took it in): the part before the buffer and the broker
+        read_to_send = percentiles([g for _, g in timed], 50, 99, 100) if timed else None
         return {
             "devices": devices,
             "points": devices * points,
@@ -302,6 +304,7 @@ def _lean_modbus(
             "values_per_cpu_s": round(values / cpu) if cpu else None,
             "change_to_receive_ms_p50_p99_max": [p50, p99, worst],
             "read_to_receive_ms_p50_p99_max": read_to_receive,
+            "read_to_send_ms_p50_p99_max": read_to_send,
             "rss_mb_start_end_max": [round(rss[0], 1), round(rss[-1], 1), round(max(rss), 1)],
             "rss_mb_every_5s": [round(r, 1) for r in rss],
             "gateway_threads": threads_end,

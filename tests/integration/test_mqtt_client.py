@@ -50,9 +50,14 @@ class Plant:
         self.device = device("plc-q", self.port, points, poll="100ms")
         sim_map = write_map(workdir / "sim.yaml", self.broker.port, [self.device])
         self.sim = Process("simulate", str(sim_map), log=workdir / "sim.log")
-        wait_port(self.port)
-        self.collector = Collector(self.broker.port, "acme/#", persistent=True, login=login)
         self.gateways: list[Process] = []
+        try:
+            wait_port(self.port)
+            self.collector = Collector(self.broker.port, "acme/#", persistent=True, login=login)
+        except BaseException:
+            self.sim.stop()
+            self.broker.stop()
+            raise
 
     def gateway(self, mqtt: str, qos: int = 1) -> Process:
         n = len(self.gateways) + 1
