@@ -159,18 +159,25 @@ def test_what_was_in_flight_is_sent_again_in_order_after_a_reconnect() -> None:
     _run(scenario)
 
 
+async def _released_then_dropped(broker: Broker) -> tuple[MqttLink, int]:
+    """A QoS 2 message the broker received (PUBREC) and we released (PUBREL), and the
+    connection dropped before its PUBCOMP."""
+    broker.auto_ack = False
+    link = _link(broker, qos=2)
+    await link.connected.wait()
+    mid = link.publish("r/1", b"x", qos=2)
+    assert mid
+    await broker.until(lambda: len(broker.publishes()) == 1)
+    broker.send(packets.ack(packets.PUBREC, mid))
+    await broker.until(lambda: PUBREL in broker.firsts())
+    broker.drop()
+    return link, mid
+
+
 def test_qos_2_resumes_with_pubrel_when_the_broker_kept_the_session() -> None:
     async def scenario() -> None:
         async with Broker(connack=b"\x01\x00") as broker:  # session present
-            broker.auto_ack = False
-            link = _link(broker, qos=2)
-            await link.connected.wait()
-            mid = link.publish("r/1", b"x", qos=2)
-            assert mid
-            await broker.until(lambda: len(broker.publishes()) == 1)
-            broker.send(packets.ack(packets.PUBREC, mid))
-            await broker.until(lambda: PUBREL in broker.firsts())
-            broker.drop()  # before PUBCOMP
+            link, mid = await _released_then_dropped(broker)
             await broker.until(lambda: len(broker.connections) == 2 and PUBREL in broker.firsts())
             assert broker.publishes() == []  # the broker has the message: only its release
             broker.send(packets.ack(packets.PUBCOMP, mid))
@@ -184,15 +191,7 @@ def test_qos_2_resumes_with_pubrel_when_the_broker_kept_the_session() -> None:
 def test_qos_2_is_sent_whole_again_when_the_broker_lost_the_session() -> None:
     async def scenario() -> None:
         async with Broker(connack=b"\x00\x00") as broker:  # no session
-            broker.auto_ack = False
-            link = _link(broker, qos=2)
-            await link.connected.wait()
-            mid = link.publish("r/1", b"x", qos=2)
-            assert mid
-            await broker.until(lambda: len(broker.publishes()) == 1)
-            broker.send(packets.ack(packets.PUBREC, mid))
-            await broker.until(lambda: PUBREL in broker.firsts())
-            broker.drop()
+            link, mid = await _released_then_dropped(broker)
             await broker.until(lambda: len(broker.connections) == 2 and broker.publishes() != [])
             assert [(m.topic, m.qos, m.mid) for m in broker.publishes()] == [("r/1", 2, mid)]
             assert PUBREL not in broker.firsts()
