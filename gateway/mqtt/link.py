@@ -116,10 +116,12 @@ class MqttLink:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_error: str | None = None
-        # MQTT 5 properties of every reading, encoded once.
-        self._properties = b""
+        # MQTT 5 properties, encoded once: readings may expire (``message_expiry``); a retained
+        # state must not, or the broker would forget a device's state that has not changed.
+        self._properties = self._state_properties = b""
         if self._v5:
             found: list[tuple[int, object]] = [(packets.CONTENT_TYPE, "application/json")]
+            self._state_properties = packets.properties(found)
             if config.message_expiry is not None:
                 found.append((packets.MESSAGE_EXPIRY, int(config.message_expiry)))
             self._properties = packets.properties(found)
@@ -173,7 +175,8 @@ class MqttLink:
         if connection is None or not self.connected.is_set():
             return
         try:
-            self._send_publish(connection, topic.encode(), payload, 1, True, self._properties)
+            properties = self._state_properties
+            self._send_publish(connection, topic.encode(), payload, 1, True, properties)
         except MessageTooLarge as exc:
             self._log.warning("state not published", topic=topic, reason=str(exc))
 

@@ -175,6 +175,7 @@ def test_mqtt5_device_batches_and_device_states(workdir: Path, broker: Mosquitto
     )
     batches = V5Subscriber(broker.port, "acme/plant-1/assembly/line-1/plc-5")
     states = Collector(broker.port, "acme/plant-1/assembly/line-1/plc-5/_status")
+    states_v5 = V5Subscriber(broker.port, "acme/plant-1/assembly/+/+/_status")
     sim = Process("simulate", str(sim_map), log=workdir / "sim.log")
     wait_port(port)
     gateway = Process("run", str(path), log=workdir / "gw.log")
@@ -193,6 +194,12 @@ def test_mqtt5_device_batches_and_device_states(workdir: Path, broker: Mosquitto
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         # Device state: connected, then disconnected with the reason, then connected again.
         _wait_state(states, "connected")
+        # Readings expire (message_expiry); a retained state does not, or the broker would
+        # forget the state of a device that has not changed for an hour.
+        for topic, _, properties in states_v5.wait(1):
+            assert topic.endswith("/_status")
+            assert properties.ContentType == "application/json"
+            assert not hasattr(properties, "MessageExpiryInterval")
         sim.kill()
         down = _wait_state(states, "disconnected")
         assert down["reason"].startswith(("cannot connect", "connection lost", "timeout"))
@@ -207,6 +214,7 @@ def test_mqtt5_device_batches_and_device_states(workdir: Path, broker: Mosquitto
         sim.stop()
         batches.close()
         states.close()
+        states_v5.close()
 
 
 def _wait_state(
