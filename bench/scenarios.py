@@ -26,10 +26,9 @@ from bench.harness import (
     stop_all,
     threads,
 )
-from gateway.config.schema import GatewaySection, MqttSection
-from gateway.encode import encode_batch, iso_time
+from gateway.config.schema import GatewaySection
+from gateway.delivery.encode_json import JsonEncoder, encode_batch, iso_time
 from gateway.model import Sample
-from gateway.mqtt.publisher import MqttPublisher
 from gateway.testing import wait_port
 from gateway.topics import Topics
 
@@ -57,10 +56,7 @@ def hot_path(_args: Any) -> dict[str, Any]:
         {"id": "gw", "hierarchy": {"enterprise": "e", "site": "s", "area": "a"}}
     )
     buffer = _NullBuffer()
-    publisher = MqttPublisher(
-        MqttSection(url="mqtt://127.0.0.1"), "gw", Topics("{device}/{point}", gateway, [device]),
-        buffer,  # type: ignore[arg-type]
-    )  # fmt: skip
+    encoder = JsonEncoder(Topics("{device}/{point}", gateway, [device]), buffer)
     rounds = 2000
     answers = [struct.pack(">62f", *[20.0 + i / 8 + n for i in range(62)]) for n in range(7)]
     figures: dict[str, Any] = {}
@@ -72,7 +68,7 @@ def hot_path(_args: Any) -> dict[str, Any]:
             if label == "device_batch":
                 encode_batch(samples, n, iso_time(time.time()))
             else:
-                publisher.send(samples)
+                encoder.send(samples)
         cpu = time.process_time() - started
         figures[f"{label}_us_per_value"] = round(cpu / (rounds * 62) * 1e6, 2)
         figures[f"{label}_values_per_cpu_s"] = round(rounds * 62 / cpu)
@@ -225,6 +221,15 @@ def _gapped_points(
     return lines
 
 
+def _contiguous_points(count: int) -> list[str]:
+    """``count`` uint16 holding registers from address 0, each counting up."""
+    return [
+        f"      - {{name: r{i}, table: holding, address: {i}, type: uint16, "
+        "sim: {counter: {interval: 100ms}}}"
+        for i in range(count)
+    ]
+
+
 def _lean_modbus(
     args: Any,
     devices: int,
@@ -233,9 +238,11 @@ def _lean_modbus(
     batch: str,
     deadband: str = "",
     moving: float | None = None,
+    contiguous: bool = False,
 ) -> dict[str, Any]:
     """``devices`` Modbus TCP devices of ``points`` on the lean simulator (its own process),
-    each on its own port; values counted and latencies taken by ``mosquitto_sub``."""
+    each on its own port; values counted and latencies taken by ``mosquitto_sub``.
+    ``contiguous``: uint16 holding registers 0..points-1 (one request each poll)."""
     work = Path(tempfile.mkdtemp(prefix="bench-modbus-"))
     broker = Broker()
     base = free_port_block(devices)
@@ -256,7 +263,11 @@ def _lean_modbus(
             f"    poll_interval: {poll}s",
             "    timeout: 2s",
             "    points:",
-            *_gapped_points(rng, points, deadband, moving),
+            *(
+                _contiguous_points(points)
+                if contiguous
+                else _gapped_points(rng, points, deadband, moving)
+            ),
         ]
     path = work / "map.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -325,6 +336,15 @@ def modbus_fast(args: Any) -> dict[str, Any]:
     """10 devices x 200 points at 100 ms, per-point messages, deadband 0: 20,000 values/s."""
     return _lean_modbus(
         args, args.devices or 10, 200, args.poll or 0.1, args.batch or "point", ", deadband: 0"
+    )
+
+
+def modbus_small(args: Any) -> dict[str, Any]:
+    """A small plant: 10 devices x 100 uint16 holding registers at 100 ms, device batches,
+    QoS 1: 10,000 values/s in 100 messages/s, where the fixed cost per poll and per message
+    shows."""
+    return _lean_modbus(
+        args, args.devices or 10, 100, args.poll or 0.1, args.batch or "device", contiguous=True
     )
 
 
@@ -463,6 +483,7 @@ SCENARIOS = {
     "hot-path": hot_path,
     "modbus-100k": modbus_100k,
     "modbus-fast": modbus_fast,
+    "modbus-small": modbus_small,
     "modbus-1000dev": modbus_1000dev,
     "opcua-10k": opcua_10k,
     "opcua-latency": opcua_latency,

@@ -12,17 +12,16 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
+import paho.mqtt.client as mqtt
 import structlog
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config.load import Config
 from gateway.runtime import Gateway
 from gateway.testing import free_port
-
-if TYPE_CHECKING:
-    import paho.mqtt.client as mqtt
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 log = structlog.get_logger("gateway.demo")
@@ -142,16 +141,7 @@ class LiveTable:
 
 
 def _subscribe(config: Config, table: LiveTable) -> mqtt.Client:
-    """A separate MQTT client, as any consumer would be; messages are handed to the loop.
-
-    paho, not the gateway's own client: the table shows what any MQTT consumer receives."""
-    try:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-    except ImportError:
-        raise SystemExit(
-            "the demo's viewer needs paho-mqtt: pip install 'factory-gateway[demo]'"
-        ) from None
+    """A separate MQTT client, as any consumer would be; messages are handed to the loop."""
     loop = asyncio.get_running_loop()
     h = config.gateway.hierarchy
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{config.gateway.id}-demo-viewer")

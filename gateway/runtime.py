@@ -1,8 +1,9 @@
-"""Wires the stages together and runs them on one event loop.
+"""Builds the stages once, wires them, and runs them on one event loop.
 
-    sources (one task per device) -> pipeline (transforms) -> buffer -> publisher (sink task)
-    commands: MQTT -> router -> source.write -> result on MQTT (+ the value read back, as a
-    reading, into the buffer)
+    sources (one task per device) -> pipeline (transforms) -> encoder -> buffer -> forwarder
+    -> MQTT transport (the readings' session)
+    commands: MQTT transport (the commands' session) -> channel -> router -> source.write ->
+    answer on the commands' session (+ the value read back, as a reading, into the encoder)
 
 Every device runs in its own task, so a slow or dead device never delays another. The pump of
 each device also publishes the device's connection state when it changes.
@@ -15,12 +16,15 @@ import time
 
 import structlog
 
-from gateway.buffer import Buffer, open_store
 from gateway.commands import CommandRouter
+from gateway.commands.channel import CommandChannel
 from gateway.config.load import Config
-from gateway.encode import iso_time, kept_json
+from gateway.delivery.buffer import Buffer, open_store
+from gateway.delivery.encode_json import JsonEncoder, iso_time, kept_json
+from gateway.delivery.forwarder import OFFLINE, Forwarder
 from gateway.model import Reading, expand
-from gateway.mqtt.publisher import MqttPublisher
+from gateway.mqtt.client import Will
+from gateway.mqtt.settings import command_session, data_session
 from gateway.pipeline import Deadband, Transform
 from gateway.registry import create_sources
 from gateway.source import Source, Writable
@@ -42,21 +46,35 @@ class Gateway:
             settings.on_full,
             settings.replay_rate,
         )
-        self.publisher = MqttPublisher(
-            config.mqtt,
-            config.mqtt.client_id or config.gateway.id,
-            self.topics,
+        mqtt = config.mqtt
+        client_id = mqtt.client_id or config.gateway.id
+        self.encoder = JsonEncoder(self.topics, self.buffer, batch=mqtt.batch == "device")
+        self.forwarder = Forwarder(
+            data_session(
+                mqtt, client_id, Will(self.topics.status, OFFLINE, min(mqtt.qos, 1), mqtt.retain)
+            ),
             self.buffer,
+            mqtt.qos,
+            self.topics.status,
             settings.sync_interval,
         )
         self.sources: list[Source] = create_sources(config.devices)
         self.deadband = Deadband(config.devices)
         self.transforms: list[Transform] = [self.deadband]
         writers = {s.device_id: s for s in self.sources if isinstance(s, Writable)}
-        self.router = CommandRouter(
-            config.devices, writers, self.topics, self.publisher.answer, self._publish_now
+        # Commands have a session of their own, when the map has a writable point.
+        self.commands = (
+            CommandChannel(command_session(mqtt, client_id), self.topics.command_filter())
+            if any(d.writable for d in config.devices)
+            else None
         )
-        self.publisher.commands = (self.router.subscription, self.router.handle)
+        self.router = CommandRouter(
+            config.devices,
+            writers,
+            self.topics,
+            self.commands.answer if self.commands is not None else _no_answer,
+            self._publish_now,
+        )
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -69,21 +87,23 @@ class Gateway:
         )
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.publisher.run(), name="mqtt-publisher")
+                tasks.create_task(self.forwarder.run(), name="mqtt-forwarder")
+                if self.commands is not None:
+                    tasks.create_task(self.commands.run(self.router.handle), name="commands")
                 for source in self.sources:
                     tasks.create_task(self._pump(source), name=f"device:{source.device_id}")
         finally:
             self.router.cancel()
-            log.info("gateway stopped", published=self.publisher.published)
+            log.info("gateway stopped", published=self.forwarder.published)
 
     def _publish_now(self, reading: Reading) -> None:
         """A value read back after a command: published at once, whatever the deadband (it
         also becomes the deadband's reference, so the next poll does not repeat it)."""
         self.deadband.remember(reading)
-        self.publisher.send([reading])
+        self.encoder.send([reading])
 
     async def _pump(self, source: Source) -> None:
-        send = self.publisher.send
+        send = self.encoder.send
         room = self.buffer.room
         status_topic = self.topics.device_status(source.device_id)
         published_state: tuple[str, str | None] | None = None
@@ -93,7 +113,7 @@ class Gateway:
             async for batch in source.readings():
                 if source.state != published_state:
                     published_state = source.state
-                    self.publisher.set_retained(status_topic, _device_state(*published_state))
+                    self.forwarder.set_retained(status_topic, _device_state(*published_state))
                 if transforms:
                     readings = expand(batch)
                     for transform in transforms:
@@ -105,6 +125,10 @@ class Gateway:
                     await self.buffer.wait_for_room()
         finally:
             await source.close()
+
+
+def _no_answer(topic: str, payload: bytes, correlation: bytes | None) -> None:
+    """No writable point, no command session: nothing to answer."""
 
 
 def _device_state(state: str, reason: str | None) -> bytes:

@@ -18,7 +18,7 @@ import structlog
 
 from gateway.commands.request import CommandId, check_limits
 from gateway.config.schema import DeviceConfig
-from gateway.encode import iso_time
+from gateway.delivery.encode_json import iso_time
 from gateway.errors import CommandError, DeviceError
 from gateway.model import GOOD, Reading, Scalar, Value
 from gateway.source import CONNECTED, Writable

@@ -58,6 +58,8 @@ class MqttSection(StrictModel):
     key: Path | None = None
     insecure: bool = False
     qos: Literal[0, 1, 2] = 1
+    # Retained states and last will; false for a broker that keeps no retained messages.
+    retain: bool = True
     topic: str = DEFAULT_TOPIC
     # `device`: one message per device per poll cycle on `batch_topic`, instead of per point.
     batch: Literal["point", "device"] = "point"

@@ -16,10 +16,8 @@ from adapters.modbus.block import RequestDecoder
 from adapters.modbus.config import ModbusTcpDevice
 from adapters.modbus.decode import Float32s, PointCodec, encode, shortest_float32
 from adapters.modbus.plan import plan_device
-from gateway.config.schema import MqttSection
-from gateway.encode import encode_batch, encode_reading, split_by_point
+from gateway.delivery.encode_json import JsonEncoder, encode_batch, encode_reading, split_by_point
 from gateway.model import GOOD, Block, Points, Reading, Sample, expand
-from gateway.mqtt.publisher import MqttPublisher
 from gateway.topics import Topics
 
 TYPES = ["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
@@ -206,9 +204,8 @@ def test_per_point_messages_of_a_block_are_those_of_its_readings() -> None:
         def add(self, record: Any) -> None:
             sent.append((record.topic, record.payload))
 
-    publisher = MqttPublisher(MqttSection(url="mqtt://127.0.0.1"), "gw", topics, Buffer())  # type: ignore[arg-type]
     block = _block()
-    publisher.send([block])
+    JsonEncoder(topics, Buffer()).send([block])
     gw_ts = orjson.loads(sent[0][1])["gw_ts"]
     expected = [
         (topics.point(r.device, r.point), encode_reading(r, n, gw_ts))

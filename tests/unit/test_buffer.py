@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import Buffer, MemoryStore, Record, SqliteStore, Store
-from gateway.buffer.store import PAGE_SIZE, SCHEMA, crc
+from gateway.delivery.buffer import Buffer, MemoryStore, Record, SqliteStore, Store
+from gateway.delivery.buffer.store import PAGE_SIZE, SCHEMA, crc
 from gateway.errors import GatewayError
 
 StoreFactory = Callable[[], Store]

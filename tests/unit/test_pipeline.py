@@ -4,7 +4,7 @@ import tracemalloc
 from typing import Any
 
 from gateway.config.load import load_config
-from gateway.encode import encode_reading, iso_time
+from gateway.delivery.encode_json import encode_reading, iso_time
 from gateway.model import BAD, GOOD, Reading
 from gateway.pipeline import Deadband
 from gateway.topics import Topics

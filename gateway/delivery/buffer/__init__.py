@@ -6,8 +6,8 @@ the order and the accounting (delivered, dropped by reason, buffered); a ``Store
 records: ``SqliteStore`` on disk (durable), ``MemoryStore`` in memory (lost on a crash).
 """
 
-from gateway.buffer.buffer import Buffer, Outcomes
-from gateway.buffer.record import Record
-from gateway.buffer.store import MemoryStore, SqliteStore, Store, open_store
+from gateway.delivery.buffer.buffer import Buffer, Outcomes
+from gateway.delivery.buffer.record import Record
+from gateway.delivery.buffer.store import MemoryStore, SqliteStore, Store, open_store
 
 __all__ = ["Buffer", "MemoryStore", "Outcomes", "Record", "SqliteStore", "Store", "open_store"]

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from gateway.buffer.record import Record
+from gateway.delivery.buffer.record import Record
 from gateway.errors import GatewayError
 
 SCHEMA = """

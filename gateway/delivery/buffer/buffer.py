@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from gateway.buffer.record import Record
-from gateway.buffer.store import Store
+from gateway.delivery.buffer.record import Record
+from gateway.delivery.buffer.store import Store
 
 log = structlog.get_logger("gateway.buffer")
 

@@ -1,18 +1,73 @@
-"""MQTT payloads (public contract: docs/schemas/reading.schema.json, device-batch.schema.json).
+"""The encoder: readings -> (topic, JSON payload) records in the buffer, each with its ``seq``.
 
-orjson because encoding is on the hot path: ~0.15 us per reading against ~2.2 us with json.dumps.
+Public contract: docs/schemas/reading.schema.json and device-batch.schema.json. orjson because
+encoding is on the hot path (figures in docs/performance.md).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Protocol
 from weakref import WeakKeyDictionary
 
 import orjson
 
+from gateway.delivery.buffer import Record
 from gateway.model import GOOD, Block, Points, Reading, Sample, expand
 from gateway.topics import Topics
+
+
+class Records(Protocol):
+    """Where encoded records go: the durable buffer."""
+
+    def take_seq(self) -> int: ...
+
+    def add(self, record: Record) -> None: ...
+
+
+class JsonEncoder:
+    """One message per point, or with ``batch`` one per device and poll cycle."""
+
+    def __init__(self, topics: Topics, out: Records, batch: bool = False) -> None:
+        self.topics = topics
+        self.out = out
+        self.batch = batch
+        self._point_templates: WeakKeyDictionary[Points, list[tuple[str, bytes]]] = (
+            WeakKeyDictionary()
+        )
+
+    def send(self, batch: Sequence[Sample]) -> None:
+        """Encode a batch of one poll or notification, stamped ``gw_ts`` now; never blocks."""
+        now = time.time()
+        gw_ts = iso_time(now)
+        out, topics = self.out, self.topics
+        if self.batch:
+            for group in split_by_point(batch):
+                seq = out.take_seq()
+                payload = encode_batch(group, seq, gw_ts)
+                out.add(Record(seq, topics.device(group[0].device), payload, now))
+            return
+        gw_bytes = gw_ts.encode()
+        for sample in batch:
+            if isinstance(sample, Block):
+                self._send_block(sample, gw_bytes, now)
+                continue
+            seq = out.take_seq()
+            payload = encode_reading(sample, seq, gw_ts)
+            out.add(Record(seq, topics.point(sample.device, sample.point), payload, now))
+
+    def _send_block(self, block: Block, gw_ts: bytes, now: float) -> None:
+        """One message per value of a block, from templates rendered once per set of points."""
+        templates = self._point_templates.get(block.points)
+        if templates is None:
+            templates = self._point_templates[block.points] = point_templates(block, self.topics)
+        ts = iso_time(block.ts).encode()
+        take_seq, add = self.out.take_seq, self.out.add
+        for (topic, template), value in zip(templates, block_values(block), strict=True):
+            seq = take_seq()
+            add(Record(seq, topic, template % (value, ts, gw_ts, seq), now))
+
 
 _second_cache: tuple[int, str] = (-1, "")
 

@@ -1,0 +1,1 @@
+"""The delivery path: readings -> encoder -> durable buffer -> forwarder -> MQTT transport."""

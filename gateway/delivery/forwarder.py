@@ -1,0 +1,338 @@
+"""The forwarder: buffer -> MQTT transport, within the broker's limits, deleted when acknowledged.
+
+It publishes what the buffer hands out (live readings and, after an outage, the backlog marked
+``"replayed": true``), keeps at most a window of messages unacknowledged (sized from the broker's
+Receive Maximum, 20 for QoS 2 on MQTT 3.1.1: paho alone would resend everything it holds at once
+after a reconnect), and every ``sync_interval`` tells the buffer what was acknowledged. Messages
+the broker will never take are dropped and counted, never retried: refused (an MQTT 5 reason
+code), over its Maximum Packet Size, or one that made the broker drop the connection three times
+in a row. Retained states (gateway status, device states) share the window, the newest of each
+topic only; they are sent again on every connect. Every 10 s the gateway status carries the
+delivery accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import orjson
+import structlog
+
+from gateway.delivery.buffer import Buffer, Record
+from gateway.delivery.encode_json import iso_time, mark_replayed
+from gateway.errors import BrokerError, MessageTooLarge
+from gateway.mqtt.client import Broker, Message, MqttClient, Settings
+
+log = structlog.get_logger("gateway.mqtt")
+
+OFFLINE = orjson.dumps({"state": "offline"})
+STATUS_EVERY = 10.0
+# Messages sent and not yet acknowledged. A poll of 100 devices sends a burst of 100 device
+# batches at once; a window of 250 lets a whole burst go out without waiting for acks.
+WINDOW = 250
+V3_QOS2_WINDOW = 20  # brokers bound unreleased QoS 2 messages (mosquitto: 20) and drop the rest
+STRIKES = 3  # short-lived connections in a row with the same oldest message: it is set aside
+HELD = 10.0  # seconds a connection must last to clear the strikes
+
+
+class Forwarder:
+    """A ``Listener`` of the transport; ``run`` drains the buffer to the broker until cancelled."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        buffer: Buffer,
+        qos: int,
+        status_topic: str,
+        sync_interval: float = 0.2,
+    ) -> None:
+        self.settings = settings
+        self.buffer = buffer
+        self.qos = qos
+        self.status_topic = status_topic
+        self.sync_interval = sync_interval
+        self.started = iso_time(time.time())
+        self.inflight: dict[int, Record | None] = {}  # message id -> record (None: a state)
+        self.retained: dict[str, bytes] = {}  # device states: topic -> latest payload
+        self.window = WINDOW
+        self._client: MqttClient | None = None
+        self._states: dict[str, bytes] = {}  # retained states waiting for room
+        self._acked: list[int] = []  # seqs acknowledged since the last sync
+        self._qos = qos
+        # States (and the will) follow mqtt.qos up to 1, and mqtt.retain (Settings.will).
+        will = settings.will
+        self._state_qos = will.qos if will is not None else min(qos, 1)
+        self._retain = will.retain if will is not None else True
+        self._connected = asyncio.Event()
+        self._room = asyncio.Event()  # set when the window drained to ``_low_water``
+        self._low_water: int | None = None
+        self._connected_at = 0.0
+        self._suspect: tuple[int, int] | None = None  # (seq of the oldest in flight, strikes)
+        self._refusals: set[tuple[str, str]] = set()  # (kind, reason) logged already
+
+    @property
+    def published(self) -> int:
+        return self.buffer.outcomes.delivered
+
+    def set_retained(self, topic: str, payload: bytes) -> None:
+        """A device state: published retained as soon as there is room, and on every connect."""
+        self.retained[topic] = payload
+        self._queue_state(topic, payload)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with MqttClient(self.settings, self) as client:
+                self._client = client
+                try:
+                    async with asyncio.TaskGroup() as tasks:
+                        tasks.create_task(self._sync(), name="buffer-sync")
+                        tasks.create_task(self._report(), name="gateway-status")
+                        await self._drain_forever(client)
+                finally:
+                    await self._shutdown(client)
+        finally:
+            self._collect()
+            stats = self.buffer.stats()
+            self.buffer.close()
+            log.info("delivery at shutdown", **stats)
+            if self.buffer.count and self.buffer.store.durable:
+                log.info("readings kept for the next start", buffered=self.buffer.count)
+
+    async def _drain_forever(self, client: MqttClient) -> None:
+        buffer = self.buffer
+        while True:
+            await self._connected.wait()
+            if not buffer.pending() and not self._states:
+                buffer.ready.clear()
+                await buffer.ready.wait()
+                continue
+            await self._drain(client)
+
+    async def _drain(self, client: MqttClient) -> None:
+        """Publish while connected and there is room in the window: states first."""
+        buffer, qos, inflight = self.buffer, self._qos, self.inflight
+        sent = 0
+        while self._connected.is_set():
+            window = self.window
+            if len(inflight) >= window:
+                # Hysteresis: wait until half the window is acknowledged, then a burst.
+                self._collect()
+                await self._wait_for_room(window // 2)
+                continue
+            if self._states:
+                self._send_state(client)
+                continue
+            item = buffer.next()
+            if item is None:
+                return
+            record, replayed = item
+            payload = mark_replayed(record.payload) if replayed else record.payload
+            buffer.handed(record)
+            try:
+                mid = client.publish(record.topic, payload, qos, expires=True)
+            except MessageTooLarge as exc:
+                self._refused([record.seq], "too_large", str(exc))
+                continue
+            except BrokerError:  # not connected any more
+                buffer.returned(record)
+                return
+            if mid:
+                inflight[mid] = record
+            else:
+                self._acked.append(record.seq)
+            sent += 1
+            if sent % 200 == 0:
+                self._collect()
+                if not qos:
+                    await client.drained()  # QoS 0: no faster than the socket takes them
+                await asyncio.sleep(0)  # let polls run during a long drain
+
+    async def _wait_for_room(self, low_water: int) -> None:
+        """Wait until at most ``low_water`` messages are in flight (or 1 s passed)."""
+        self._room.clear()
+        self._low_water = low_water
+        if len(self.inflight) > low_water:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._room.wait()
+        self._low_water = None
+
+    def _queue_state(self, topic: str, payload: bytes) -> None:
+        self._states[topic] = payload
+        self.buffer.ready.set()
+
+    def _send_state(self, client: MqttClient) -> None:
+        topic, payload = next(iter(self._states.items()))
+        del self._states[topic]
+        try:
+            mid = client.publish(topic, payload, self._state_qos, retain=self._retain)
+        except BrokerError as exc:  # too large, or the connection just went
+            if client.connected:
+                log.warning("state not published", topic=topic, reason=str(exc))
+            return
+        if mid:
+            self.inflight[mid] = None
+
+    # -- what the transport reports ----------------------------------------------------------
+
+    def connected(self, broker: Broker) -> None:
+        receive_maximum = broker.receive_maximum or WINDOW
+        if self.settings.version != 5 and self.qos == 2:
+            receive_maximum = V3_QOS2_WINDOW
+        self.window = max(1, min(WINDOW, receive_maximum))
+        if broker.maximum_qos < self.qos and self._qos != broker.maximum_qos:
+            log.warning(
+                "the broker's maximum QoS is below mqtt.qos: readings are sent at its maximum",
+                maximum_qos=broker.maximum_qos,
+                qos=self.qos,
+            )
+        self._qos = min(self.qos, broker.maximum_qos)
+        will = self.settings.will
+        self._state_qos = min(will.qos if will is not None else 1, broker.maximum_qos)
+        retain = will.retain if will is not None else True
+        if retain and not broker.retain_available and self._retain:
+            log.warning("the broker keeps no retained messages: states are sent plain")
+        self._retain = retain and broker.retain_available
+        self._connected_at = time.monotonic()
+        self.buffer.connected()
+        self._states = {self.status_topic: self._status(), **self.retained}
+        self._connected.set()
+        self.buffer.ready.set()
+
+    def disconnected(self, reason: str) -> None:
+        self._connected.clear()
+        self._room.set()  # a waiting drain sees the disconnect
+        self._strike()
+
+    def acknowledged(self, mid: int) -> None:
+        inflight = self.inflight
+        if mid not in inflight:
+            return  # QoS 0 (paho reports those too once written)
+        entry = inflight.pop(mid)
+        if entry is not None:
+            self._acked.append(entry.seq)
+        low_water = self._low_water
+        if low_water is not None and len(self.inflight) <= low_water:
+            self._low_water = None
+            self._room.set()
+
+    def refused(self, mid: int, reason: str | None) -> None:
+        entry = self.inflight.pop(mid, None)
+        if entry is None:
+            return
+        if reason is None:  # the broker lost it with its session: again, first
+            self.buffer.returned(entry)
+            self.buffer.ready.set()
+        else:
+            self._refused([entry.seq], "refused_by_broker", reason)
+
+    def received(self, message: Message) -> None:
+        """The data session subscribes to nothing."""
+
+    # -- accounting --------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Hand the buffer what was acknowledged since the last call."""
+        if self._acked:
+            acked, self._acked = self._acked, []
+            self.buffer.acknowledged(acked)
+
+    def _refused(self, seqs: list[int], kind: str, reason: str) -> None:
+        """Messages the broker will never take: dropped, counted, logged once per reason."""
+        if (kind, reason) not in self._refusals:
+            self._refusals.add((kind, reason))
+            log.error("the broker refuses messages: they are dropped", kind=kind, reason=reason)
+        self.buffer.dropped(seqs, kind)
+
+    def _strike(self) -> None:
+        """A connection that ended soon with the same message oldest in flight, again: after
+        ``STRIKES`` that message is set aside (a broker closes the connection on a message it
+        cannot take, e.g. over its size limit on MQTT 3.1.1) and the session starts anew."""
+        oldest = next((r for r in self.inflight.values() if r is not None), None)
+        if oldest is None or time.monotonic() - self._connected_at >= HELD:
+            self._suspect = None
+            return
+        seq, strikes = self._suspect or (oldest.seq, 0)
+        strikes = strikes + 1 if seq == oldest.seq else 1
+        self._suspect = (oldest.seq, strikes)
+        if strikes < STRIKES or self._client is None:
+            return
+        self._suspect = None
+        log.error(
+            "the broker closes the connection on this message: it is set aside",
+            seq=oldest.seq,
+            topic=oldest.topic,
+            size=oldest.size,
+            qos=self._qos,
+            hint="on MQTT 3.1.1 a broker does this with a message over its size limit or a "
+            "QoS it does not take (mosquitto: max_packet_size, message_size_limit, max_qos)",
+        )
+        # paho would resend it first on every connection: a new session, and every other
+        # message in flight goes back to the buffer, in order.
+        self._client.reset_session()
+        records = [r for r in self.inflight.values() if r is not None]
+        self.inflight.clear()
+        for record in reversed(records[1:]):
+            self.buffer.returned(record)
+        self._refused([oldest.seq], "kills_connection", "the broker closed the connection")
+
+    async def _sync(self) -> None:
+        """Every ``sync_interval``: delete what was acknowledged, commit, fsync."""
+        while True:
+            await asyncio.sleep(self.sync_interval)
+            self._collect()
+            await self.buffer.sync()
+
+    async def _report(self) -> None:
+        """The gateway status (retained) and a log line with the accounting, every 10 s."""
+        last_dropped: dict[str, object] = {}
+        while True:
+            await asyncio.sleep(STATUS_EVERY)
+            stats = self.buffer.stats()
+            connected = self._connected.is_set()
+            if connected:
+                self._queue_state(self.status_topic, self._status(stats))
+            dropped = stats["dropped"]
+            if dropped != last_dropped or (stats["buffered"] and not connected):
+                log.info("delivery", connected=connected, **stats)
+                last_dropped = dict(dropped) if isinstance(dropped, dict) else {}
+
+    def _status(self, stats: dict[str, object] | None = None) -> bytes:
+        return orjson.dumps(
+            {
+                "state": "online",
+                "since": self.started,
+                "ts": iso_time(time.time()),
+                **(stats if stats is not None else self.buffer.stats()),
+            }
+        )
+
+    async def _shutdown(self, client: MqttClient) -> None:
+        """Commit, give what is in flight a moment, say offline; the client then disconnects.
+
+        Nothing is lost by stopping: what is not acknowledged stays in the buffer (on disk, or
+        for ``buffer.mode: memory`` it is flushed for up to 2 s first).
+        """
+        buffer = self.buffer
+        buffer.flush()
+        if not self._connected.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5 if buffer.store.durable else 2.0):
+                if not buffer.store.durable:
+                    while buffer.pending() and self._connected.is_set():
+                        await self._drain(client)
+                        await asyncio.sleep(0.01)
+                await self._wait_for_room(0)
+        self._states.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await self._wait_for_room(self.window - 1)
+                self._states[self.status_topic] = OFFLINE
+                self._send_state(client)
+                await self._wait_for_room(0)
+        self._collect()

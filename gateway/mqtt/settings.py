@@ -1,0 +1,55 @@
+"""The map's ``mqtt:`` section -> the transport's settings (TLS context, will, sessions)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import replace
+
+from gateway.config.schema import MqttSection
+from gateway.errors import GatewayError
+from gateway.mqtt.client import Settings, Will
+
+
+def data_session(config: MqttSection, client_id: str, will: Will | None) -> Settings:
+    """The readings' session: persistent, with the last will."""
+    return Settings(
+        host=config.host,
+        port=config.port,
+        client_id=client_id,
+        version=config.version,
+        keepalive=int(config.keepalive),
+        username=config.username,
+        password=config.password if config.username else None,
+        tls=tls_context(config) if config.tls else None,
+        ca_file=str(config.ca) if config.ca else None,
+        client_certificate=config.cert is not None,
+        persistent=True,
+        session_expiry=int(config.session_expiry),
+        will=will,
+        content_type="application/json",
+        message_expiry=None if config.message_expiry is None else int(config.message_expiry),
+    )
+
+
+def command_session(config: MqttSection, client_id: str) -> Settings:
+    """The commands' session: clean, so the broker never keeps a command for later."""
+    return replace(
+        data_session(config, client_id, None),
+        client_id=f"{client_id}-commands",
+        persistent=False,
+        message_expiry=None,
+        name="commands",
+    )
+
+
+def tls_context(config: MqttSection) -> ssl.SSLContext:
+    """Verify the broker against ``ca`` (or the system's CAs); present ``cert``/``key``."""
+    try:
+        context = ssl.create_default_context(cafile=str(config.ca) if config.ca else None)
+        if config.insecure:
+            context.check_hostname = False
+        if config.cert is not None and config.key is not None:
+            context.load_cert_chain(str(config.cert), str(config.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise GatewayError(f"cannot load the broker TLS files (ca, cert, key): {exc}") from None
+    return context
