@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.helpers import Mosquitto
+from tests.integration.line import Line
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +26,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def make_line(workdir: Path) -> Iterator[Callable[..., Line]]:
+    """``make_line(broker=..., points=..., login=...)``: a ``Line``, closed after the test."""
+    made: list[Line] = []
+
+    def make(**options: Any) -> Line:
+        made.append(Line(workdir, **options))
+        return made[-1]
+
+    yield make
+    for line in made:
+        line.close()

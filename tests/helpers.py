@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +24,85 @@ from gateway.testing import Mosquitto, free_port, no_delay, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ROOT", "Collector", "Commander", "Mosquitto", "Process", "free_port", "wait_port"]
+__all__ = [
+    "ROOT",
+    "Amqtt",
+    "Collector",
+    "Commander",
+    "Mosquitto",
+    "Process",
+    "Proxy",
+    "free_port",
+    "wait_port",
+]
+
+
+class Amqtt:
+    """amqtt (a second broker, written by others, MQTT 3.1.1 only) on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.conf = workdir / "amqtt.yaml"
+        self.conf.write_text(
+            "listeners:\n  default:\n    type: tcp\n"
+            f"    bind: 127.0.0.1:{self.port}\n"
+            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+            "    allow_anonymous: true\n"
+        )
+        self.log = workdir / "amqtt.log"
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        amqtt = Path(sys.executable).with_name("amqtt")
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(amqtt), "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT
+            )
+        wait_port(self.port, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Proxy:
+    """A TCP relay (socat) in front of a broker: ``cut`` drops every connection through it and
+    refuses new ones, as a network outage does, while the broker and its other clients go on."""
+
+    def __init__(self, target_port: int) -> None:
+        socat = shutil.which("socat")
+        if socat is None:
+            raise RuntimeError("socat is not installed: run `make test`, which installs it")
+        self.socat = socat
+        self.target = target_port
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.socat,
+                f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr",
+                f"TCP:127.0.0.1:{self.target}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its forked relays are killed with it
+        )
+        wait_port(self.port)
+
+    def cut(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
 
 
 class Collector:
@@ -125,14 +205,18 @@ class Process:
 
 
 class Commander:
-    """An upstream platform sending commands (MQTT 5) and collecting every answer."""
+    """An upstream platform sending commands and collecting every answer."""
 
-    def __init__(self, port: int, results: str | list[str] = "#") -> None:
+    def __init__(self, port: int, results: str | list[str] = "#", version: int = 5) -> None:
+        """``version``: 3 for MQTT 3.1.1 (no response topic, correlation or user property)."""
         self.answers: list[tuple[str, Any, bytes | None]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
+        self.v5 = version == 5
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"cmd-{free_port()}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=f"cmd-{free_port()}",
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
         )
         self.client.on_socket_open = no_delay  # as an application should: no 40 ms Nagle waits
         filters = [results] if isinstance(results, str) else results
@@ -173,7 +257,7 @@ class Commander:
         with self._lock:
             before = len(self.answers)
         self.client.publish(
-            topic, payload, qos=1, retain=retain, properties=properties
+            topic, payload, qos=1, retain=retain, properties=properties if self.v5 else None
         ).wait_for_publish(5)
         return before
 
@@ -192,6 +276,18 @@ class Commander:
         """Send a command and return its result (from ``{topic}/result``)."""
         since = self.send(topic, payload)
         return self.answer(topic + "/result", since, timeout)[0]
+
+    def first_command(self, topic: str, payload: bytes | str, timeout: float = 30.0) -> Any:
+        """``command``, sent again every 2 s until answered: a gateway that just started may
+        not have subscribed yet (a command nobody subscribed to is gone)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            since = self.send(topic, payload)
+            try:
+                return self.answer(topic + "/result", since, timeout=2.0)[0]
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
 
     def count(self) -> int:
         with self._lock:

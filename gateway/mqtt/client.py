@@ -35,7 +35,8 @@ from gateway.errors import BrokerError, MessageTooLarge
 
 log = structlog.get_logger("gateway.mqtt")
 
-CONNECT_TIMEOUT = 10.0  # TCP, TLS and CONNACK together
+CONNECT_TIMEOUT = 10.0  # TCP and TLS
+CONNACK_TIMEOUT = 10.0  # then the broker's answer to CONNECT
 MISC_EVERY = 1.0  # paho's loop_misc: keep-alive pings and their timeout
 HELD = 10.0  # a connection that lasted this long resets the reconnect backoff
 READ_DELAY = 0.001  # after data arrived, wait this long before reading again (see _on_readable)
@@ -309,10 +310,18 @@ class MqttClient:
                     properties=properties,
                 ),
             )
-            try:
+        try:
+            async with asyncio.timeout(CONNACK_TIMEOUT):
                 code, session_present, found = await asyncio.shield(self._connack)
-            except _Unanswered:
-                raise self._unanswered() from None
+        except _Unanswered:
+            raise self._unanswered() from None
+        except TimeoutError:
+            raise _Refused(
+                f"the broker did not answer CONNECT within {CONNACK_TIMEOUT:g} s",
+                "a broker that does not speak MQTT 5 may stay silent like this: try mqtt.version: 3"
+                if self._v5
+                else None,
+            ) from None
         if code.is_failure:
             refused = _connack_reason(code, self._v5)
             refused.retry_now = self._adjust_will(code)

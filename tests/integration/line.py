@@ -1,0 +1,105 @@
+"""One production line for the MQTT tests: a broker, a simulated device of counters, an
+independent subscriber, and gateways started with the ``mqtt:`` keys a test gives."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import Amqtt, Collector, Mosquitto, Process, free_port, wait_port
+from tests.integration.plant import device, write_map
+
+COUNTERS = "".join(
+    f"\n      - {{name: c{i}, table: holding, address: {i}, type: uint16, "
+    "sim: {counter: {interval: 100ms}}}"
+    for i in range(10)
+)
+# 60 registers of text: a per-point message of ~330 bytes
+LONG_TEXT = (
+    "\n      - {name: label, table: holding, address: 100, type: string, length: 60, "
+    f"sim: {{constant: {'L' * 120}}}}}"
+)
+
+
+class Line:
+    """``broker``: mosquitto configuration lines, or ``"amqtt"`` for the second broker."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        broker: str = "",
+        points: str = COUNTERS,
+        login: tuple[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.broker: Mosquitto | Amqtt
+        if broker == "amqtt":
+            self.broker = Amqtt(workdir)
+        else:
+            # mosquitto's own log beside the others, for a failure's report
+            log = f"log_dest file {workdir}/mosquitto.log\n"
+            self.broker = Mosquitto(workdir, extra="max_queued_messages 0\n" + log + broker)
+        self.port = free_port()
+        self.device = device("plc-q", self.port, points, poll="100ms")
+        sim_map = write_map(workdir / "sim.yaml", self.broker.port, [self.device])
+        self.sim = Process("simulate", str(sim_map), log=workdir / "sim.log")
+        self.gateways: list[Process] = []
+        try:
+            wait_port(self.port)
+            self.collector = Collector(self.broker.port, "acme/#", persistent=True, login=login)
+        except BaseException:
+            self.sim.stop()
+            self.broker.stop()
+            raise
+
+    def gateway(self, mqtt: str, qos: int = 1, port: int | None = None) -> Process:
+        """``port``: reach the broker there (a proxy) instead of directly."""
+        n = len(self.gateways) + 1
+        path = write_map(
+            self.workdir / f"gw{n}.yaml", port or self.broker.port, [self.device], mqtt=mqtt
+        )
+        path.write_text(path.read_text().replace("  qos: 1\n", f"  qos: {qos}\n"))
+        gateway = Process("run", str(path), log=self.workdir / f"gw{n}.log")
+        self.gateways.append(gateway)
+        return gateway
+
+    def seqs(self) -> set[int]:
+        return {r["seq"] for r in self.collector.readings()}
+
+    def wait_complete(self, upto: int, timeout: float = 60) -> set[int]:
+        """Wait until every seq from the first received to ``upto`` arrived; the seqs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seqs = self.seqs()
+            if seqs and set(range(min(seqs), upto + 1)) <= seqs:
+                return seqs
+            time.sleep(0.2)
+        seqs = self.seqs()
+        missing = sorted(set(range(min(seqs, default=0), upto + 1)) - seqs)
+        raise AssertionError(f"{len(missing)} seqs missing up to {upto}: {missing[:10]}...")
+
+    def close(self) -> None:
+        self.collector.close()
+        for gateway in self.gateways:
+            gateway.stop()
+        self.sim.stop()
+        self.broker.stop()
+
+
+def events(process: Process, event: str) -> list[dict[str, Any]]:
+    """The gateway's JSON log events named ``event``."""
+    lines = (json.loads(x) for x in process.output().splitlines() if x.startswith("{"))
+    return [e for e in lines if e.get("event") == event]
+
+
+def wait_event(process: Process, event: str, timeout: float = 20) -> dict[str, Any]:
+    """The first ``event`` in the gateway's log, waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = events(process, event)
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no {event!r} within {timeout}s: {process.output()[-3000:]}")
