@@ -39,7 +39,6 @@ CONNECT_TIMEOUT = 10.0  # TCP and TLS
 CONNACK_TIMEOUT = 10.0  # then the broker's answer to CONNECT
 MISC_EVERY = 1.0  # paho's loop_misc: keep-alive pings and their timeout
 HELD = 10.0  # a connection that lasted this long resets the reconnect backoff
-READ_DELAY = 0.001  # after data arrived, wait this long before reading again (see _on_readable)
 MAX_PACKET = 268_435_460  # MQTT's own limit: 256 MiB of remaining length and its header
 # MQTT 5 reason codes the gateway acts on (by number: paho's names are text).
 PACKET_ID_NOT_FOUND = 0x92
@@ -143,7 +142,8 @@ class MqttClient:
         self._closed: asyncio.Future[str] = self._loop.create_future()
         self._misc: asyncio.TimerHandle | None = None
         self._socket: int | None = None  # the file descriptor of paho's socket, while watched
-        self._reading = False
+        self._write_soon = False  # a loop_write is scheduled for the end of this loop turn
+        self._write_waits = False  # the socket took not all: waiting until it is writable
         self._drained = asyncio.Event()
         self._drained.set()
         self._qos2: set[int] = set()  # QoS 2 messages in flight
@@ -540,8 +540,7 @@ class MqttClient:
             if client is self._client:
                 self._close_socket()
                 self._socket = fd
-                self._reading = True
-                self._loop.add_reader(fd, self._on_readable)
+                self._loop.add_reader(fd, client.loop_read)
 
         self._on_loop(watch)
 
@@ -559,44 +558,40 @@ class MqttClient:
         if fd is not None:
             self._loop.remove_reader(fd)
             self._loop.remove_writer(fd)
-            self._reading = False
+            self._write_waits = False
 
     def _on_register_write(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
+        # paho has something to send: write it at the end of this loop turn, everything handed
+        # over meanwhile in one go; wait for the socket only when it takes no more.
         fd = sock.fileno()
 
-        def watch() -> None:
-            if client is self._client and fd == self._socket:
-                self._loop.add_writer(fd, self._on_writable)
+        def write_soon() -> None:
+            if client is self._client and fd == self._socket and not self._write_soon:
+                self._write_soon = True
+                self._loop.call_soon(self._write, fd)
 
-        self._on_loop(watch)
+        self._on_loop(write_soon)
+
+    def _write(self, fd: int) -> None:
+        self._write_soon = False
+        if fd != self._socket:
+            return
+        client = self._client
+        client.loop_write()
+        if fd == self._socket and client.want_write() and not self._write_waits:
+            self._write_waits = True
+            self._loop.add_writer(fd, client.loop_write)
 
     def _on_unregister_write(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
         fd = sock.fileno()
 
         def unwatch() -> None:
-            if client is self._client and fd == self._socket:
+            if client is self._client and fd == self._socket and self._write_waits:
+                self._write_waits = False
                 self._loop.remove_writer(fd)
             self._drained.set()
 
         self._on_loop(unwatch)
-
-    def _on_readable(self) -> None:
-        self._client.loop_read()
-        # Coalesce: at thousands of messages a second each PUBACK arrives in a segment of its
-        # own; reading once a millisecond costs a wakeup per millisecond, not per PUBACK.
-        fd = self._socket
-        if fd is not None and self._reading and self.broker is not None:
-            self._reading = False
-            self._loop.remove_reader(fd)
-            self._loop.call_later(READ_DELAY, self._resume_reading, fd)
-
-    def _resume_reading(self, fd: int) -> None:
-        if fd == self._socket and not self._reading:
-            self._reading = True
-            self._loop.add_reader(fd, self._on_readable)
-
-    def _on_writable(self) -> None:
-        self._client.loop_write()
 
     def _on_misc(self) -> None:
         self._misc = None

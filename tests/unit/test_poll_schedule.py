@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from adapters.modbus.source import PHASES, grid_due, poll_phase
+from adapters.modbus.source import PHASES, grid_due, poll_phase, slot_phase
 
 
 def test_a_device_keeps_its_phase_and_devices_spread_over_the_slots() -> None:
@@ -32,3 +32,11 @@ def test_due_times_sit_on_the_grid_and_missed_slots_are_skipped(phase: float) ->
     assert grid_due(first + interval, interval, now=late, phase=phase) == pytest.approx(
         first + 3 * interval
     )
+
+
+@pytest.mark.parametrize(
+    ("interval", "slots"), [(1.0, 10), (0.5, 10), (0.25, 5), (0.1, 2), (0.05, 1), (0.01, 1)]
+)
+def test_short_intervals_have_fewer_slots_at_least_50_ms_apart(interval: float, slots: int) -> None:
+    phases = {slot_phase(poll_phase(f"dev{n:04d}"), interval) for n in range(1000)}
+    assert phases == {slot / slots for slot in range(slots)}

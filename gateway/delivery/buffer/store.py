@@ -179,7 +179,7 @@ class SqliteStore:
         os.close(self._lock)
 
 
-PAGE_SIZE = 65536
+PAGE_SIZE = 16384
 
 
 def _use_large_pages(db: sqlite3.Connection) -> None:
