@@ -4,9 +4,10 @@ Scenarios: ``hot-path`` (CPU per value of Modbus bytes -> MQTT payload, in proce
 ``opcua-latency`` (source timestamp -> publish latency of a subscription of ``--items``;
 ``opcua-10k`` with 10,000), ``command-latency`` (command -> result round trip, Modbus and OPC UA,
 ``--commands`` each), and on the lean Modbus simulator (``simulators/lean_modbus.py``):
-``modbus-100k``, ``modbus-fast``, ``modbus-1000dev`` (1,000 devices, each on its own
-connection), ``report-by-exception``. Gateway CPU and RSS are read from /proc; values are counted
-by an independent subscriber through a real mosquitto. docs/performance.md has the figures.
+``modbus-100k``, ``modbus-fast``, ``modbus-small``, ``modbus-1000dev`` (1,000 devices, each on
+its own connection), ``report-by-exception``. Gateway CPU and RSS are read from /proc; values are
+counted by an independent subscriber through a real mosquitto. docs/performance.md has the
+figures.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Data flows one way:
 
-    device map (YAML) -> adapters (Source.readings) -> pipeline (deadband, quality)
-    -> queue -> MQTT publisher (Sink) -> broker
+    device map (YAML) -> adapters (Source.readings) -> pipeline (deadband) -> encoder
+    -> durable buffer -> forwarder -> MQTT transport (paho) -> broker
 """
 
 __version__ = "0.1.0"

@@ -8,10 +8,14 @@
   - ``CommandError``: a command (an MQTT write request) is refused before it reaches a device:
     not writable, out of range, a wrong type... Its message is what the caller reads.
   - ``ListenError``: a server of ours (a simulator) cannot listen where the map says.
-  - ``BrokerError``: the MQTT broker refused us (CONNACK, DISCONNECT) or sent something that is
-    not MQTT; the link logs it and reconnects.
+  - ``BrokerError``: the MQTT broker refused us (CONNACK, DISCONNECT) or a message; the
+    transport logs a refused connection and reconnects.
+    - ``Refused``: the broker refused the connection; says why in plain words, with a hint.
     - ``MessageTooLarge``: a message over the broker's maximum packet size (MQTT 5): it can
       never be delivered, so it is dropped and counted.
+    - ``NotConnected``: a message handed to the transport while it has no connection.
+  - ``TransportFailed``: the MQTT transport itself failed (paho or a listener raised); the
+    gateway stops rather than stall.
 
 Lower-library exceptions (pymodbus, asyncua, PyYAML, ssl) are translated into these where they
 are caught, never returned as ``None``.
@@ -68,6 +72,24 @@ class BrokerError(GatewayError):
 
 class MessageTooLarge(BrokerError):
     """A message longer than the broker accepts (its MQTT 5 Maximum Packet Size)."""
+
+
+class NotConnected(BrokerError):
+    """The transport has no connection to the broker right now."""
+
+
+class Refused(BrokerError):
+    """The broker refused the connection: ``reason`` in plain words, ``hint`` what to do."""
+
+    def __init__(self, reason: str, hint: str | None = None, retry_now: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+        self.retry_now = retry_now  # the next attempt differs (a plainer will): no backoff
+
+
+class TransportFailed(GatewayError):
+    """The MQTT transport failed in a way a reconnect does not mend (a bug, not the network)."""
 
 
 class DeviceError(GatewayError):

@@ -83,7 +83,8 @@ class Mosquitto:
     ``extra`` lines are appended to the configuration.
     """
 
-    def __init__(self, workdir: Path, extra: str = "") -> None:
+    def __init__(self, workdir: Path, extra: str = "", persistence: bool = True) -> None:
+        """``persistence``: false for a broker that forgets every session when it stops."""
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         # Started as root, mosquitto drops to its own user, which cannot write a private test
@@ -91,7 +92,7 @@ class Mosquitto:
         user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
             f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {workdir}/\n{extra}"
+            f"persistence {str(persistence).lower()}\npersistence_location {workdir}/\n{extra}"
         )
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.start()

@@ -57,14 +57,17 @@ class CommandChannel:
         if self._client is not None:
             self._client.subscribe(self.subscription, 0)
 
-    def disconnected(self, reason: str) -> None:
+    def disconnected(self, reason: str, by_broker: bool) -> None:
         pass
 
     def acknowledged(self, mid: int) -> None:
         pass
 
-    def refused(self, mid: int, reason: str | None) -> None:
+    def refused(self, mid: int, reason: str) -> None:
         pass
+
+    def lost(self, mid: int) -> None:
+        pass  # an answer is not sent again: a late one is useless
 
     def received(self, message: Message) -> None:
         if self._handle is None:

@@ -1,14 +1,14 @@
 """The forwarder: buffer -> MQTT transport, within the broker's limits, deleted when acknowledged.
 
 It publishes what the buffer hands out (live readings and, after an outage, the backlog marked
-``"replayed": true``), keeps at most a window of messages unacknowledged (sized from the broker's
-Receive Maximum, 20 for QoS 2 on MQTT 3.1.1: paho alone would resend everything it holds at once
-after a reconnect), and every ``sync_interval`` tells the buffer what was acknowledged. Messages
-the broker will never take are dropped and counted, never retried: refused (an MQTT 5 reason
-code), over its Maximum Packet Size, or one that made the broker drop the connection three times
-in a row. Retained states (gateway status, device states) share the window, the newest of each
-topic only; they are sent again on every connect. Every 10 s the gateway status carries the
-delivery accounting.
+``"replayed": true``) and keeps at most a window of messages unacknowledged, sized from the
+broker's Receive Maximum (20 for QoS 2 on MQTT 3.1.1): paho by itself would resend everything it
+holds at once after a reconnect, and brokers drop what is over their limit. Every
+``sync_interval`` it tells the buffer what was acknowledged. Messages the broker will never take
+are dropped and counted, never retried: refused (an MQTT 5 reason code), over its Maximum Packet
+Size, or one that makes the broker drop the connection. Retained states (gateway status, device
+states) share the window, the newest of each topic only, and are sent again on every connect.
+Every 10 s the gateway status carries the delivery accounting.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import structlog
 
 from gateway.delivery.buffer import Buffer, Record
 from gateway.delivery.encode_json import iso_time, mark_replayed
-from gateway.errors import BrokerError, MessageTooLarge
+from gateway.errors import BrokerError, MessageTooLarge, NotConnected
 from gateway.mqtt.client import Broker, Message, MqttClient, Settings
 
 log = structlog.get_logger("gateway.mqtt")
@@ -33,8 +33,8 @@ STATUS_EVERY = 10.0
 # batches at once; a window of 250 lets a whole burst go out without waiting for acks.
 WINDOW = 250
 V3_QOS2_WINDOW = 20  # brokers bound unreleased QoS 2 messages (mosquitto: 20) and drop the rest
-STRIKES = 3  # short-lived connections in a row with the same oldest message: it is set aside
-HELD = 10.0  # seconds a connection must last to clear the strikes
+HELD = 10.0  # seconds a connection must last to count as healthy
+STRIKES = 2  # connections a message, sent alone, may end before it is set aside
 
 
 class Forwarder:
@@ -54,7 +54,8 @@ class Forwarder:
         self.status_topic = status_topic
         self.sync_interval = sync_interval
         self.started = iso_time(time.time())
-        self.inflight: dict[int, Record | None] = {}  # message id -> record (None: a state)
+        # message id -> (record, sent as replayed), or None for a retained state
+        self.inflight: dict[int, tuple[Record, bool] | None] = {}
         self.retained: dict[str, bytes] = {}  # device states: topic -> latest payload
         self.window = WINDOW
         self._client: MqttClient | None = None
@@ -69,7 +70,9 @@ class Forwarder:
         self._room = asyncio.Event()  # set when the window drained to ``_low_water``
         self._low_water: int | None = None
         self._connected_at = 0.0
-        self._suspect: tuple[int, int] | None = None  # (seq of the oldest in flight, strikes)
+        self._probing = False  # one message at a time, to find one that ends the connection
+        self._suspect: tuple[int, int] | None = None  # (seq, connections it ended alone)
+        self._stopping = False
         self._refusals: set[tuple[str, str]] = set()  # (kind, reason) logged already
 
     @property
@@ -111,13 +114,14 @@ class Forwarder:
                 await buffer.ready.wait()
                 continue
             await self._drain(client)
+            await asyncio.sleep(0)  # whatever ended the drain, let the loop turn
 
     async def _drain(self, client: MqttClient) -> None:
         """Publish while connected and there is room in the window: states first."""
         buffer, qos, inflight = self.buffer, self._qos, self.inflight
         sent = 0
         while self._connected.is_set():
-            window = self.window
+            window = self._window()
             if len(inflight) >= window:
                 # Hysteresis: wait until half the window is acknowledged, then a burst.
                 self._collect()
@@ -137,19 +141,22 @@ class Forwarder:
             except MessageTooLarge as exc:
                 self._refused([record.seq], "too_large", str(exc))
                 continue
-            except BrokerError:  # not connected any more
-                buffer.returned(record)
+            except NotConnected:
+                buffer.returned(record, replayed)
                 return
-            if mid:
-                inflight[mid] = record
-            else:
-                self._acked.append(record.seq)
+            inflight[mid] = (record, replayed)
             sent += 1
             if sent % 200 == 0:
                 self._collect()
-                if not qos:
-                    await client.drained()  # QoS 0: no faster than the socket takes them
                 await asyncio.sleep(0)  # let polls run during a long drain
+
+    def _window(self) -> int:
+        """The window, or 1 while looking for a message that ends the connection."""
+        if self._probing and time.monotonic() - self._connected_at >= HELD:
+            self._probing = False
+            self._suspect = None
+            log.info("the connection holds again: the window is back", window=self.window)
+        return 1 if self._probing else self.window
 
     async def _wait_for_room(self, low_water: int) -> None:
         """Wait until at most ``low_water`` messages are in flight (or 1 s passed)."""
@@ -170,12 +177,12 @@ class Forwarder:
         del self._states[topic]
         try:
             mid = client.publish(topic, payload, self._state_qos, retain=self._retain)
-        except BrokerError as exc:  # too large, or the connection just went
-            if client.connected:
-                log.warning("state not published", topic=topic, reason=str(exc))
+        except NotConnected:
+            return  # sent again on connect
+        except BrokerError as exc:
+            log.warning("state not published", topic=topic, reason=str(exc))
             return
-        if mid:
-            self.inflight[mid] = None
+        self.inflight[mid] = None
 
     # -- what the transport reports ----------------------------------------------------------
 
@@ -203,35 +210,93 @@ class Forwarder:
         self._connected.set()
         self.buffer.ready.set()
 
-    def disconnected(self, reason: str) -> None:
+    def disconnected(self, reason: str, by_broker: bool) -> None:
         self._connected.clear()
         self._room.set()  # a waiting drain sees the disconnect
-        self._strike()
+        if by_broker and not self._stopping:
+            self._look_for_a_culprit()
 
     def acknowledged(self, mid: int) -> None:
         inflight = self.inflight
         if mid not in inflight:
-            return  # QoS 0 (paho reports those too once written)
+            return  # not ours (a resend after a reset)
         entry = inflight.pop(mid)
         if entry is not None:
-            self._acked.append(entry.seq)
+            self._acked.append(entry[0].seq)
+        self._made_room()
+
+    def refused(self, mid: int, reason: str) -> None:
+        if mid not in self.inflight:
+            return
+        entry = self.inflight.pop(mid)
+        if entry is None:
+            log.warning("the broker refuses a state", reason=reason)
+        else:
+            self._refused([entry[0].seq], "refused_by_broker", reason)
+        self._made_room()
+
+    def lost(self, mid: int) -> None:
+        entry = self.inflight.pop(mid, None)
+        if entry is not None:
+            self.buffer.returned(*entry)
+        self._made_room()
+
+    def received(self, message: Message) -> None:
+        """The readings' session subscribes to nothing."""
+
+    def _made_room(self) -> None:
         low_water = self._low_water
         if low_water is not None and len(self.inflight) <= low_water:
             self._low_water = None
             self._room.set()
 
-    def refused(self, mid: int, reason: str | None) -> None:
-        entry = self.inflight.pop(mid, None)
-        if entry is None:
-            return
-        if reason is None:  # the broker lost it with its session: again, first
-            self.buffer.returned(entry)
-            self.buffer.ready.set()
-        else:
-            self._refused([entry.seq], "refused_by_broker", reason)
+    # -- a message the broker will not take --------------------------------------------------
 
-    def received(self, message: Message) -> None:
-        """The data session subscribes to nothing."""
+    def _look_for_a_culprit(self) -> None:
+        """A broker closes the connection on a message it cannot take (on MQTT 3.1.1: over its
+        size limit, or a QoS it does not take), and paho would send it first on every
+        connection. After a connection that did not hold, messages go one at a time; one that
+        ends ``STRIKES`` connections alone is set aside and counted."""
+        client = self._client
+        records = [entry for entry in self.inflight.values() if entry is not None]
+        if client is None or not records or time.monotonic() - self._connected_at >= HELD:
+            return
+        if not self._probing:
+            self._probing = True
+            log.warning(
+                "the broker dropped the connection soon after it was made: "
+                "messages go one at a time until it holds",
+                in_flight=len(records),
+            )
+            self._restart_session(client, records)
+            return
+        if len(records) != 1:
+            return
+        record = records[0][0]
+        seq, strikes = self._suspect or (record.seq, 0)
+        strikes = strikes + 1 if seq == record.seq else 1
+        self._suspect = (record.seq, strikes)
+        if strikes < STRIKES:
+            return  # paho sends it again first on the next connection
+        self._suspect = None
+        log.error(
+            "the broker closes the connection on this message: it is set aside",
+            seq=record.seq,
+            topic=record.topic,
+            size=record.size,
+            qos=self._qos,
+            hint="an MQTT 3.1.1 broker does this with a message over its size limit or a QoS "
+            "it does not take (mosquitto: max_packet_size, message_size_limit, max_qos)",
+        )
+        self._restart_session(client, [])
+        self._refused([record.seq], "kills_connection", "the broker closed the connection")
+
+    def _restart_session(self, client: MqttClient, resend: list[tuple[Record, bool]]) -> None:
+        """A new session (paho forgets what it holds); ``resend`` goes back to the buffer."""
+        client.reset_session()
+        self.inflight.clear()
+        for record, replayed in reversed(resend):
+            self.buffer.returned(record, replayed)
 
     # -- accounting --------------------------------------------------------------------------
 
@@ -247,38 +312,6 @@ class Forwarder:
             self._refusals.add((kind, reason))
             log.error("the broker refuses messages: they are dropped", kind=kind, reason=reason)
         self.buffer.dropped(seqs, kind)
-
-    def _strike(self) -> None:
-        """A connection that ended soon with the same message oldest in flight, again: after
-        ``STRIKES`` that message is set aside (a broker closes the connection on a message it
-        cannot take, e.g. over its size limit on MQTT 3.1.1) and the session starts anew."""
-        oldest = next((r for r in self.inflight.values() if r is not None), None)
-        if oldest is None or time.monotonic() - self._connected_at >= HELD:
-            self._suspect = None
-            return
-        seq, strikes = self._suspect or (oldest.seq, 0)
-        strikes = strikes + 1 if seq == oldest.seq else 1
-        self._suspect = (oldest.seq, strikes)
-        if strikes < STRIKES or self._client is None:
-            return
-        self._suspect = None
-        log.error(
-            "the broker closes the connection on this message: it is set aside",
-            seq=oldest.seq,
-            topic=oldest.topic,
-            size=oldest.size,
-            qos=self._qos,
-            hint="on MQTT 3.1.1 a broker does this with a message over its size limit or a "
-            "QoS it does not take (mosquitto: max_packet_size, message_size_limit, max_qos)",
-        )
-        # paho would resend it first on every connection: a new session, and every other
-        # message in flight goes back to the buffer, in order.
-        self._client.reset_session()
-        records = [r for r in self.inflight.values() if r is not None]
-        self.inflight.clear()
-        for record in reversed(records[1:]):
-            self.buffer.returned(record)
-        self._refused([oldest.seq], "kills_connection", "the broker closed the connection")
 
     async def _sync(self) -> None:
         """Every ``sync_interval``: delete what was acknowledged, commit, fsync."""
@@ -317,6 +350,7 @@ class Forwarder:
         Nothing is lost by stopping: what is not acknowledged stays in the buffer (on disk, or
         for ``buffer.mode: memory`` it is flushed for up to 2 s first).
         """
+        self._stopping = True
         buffer = self.buffer
         buffer.flush()
         if not self._connected.is_set():
@@ -328,11 +362,11 @@ class Forwarder:
                         await self._drain(client)
                         await asyncio.sleep(0.01)
                 await self._wait_for_room(0)
-        self._states.clear()
+        # "offline" goes out whatever the window: a clean DISCONNECT follows, so the broker
+        # will not publish the will, and the retained status must not stay "online".
+        self._states = {self.status_topic: OFFLINE}
+        self._send_state(client)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
-                await self._wait_for_room(self.window - 1)
-                self._states[self.status_topic] = OFFLINE
-                self._send_state(client)
                 await self._wait_for_room(0)
         self._collect()

@@ -1,1 +1,1 @@
-"""The northbound sink: MQTT. Knows MQTT and nothing about any southbound protocol."""
+"""The MQTT transport (paho behind one boundary) and its settings from the map."""

@@ -1,13 +1,13 @@
 """The transport: one MQTT session through paho-mqtt, driven from the asyncio event loop.
 
-paho does the protocol (packets, QoS flows, keep-alive, resends after a reconnect); this module
-connects, reconnects with a capped, jittered backoff, registers paho's socket with the loop
-through paho's public external-loop callbacks, and tells a ``Listener`` what happened. It knows
-MQTT and bytes, nothing of readings, config or commands; it imports only paho and the gateway's
-leaf utilities (``errors``, ``backoff``).
+paho does the protocol (packets, QoS flows, keep-alive, resends after a reconnect). This module
+connects and reconnects with a capped, jittered backoff, puts paho's socket on the loop through
+paho's public external-loop callbacks, and tells a ``Listener`` what happened. It knows MQTT
+and bytes, nothing of readings, config or commands: it imports paho and the gateway's leaf
+modules only (``errors``, ``backoff``, and ``reasons`` beside it).
 
-paho's blocking part (TCP connect and TLS handshake) runs in the loop's default executor, the one
-thread of this module; everything else runs on the loop.
+paho's blocking part, the TCP connect and TLS handshake, runs in a short-lived thread of its
+own; everything else runs on the loop.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import paho.mqtt.client as paho
 import structlog
@@ -31,22 +31,22 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.backoff import Backoff
-from gateway.errors import BrokerError, MessageTooLarge
+from gateway.errors import (
+    BrokerError,
+    MessageTooLarge,
+    NotConnected,
+    Refused,
+    TransportFailed,
+)
+from gateway.mqtt import reasons
 
 log = structlog.get_logger("gateway.mqtt")
 
-CONNECT_TIMEOUT = 10.0  # TCP and TLS
-CONNACK_TIMEOUT = 10.0  # then the broker's answer to CONNECT
+CONNECT_TIMEOUT = 10.0  # paho's, for the TCP connect and for the TLS handshake
+CONNACK_TIMEOUT = 10.0  # then for the broker's answer to CONNECT
 MISC_EVERY = 1.0  # paho's loop_misc: keep-alive pings and their timeout
 HELD = 10.0  # a connection that lasted this long resets the reconnect backoff
 MAX_PACKET = 268_435_460  # MQTT's own limit: 256 MiB of remaining length and its header
-# MQTT 5 reason codes the gateway acts on (by number: paho's names are text).
-PACKET_ID_NOT_FOUND = 0x92
-KEEP_ALIVE_TIMEOUT = 0x8D
-UNSUPPORTED_VERSION = (0x01, 0x84)  # 3.1.1's "unacceptable protocol version", and MQTT 5's
-RETAIN_NOT_SUPPORTED = 0x9A
-QOS_NOT_SUPPORTED = 0x9B
-REFUSED_LOGIN = (0x04, 0x05, 0x86, 0x87)  # bad user name or password, not authorized
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ class Settings:
     host: str
     port: int
     client_id: str
-    version: int = 3  # 3 = MQTT 3.1.1, or 5
+    version: Literal[3, 5] = 3  # 3 = MQTT 3.1.1
     keepalive: int = 30
     username: str | None = None
     password: str | None = None
@@ -106,18 +106,23 @@ class Message:
 
 
 class Listener(Protocol):
-    """What the transport reports, on the event loop."""
+    """What the transport reports, on the event loop, as it happens."""
 
     def connected(self, broker: Broker) -> None: ...
 
-    def disconnected(self, reason: str) -> None: ...
+    def disconnected(self, reason: str, by_broker: bool) -> None:
+        """The connection is gone; nothing can be published until ``connected``.
+        ``by_broker``: the broker ended it (not a keep-alive timeout, not us)."""
 
     def acknowledged(self, mid: int) -> None:
-        """PUBACK (QoS 1) or PUBCOMP (QoS 2): the broker has message ``mid``."""
+        """The broker has message ``mid`` (PUBACK, PUBCOMP), or at QoS 0 it was written."""
 
-    def refused(self, mid: int, reason: str | None) -> None:
-        """The broker will not take message ``mid`` (MQTT 5 reason), or (``None``) it lost
-        it with its session: send it again."""
+    def refused(self, mid: int, reason: str) -> None:
+        """The broker will never take message ``mid`` (an MQTT 5 reason code)."""
+
+    def lost(self, mid: int) -> None:
+        """Message ``mid`` may be gone with the broker's session, or was never written:
+        send it again."""
 
     def received(self, message: Message) -> None: ...
 
@@ -140,19 +145,18 @@ class MqttClient:
         self._task: asyncio.Task[None] | None = None
         self._connack: asyncio.Future[tuple[ReasonCode, bool, Properties | None]] | None = None
         self._closed: asyncio.Future[str] = self._loop.create_future()
+        self._connecting: asyncio.Future[None] | None = None  # the connect thread's end
         self._misc: asyncio.TimerHandle | None = None
         self._socket: int | None = None  # the file descriptor of paho's socket, while watched
         self._write_soon = False  # a loop_write is scheduled for the end of this loop turn
         self._write_waits = False  # the socket took not all: waiting until it is writable
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self._qos0: set[int] = set()  # QoS 0 messages handed to paho, not yet written
         self._qos2: set[int] = set()  # QoS 2 messages in flight
         self._doubtful: set[int] = set()  # ... that the broker may have lost with its session
         self._last_error: str | None = None
         self._stopping = False
-        props = self._properties
-        self._plain = props(expiring=False)
-        self._expiring = props(expiring=True)
+        self._plain = self._properties(expiring=False)
+        self._expiring = self._properties(expiring=True)
         self._sizes = {id(p): _properties_size(p) for p in (self._plain, self._expiring)}
         self._log = log.bind(
             broker=f"{settings.host}:{settings.port}", client_id=settings.client_id
@@ -179,6 +183,9 @@ class MqttClient:
         if self._task is not None:
             self._task.cancel()
         self._close_socket()
+        sock = self._client.socket()
+        if sock is not None:  # still connecting: nobody will use it any more
+            sock.close()
         if self._tasks is not None:
             await self._tasks.__aexit__(*exc_info)
         self._log.info("broker disconnected")
@@ -196,11 +203,13 @@ class MqttClient:
         expires: bool = False,
         correlation: bytes | None = None,
     ) -> int:
-        """Hand a message to paho: its id (0 at QoS 0, done once written). ``expires``: with
-        the settings' ``message_expiry``. ``MessageTooLarge``: over the broker's maximum packet
-        size, never deliverable. ``BrokerError``: not connected, or an invalid topic."""
-        if self.broker is None:
-            raise BrokerError("not connected")
+        """Hand a message to paho; its id, reported to the listener when done. ``expires``:
+        with the settings' ``message_expiry``. Raises ``NotConnected``, ``MessageTooLarge``
+        (over the broker's maximum packet size: never deliverable), ``BrokerError`` (a topic
+        that is not valid)."""
+        client = self._client
+        if self.broker is None or not client.is_connected():
+            raise NotConnected("not connected")
         properties = self._expiring if expires else self._plain
         if correlation is not None and self._v5:
             properties = self._properties(expiring=expires)
@@ -215,15 +224,16 @@ class MqttClient:
                 f"over the broker's maximum packet size ({self.maximum_packet_size} B)"
             )
         try:
-            info = self._client.publish(topic, payload, qos, retain, properties)
-        except ValueError as exc:  # a topic with wildcards, or not UTF-8
+            info = client.publish(topic, payload, qos, retain, properties)
+        except ValueError as exc:  # a topic with wildcards, or too long
             raise BrokerError(f"cannot publish on {topic!r}: {exc}") from None
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise BrokerError(f"not sent: {paho.error_string(info.rc)}")
-        if qos == 2:
+            raise NotConnected(f"not sent: {paho.error_string(info.rc)}")
+        if qos == 0:
+            self._qos0.add(info.mid)
+        elif qos == 2:
             self._qos2.add(info.mid)
-        self._drained.clear()
-        return info.mid if qos else 0
+        return info.mid
 
     def subscribe(self, topic_filter: str, qos: int = 0) -> None:
         """Subscribe (MQTT 5: with Retain As Published, so a retained command is seen as one)."""
@@ -233,27 +243,21 @@ class MqttClient:
         else:
             self._client.subscribe(topic_filter, qos)
 
-    async def drained(self) -> None:
-        """Wait until paho has written everything it was handed (or 1 s, or a disconnect)."""
-        if not self._drained.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._drained.wait()
-
     def reset_session(self) -> None:
-        """Drop the connection and every message in flight; the next connection starts a new
-        session. The listener hands again what it still wants delivered."""
+        """Forget every message in flight; the next connection starts a new session (the
+        broker forgets its copy too). The listener hands again what it still wants sent."""
         self._fresh = True
+        self._qos0.clear()
         self._qos2.clear()
         self._doubtful.clear()
         old, self._client = self._client, self._new_client()
         self._close_socket()
-        # Without loop callbacks paho writes the DISCONNECT at once and closes its socket.
+        # Without loop callbacks, paho writes a DISCONNECT at once and closes its socket.
         old.on_disconnect = old.on_socket_close = None
         old.on_socket_register_write = old.on_socket_unregister_write = None
-        old.disconnect()
-        if not self._closed.done():
-            self._closed.set_result("the session was reset")
+        if old.is_connected():
+            old.disconnect()
+        self._went_down("the session was reset")
 
     # -- connecting --------------------------------------------------------------------------
 
@@ -262,18 +266,19 @@ class MqttClient:
         while not self._stopping:
             try:
                 broker = await self._connect()
-            except (BrokerError, OSError, TimeoutError, ValueError) as exc:
+            except (BrokerError, OSError, TimeoutError) as exc:
                 self._failed(exc)
                 self._close_socket()
-                if not (isinstance(exc, _Refused) and exc.retry_now):
+                if not (isinstance(exc, Refused) and exc.retry_now):
                     await asyncio.sleep(backoff.next_delay())
                 continue
             since = time.monotonic()
             self._up(broker)
-            reason = await asyncio.shield(self._closed)
-            self._down(reason)
+            reason = await asyncio.shield(self._closed)  # TransportFailed ends the gateway
             if self._stopping:
                 return
+            self._log.warning("broker connection lost", reason=reason)
+            self._last_error = reason
             # A broker that accepts and then drops the connection (a message it cannot take)
             # must not be reconnected to once a second forever.
             if time.monotonic() - since >= HELD:
@@ -283,135 +288,136 @@ class MqttClient:
     async def _connect(self) -> Broker:
         settings, client = self.settings, self._client
         self._closed = self._loop.create_future()
-        self._connack = self._loop.create_future()
+        self._connack = connack = self._loop.create_future()
         properties = None
         if self._v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if settings.persistent:
                 properties.SessionExpiryInterval = settings.session_expiry
-        clean: bool = self._fresh or not settings.persistent
-        if self._will is not None:
-            will = self._will
+        clean = self._fresh or not settings.persistent
+        will = self._will
+        if will is not None:
             client.will_set(will.topic, will.payload, will.qos, will.retain, self._plain)
         else:
             client.will_clear()
-        async with asyncio.timeout(CONNECT_TIMEOUT):
+        try:
             if not self._v5 and clean and settings.persistent:
                 # MQTT 3.1.1 has no "clean start, then keep": a first connection that cleans
-                # the broker's copy of an old session, then the persistent one.
+                # the broker's copy of an old session, then the persistent one. Message ids of
+                # an earlier run then cannot collide with this one's.
                 await self._clean_v3_session()
-            await self._loop.run_in_executor(
-                None,
+            await self._in_thread(
                 lambda: client.connect(
                     settings.host,
                     settings.port,
                     settings.keepalive,
                     clean_start=clean if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
                     properties=properties,
-                ),
+                )
             )
-        try:
             async with asyncio.timeout(CONNACK_TIMEOUT):
-                code, session_present, found = await asyncio.shield(self._connack)
+                code, session_present, found = await asyncio.shield(connack)
         except _Unanswered:
-            raise self._unanswered() from None
+            raise reasons.unanswered(settings, will) from None
         except TimeoutError:
-            raise _Refused(
-                f"the broker did not answer CONNECT within {CONNACK_TIMEOUT:g} s",
-                "a broker that does not speak MQTT 5 may stay silent like this: try mqtt.version: 3"
-                if self._v5
-                else None,
-            ) from None
+            raise reasons.silent(self._v5, CONNACK_TIMEOUT) from None
         if code.is_failure:
-            refused = _connack_reason(code, self._v5)
-            refused.retry_now = self._adjust_will(code)
+            refused = reasons.refused_connect(code, self._v5)
+            plainer = reasons.plainer_will(code, will) if self._v5 else None
+            if plainer is not None:
+                self._log.warning(
+                    "the broker refuses the last will: a plainer one is sent",
+                    reason=code.getName(),
+                    retain=plainer.retain,
+                    qos=plainer.qos,
+                )
+                self._will = plainer
+                raise Refused(refused.reason, refused.hint, retry_now=True)
             raise refused
         self._fresh = False
-        broker = _broker(session_present, found)
-        now, configured = self._will, self.settings.will
-        if not self._v5 and now is not None and configured is not None and now != configured:
-            # MQTT 3.1.1 announces nothing: what the will had to give up, states give up too.
-            qos = 0 if configured.qos and not now.qos else 2
-            broker = replace(broker, retain_available=now.retain, maximum_qos=qos)
-        return broker
+        return _broker(session_present, found)
 
-    def _unanswered(self) -> _Refused:
-        """The broker closed the connection without a CONNACK: say what does that."""
-        settings, will = self.settings, self._will
-        if settings.tls is not None and not settings.client_certificate:
-            return _Refused(
-                "the broker closed the TLS connection without answering",
-                "a broker that requires a client certificate does this: set mqtt.cert and mqtt.key",
-            )
-        if not self._v5 and will is not None and (will.retain or will.qos):
-            # An MQTT 3.1.1 broker that keeps no retained messages, or takes no QoS 1,
-            # closes the connection of a client whose will asks for them.
-            plain = Will(will.topic, will.payload, will.qos, retain=False)
-            if not will.retain:
-                plain = Will(will.topic, will.payload, 0, retain=False)
-            self._log.warning(
-                "the broker closed the connection without answering: trying a plainer will",
-                retain=plain.retain,
-                qos=plain.qos,
-                hint="set mqtt.retain: false (or mqtt.qos: 0) for a broker that takes no "
-                "retained messages (or no QoS 1)",
-            )
-            self._will = plain
-            refused = _Refused("the broker closed the connection without answering")
-            refused.retry_now = True
-            return refused
-        return _Refused(
-            "the broker closed the connection without answering",
-            "the broker's log says why (a client id, protocol version or will it refuses)",
-        )
+    async def _in_thread(self, connect: Callable[[], object]) -> None:
+        """paho's blocking connect in a daemon thread: the loop goes on meanwhile, and a stop
+        never waits for a TCP timeout. One at a time: an attempt abandoned by a timeout is
+        waited for before the next."""
+        if self._connecting is not None:
+            await asyncio.wait({self._connecting})  # its outcome no longer matters
+        self._connecting = done = self._loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+                done.exception()  # retrieved: an abandoned attempt's error is not news
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                connect()
+            except OSError as exc:  # refused, unreachable, TLS (a certificate error is also a
+                error = exc  # ValueError: this comes first)
+            except ValueError as exc:  # paho: a host or port it cannot use
+                error = BrokerError(f"cannot connect: {exc}")
+            except Exception as exc:  # paho failing: the loop sorts it out
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=run, name="mqtt-connect", daemon=True).start()
+        await asyncio.shield(done)
+        self._connecting = None  # only when it ended here: a cancelled wait leaves it pending
 
     async def _clean_v3_session(self) -> None:
-        """Connect and disconnect with clean session set: the broker forgets the old session."""
+        """Connect and disconnect with clean session set: the broker forgets the old session.
+        A refusal or a close is left for the real connection to report."""
         settings = self.settings
-        cleaner = paho.Client(CallbackAPIVersion.VERSION2, settings.client_id, clean_session=True)
+        cleaner = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            settings.client_id,
+            clean_session=True,
+            reconnect_on_failure=False,
+        )
         self._configure(cleaner)
-        done: asyncio.Future[bool] = self._loop.create_future()
+        answered: asyncio.Future[bool] = self._loop.create_future()
 
-        def answered(c: paho.Client, _u: Any, _f: Any, code: ReasonCode, _p: Any) -> None:
-            if not done.done():
-                done.set_result(not code.is_failure)
+        def settle(ok: bool) -> None:
+            if not answered.done():
+                answered.set_result(ok)
 
-        cleaner.on_connect = answered
-        await self._loop.run_in_executor(
-            None, lambda: cleaner.connect(settings.host, settings.port, settings.keepalive)
+        cleaner.on_connect = lambda _c, _u, _f, code, _p: settle(not code.is_failure)
+        cleaner.on_disconnect = lambda *_: settle(False)
+        # No loop callbacks yet: paho writes the CONNECT itself, in the connecting thread.
+        await self._in_thread(
+            lambda: cleaner.connect(settings.host, settings.port, settings.keepalive)
         )
         sock = cleaner.socket()
         if sock is None:
             return
         fd = sock.fileno()
-        self._loop.add_reader(fd, cleaner.loop_read)
-        try:
-            if await done:
-                cleaner.disconnect()  # written at once: paho has no loop callbacks here
-            # A refusal is the same as the real connection's: let that one say why.
-        finally:
-            self._loop.remove_reader(fd)
-            sock.close()
+        watched = [True]
 
-    def _adjust_will(self, code: ReasonCode) -> bool:
-        """A broker that refuses the will's retain or QoS: try again without (one warning)."""
-        will = self._will
-        if will is None or not self._v5:
-            return False
-        if code.value == RETAIN_NOT_SUPPORTED and will.retain:
-            self._log.warning("the broker keeps no retained messages: the will is sent plain")
-            self._will = Will(will.topic, will.payload, will.qos, retain=False)
-            return True
-        if code.value == QOS_NOT_SUPPORTED and will.qos:
-            self._log.warning("the broker refuses the will's QoS: the will is sent at QoS 0")
-            self._will = Will(will.topic, will.payload, 0, will.retain)
-            return True
-        return False
+        def unwatch(*_: object) -> None:  # paho calls it before it closes the socket
+            if watched[0]:
+                watched[0] = False
+                self._loop.remove_reader(fd)
+
+        cleaner.on_socket_close = unwatch
+        self._loop.add_reader(fd, self._guarded(cleaner.loop_read))
+        try:
+            async with asyncio.timeout(CONNACK_TIMEOUT):
+                if await answered:
+                    cleaner.disconnect()  # written at once, then paho closes the socket
+        finally:
+            unwatch()
+            sock.close()
 
     def _up(self, broker: Broker) -> None:
         self.broker = broker
-        if broker.maximum_packet_size is not None:
-            self.maximum_packet_size = broker.maximum_packet_size
+        self.maximum_packet_size = broker.maximum_packet_size or MAX_PACKET
         limits = {
             name: value
             for name, value in (
@@ -428,24 +434,32 @@ class MqttClient:
             **limits,
         )
         self._last_error = None
-        if not broker.session_present and not self._v5:
-            # The broker lost our session: paho resends a released QoS 2 message as a bare
-            # PUBREL, which completes without the message. Each of those is sent again.
-            self._doubtful = set(self._qos2)
+        # A broker that lost our session completes a resent PUBREL without the message it
+        # never got (paho resends a released QoS 2 message as a bare PUBREL): those are sent
+        # again when they complete. At least once, where the broker forgot.
+        self._doubtful = set() if broker.session_present else set(self._qos2)
         self._misc = self._loop.call_later(MISC_EVERY, self._on_misc)
         self.listener.connected(broker)
 
-    def _down(self, reason: str) -> None:
-        self.broker = None
+    def _went_down(self, reason: str, by_broker: bool = False) -> None:
+        """The connection ended (paho said so, or we reset it): tell the listener at once."""
+        connack = self._connack
+        if connack is not None and not connack.done():
+            connack.set_exception(_Unanswered(reason))
+            connack.exception()  # retrieved: an attempt that timed out never awaits it
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
         self._close_socket()
-        self._drained.set()
-        if not self._stopping:
-            self._log.warning("broker connection lost", reason=reason)
-            self._last_error = reason
-        self.listener.disconnected(reason)
+        # QoS 0 messages paho had not written yet are dropped by it on reconnect.
+        unwritten, self._qos0 = self._qos0, set()
+        was_up, self.broker = self.broker is not None, None
+        if not self._closed.done():
+            self._closed.set_result(reason)
+        if was_up:
+            self.listener.disconnected(reason, by_broker)
+            for mid in sorted(unwritten):
+                self.listener.lost(mid)
 
     def _failed(self, exc: BaseException) -> None:
         """A connection attempt failed: say why, once per distinct reason."""
@@ -467,9 +481,9 @@ class MqttClient:
                     hint = "a broker that requires a client certificate refuses the handshake: "
                     hint += "set mqtt.cert and mqtt.key"
                 self._log.error("TLS handshake with the broker failed", reason=reason, hint=hint)
-        elif isinstance(exc, _Refused):
+        elif isinstance(exc, Refused):
             reason = exc.reason
-            if reason != self._last_error:
+            if reason != self._last_error and not exc.retry_now:
                 level = self._log.error if exc.hint else self._log.warning
                 level("broker refused connection", reason=reason, hint=exc.hint)
         else:
@@ -529,6 +543,23 @@ class MqttClient:
         else:
             self._loop.call_soon_threadsafe(call)
 
+    def _guarded(self, step: Callable[[], object]) -> Callable[[], None]:
+        """A paho step run by the loop; if it raises (paho, or a listener through it), the
+        transport fails for good instead of leaving paho half-updated and the gateway waiting."""
+
+        def run() -> None:
+            try:
+                step()
+            except Exception as exc:
+                failure = TransportFailed(f"the MQTT transport failed: {exc!r}")
+                failure.__cause__ = exc
+                for waiting in (self._connack, self._closed):
+                    if waiting is not None and not waiting.done():
+                        waiting.set_exception(failure)
+                self._close_socket()
+
+        return run
+
     def _on_socket_open(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
         # Nagle would hold a packet written while the previous one is unacknowledged for the
         # peer's delayed ACK (~40 ms on Linux).
@@ -537,10 +568,10 @@ class MqttClient:
         fd = sock.fileno()
 
         def watch() -> None:
-            if client is self._client:
+            if client is self._client and not self._stopping:
                 self._close_socket()
                 self._socket = fd
-                self._loop.add_reader(fd, client.loop_read)
+                self._loop.add_reader(fd, self._guarded(client.loop_read))
 
         self._on_loop(watch)
 
@@ -568,19 +599,19 @@ class MqttClient:
         def write_soon() -> None:
             if client is self._client and fd == self._socket and not self._write_soon:
                 self._write_soon = True
-                self._loop.call_soon(self._write, fd)
+                self._loop.call_soon(self._guarded(self._write))
 
         self._on_loop(write_soon)
 
-    def _write(self, fd: int) -> None:
+    def _write(self) -> None:
         self._write_soon = False
-        if fd != self._socket:
+        fd, client = self._socket, self._client
+        if fd is None:
             return
-        client = self._client
         client.loop_write()
         if fd == self._socket and client.want_write() and not self._write_waits:
             self._write_waits = True
-            self._loop.add_writer(fd, client.loop_write)
+            self._loop.add_writer(fd, self._guarded(client.loop_write))
 
     def _on_unregister_write(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
         fd = sock.fileno()
@@ -589,13 +620,12 @@ class MqttClient:
             if client is self._client and fd == self._socket and self._write_waits:
                 self._write_waits = False
                 self._loop.remove_writer(fd)
-            self._drained.set()
 
         self._on_loop(unwatch)
 
     def _on_misc(self) -> None:
         self._misc = None
-        self._client.loop_misc()
+        self._guarded(self._client.loop_misc)()
         if self.broker is not None and self._socket is not None:
             self._misc = self._loop.call_later(MISC_EVERY, self._on_misc)
 
@@ -613,19 +643,16 @@ class MqttClient:
 
     def _on_disconnect(
         self,
-        _client: paho.Client,
+        client: paho.Client,
         _userdata: Any,
         flags: paho.DisconnectFlags,
         code: ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        reason = _disconnect_reason(code, flags.is_disconnect_packet_from_server)
-        connack = self._connack
-        if connack is not None and not connack.done():
-            connack.set_exception(_Unanswered(reason))
-            connack.exception()  # retrieved: an attempt that timed out never awaits it
-        if not self._closed.done():
-            self._closed.set_result(reason)
+        reason, by_broker = reasons.disconnected(code, flags.is_disconnect_packet_from_server)
+        self._on_loop(
+            lambda: self._went_down(reason, by_broker) if client is self._client else None
+        )
 
     def _on_publish(
         self,
@@ -633,20 +660,22 @@ class MqttClient:
         _userdata: Any,
         mid: int,
         code: ReasonCode,
-        _properties: Properties,
+        _properties: Properties | None,
     ) -> None:
-        qos2 = self._qos2
-        if qos2 and mid in qos2:
-            qos2.discard(mid)
+        listener = self.listener
+        if self._qos0 and mid in self._qos0:
+            self._qos0.discard(mid)
+        elif self._qos2 and mid in self._qos2:
+            self._qos2.discard(mid)
             doubtful = mid in self._doubtful
             self._doubtful.discard(mid)
-            if doubtful or code.value == PACKET_ID_NOT_FOUND:
-                self.listener.refused(mid, None)
+            if doubtful or code.value == reasons.PACKET_ID_NOT_FOUND:
+                listener.lost(mid)
                 return
         if code.is_failure:
-            self.listener.refused(mid, code.getName())
+            listener.refused(mid, code.getName())
         else:
-            self.listener.acknowledged(mid)
+            listener.acknowledged(mid)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         found = message.properties
@@ -659,7 +688,7 @@ class MqttClient:
         try:
             topic = message.topic
         except UnicodeDecodeError:
-            return  # paho's own check lets it through; no topic of ours is not UTF-8
+            return  # no topic of ours is anything but UTF-8
         self.listener.received(
             Message(
                 topic,
@@ -676,16 +705,6 @@ class _Unanswered(BrokerError):
     """The connection ended before the broker answered CONNECT."""
 
 
-class _Refused(BrokerError):
-    """The broker answered CONNECT with a refusal."""
-
-    def __init__(self, reason: str, hint: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.hint = hint
-        self.retry_now = False  # the will was adjusted to what the broker takes
-
-
 def _broker(session_present: bool, found: Properties | None) -> Broker:
     def get(name: str) -> Any:
         return getattr(found, name, None) if found is not None else None
@@ -699,28 +718,6 @@ def _broker(session_present: bool, found: Properties | None) -> Broker:
         retain_available=retain is None or bool(retain),
         keepalive=get("ServerKeepAlive"),
     )
-
-
-def _connack_reason(code: ReasonCode, v5: bool) -> _Refused:
-    """A refused CONNECT, in words an operator can act on."""
-    value = code.value
-    if value in UNSUPPORTED_VERSION:
-        other = "3.1.1 (mqtt.version: 3)" if v5 else "5 (mqtt.version: 5)"
-        return _Refused(
-            f"the broker does not speak MQTT {'5' if v5 else '3.1.1'}",
-            f"try MQTT {other}, or a broker that speaks both",
-        )
-    if value in REFUSED_LOGIN:
-        return _Refused("not authorized" if value in (0x05, 0x87) else "bad user name or password")
-    return _Refused(code.getName().lower())
-
-
-def _disconnect_reason(code: ReasonCode, from_broker: bool) -> str:
-    if code.value == KEEP_ALIVE_TIMEOUT:
-        return "no answer to a keep-alive ping"
-    if from_broker:
-        return f"the broker disconnected: {code.getName().lower()}"
-    return "the connection was lost" if code.is_failure else "closed"
 
 
 def _properties_size(properties: Properties | None) -> int:

@@ -32,6 +32,7 @@ class Line:
         broker: str = "",
         points: str = COUNTERS,
         login: tuple[str, str] | None = None,
+        persistence: bool = True,
     ) -> None:
         self.workdir = workdir
         self.broker: Mosquitto | Amqtt
@@ -40,7 +41,8 @@ class Line:
         else:
             # mosquitto's own log beside the others, for a failure's report
             log = f"log_dest file {workdir}/mosquitto.log\n"
-            self.broker = Mosquitto(workdir, extra="max_queued_messages 0\n" + log + broker)
+            extra = "max_queued_messages 0\n" + log + broker
+            self.broker = Mosquitto(workdir, extra=extra, persistence=persistence)
         self.port = free_port()
         self.device = device("plc-q", self.port, points, poll="100ms")
         sim_map = write_map(workdir / "sim.yaml", self.broker.port, [self.device])

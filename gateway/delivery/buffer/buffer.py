@@ -8,6 +8,8 @@ Every record is in exactly one place:
 - the **backlog**: committed, waiting, but only on disk (seqs ``cursor..backlog_to``): what piled
   up during a broker outage, what overflowed ``live``, what a crash left behind;
 - ``out``: handed to the MQTT client and not yet acknowledged;
+- ``resend``: handed, then given back (the broker lost it, or the session was started anew):
+  sent again before anything else;
 - gone: acknowledged (delivered), or dropped by a full buffer or a failed checksum (counted).
 
 After an outage the backlog is sent oldest first, interleaved with live readings at
@@ -69,6 +71,8 @@ class Buffer:
         self.staging: list[Record] = []
         self.live: deque[Record] = deque()
         self.replay: deque[Record] = deque()
+        self.resend: deque[tuple[Record, bool]] = deque()  # (record, replayed), oldest first
+        self._resend_seqs: set[int] = set()
         self.out: dict[int, int] = {}  # seq -> size, handed to the client, not yet acknowledged
         self.out_bytes = 0
         self.deletes: list[int] = []
@@ -140,14 +144,18 @@ class Buffer:
             self.ready.set()
 
     def pending(self) -> bool:
-        return bool(self.live or self.replay or self.cursor <= self.backlog_to)
+        return bool(self.resend or self.live or self.replay or self.cursor <= self.backlog_to)
 
     def next(self) -> tuple[Record, bool] | None:
         """The next record to publish and whether it is replayed; None when nothing waits.
 
         Backlog and live readings share the publishes by ``replay_rate`` (weighted round robin),
-        so a long replay never starves fresh values.
+        so a long replay never starves fresh values. What was given back goes first.
         """
+        if self.resend:
+            record, replayed = self.resend.popleft()
+            self._resend_seqs.discard(record.seq)
+            return record, replayed
         backlog = self._backlog_head()
         if backlog is None and not self.live:
             self.ready.clear()
@@ -186,11 +194,14 @@ class Buffer:
             else:
                 outcomes.dropped[dropped_for] += 1
 
-    def returned(self, record: Record) -> None:
-        """The client refused a record it was handed: it goes back to the front."""
+    def returned(self, record: Record, replayed: bool = False) -> None:
+        """A handed record comes back unsent (or lost on the way): it goes out again before
+        anything else, in the order given back (give back the newest first)."""
         if self.out.pop(record.seq, None) is not None:
             self.out_bytes -= record.size
-        self.live.appendleft(record)
+        self.resend.appendleft((record, replayed))
+        self._resend_seqs.add(record.seq)
+        self.ready.set()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -204,7 +215,8 @@ class Buffer:
         while not self.replay and self.cursor <= self.backlog_to:
             records, corrupt, last = self.store.read(self.cursor, self.backlog_to, READ_CHUNK)
             self.cursor = last + 1
-            self.replay.extend(r for r in records if r.seq not in self.out)
+            skip = self.out.keys() | self._resend_seqs
+            self.replay.extend(r for r in records if r.seq not in skip)
             if corrupt:
                 self._drop_corrupt(corrupt)
         return self.replay[0] if self.replay else None
@@ -241,18 +253,26 @@ class Buffer:
             self.outcomes.dropped["buffer_full"] += dropped
 
     def _over(self) -> bool:
-        """Over ``max_size`` with what waits. Messages in flight (at most the publisher's
+        """Over ``max_size`` with what waits. Messages in flight (at most the forwarder's
         window) come on top: they leave as soon as they are acknowledged."""
         return self.bytes - self.out_bytes > self.max_size
 
     def _oldest_waiting(self) -> tuple[int, int, bool] | None:
         """Remove and return (seq, size, committed) of the oldest record not in flight."""
+        if self.resend:
+            record, _ = self.resend.popleft()
+            self._resend_seqs.discard(record.seq)
+            return record.seq, record.size, True
         if self.replay:
             record = self.replay.popleft()
             return record.seq, record.size, True
         while self.cursor <= self.backlog_to:
             sizes = self.store.sizes(self.cursor, self.backlog_to, READ_CHUNK)
-            waiting = [(seq, size) for seq, size in sizes if seq not in self.out]
+            waiting = [
+                (seq, size)
+                for seq, size in sizes
+                if seq not in self.out and seq not in self._resend_seqs
+            ]
             if not sizes:
                 self.cursor = self.backlog_to + 1
                 break
