@@ -18,7 +18,7 @@ import pytest
 from tests.helpers import Commander, Mosquitto, Process, free_port, wait_port
 from tests.integration.line import COUNTERS, LONG_TEXT, events, wait_event
 from tests.integration.plant import device, write_map
-from tests.integration.test_broker_link import _pki
+from tests.integration.test_broker_link import tls_broker
 
 STATUS = "acme/plant-1/assembly/_gateway/gw-test/status"
 QOS_LOWERED = "the broker's maximum QoS is below mqtt.qos: readings are sent at its maximum"
@@ -177,17 +177,7 @@ def test_a_broker_that_speaks_only_mqtt_3_refuses_mqtt_5_and_the_log_says_so(
 
 def test_a_broker_that_requires_a_client_certificate_says_so(workdir: Path) -> None:
     """D4: without a client certificate, TLS 1.3 ends the connection after the handshake."""
-    pki = workdir / "pki"
-    _pki(pki)
-    tls_port = free_port()
-    broker = Mosquitto(
-        workdir,
-        extra=(
-            f"listener {tls_port} 127.0.0.1\ncafile {pki}/ca.crt\ncertfile {pki}/broker.crt\n"
-            f"keyfile {pki}/broker.key\nrequire_certificate true\n"
-        ),
-    )
-    wait_port(tls_port)
+    broker, tls_port = tls_broker(workdir)
     path = write_map(workdir / "gw.yaml", broker.port, [device("plc-t", free_port(), COUNTERS)])
     path.write_text(
         path.read_text().replace(

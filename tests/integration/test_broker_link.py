@@ -72,7 +72,9 @@ def _pki(folder: Path) -> None:
     _key_and_cert(folder, "other-ca", None)
 
 
-def test_tls_with_client_certificates_and_a_refused_stranger(workdir: Path) -> None:
+def tls_broker(workdir: Path) -> tuple[Mosquitto, int]:
+    """mosquitto with a plain listener and a TLS one (its port returned) that requires a client
+    certificate; the CA, broker, client and stranger CA files in ``workdir/pki``."""
     pki = workdir / "pki"
     _pki(pki)
     tls_port = free_port()
@@ -84,6 +86,11 @@ def test_tls_with_client_certificates_and_a_refused_stranger(workdir: Path) -> N
         ),
     )
     wait_port(tls_port)
+    return broker, tls_port
+
+
+def test_tls_with_client_certificates_and_a_refused_stranger(workdir: Path) -> None:
+    broker, tls_port = tls_broker(workdir)
     port = free_port()
     dev = device("plc-t", port, PLC2_POINTS)
     path = write_map(workdir / "gw.yaml", broker.port, [dev])

@@ -90,6 +90,37 @@ def test_an_outage_becomes_a_backlog_replayed_in_order_interleaved_with_live(
     run(scenario)
 
 
+def test_records_given_back_go_out_first_once_and_survive_a_reconnect(
+    make_store: StoreFactory,
+) -> None:
+    """Handed records the transport gives back (lost with a session, unwritten, a session
+    started anew) are sent before anything else, keep their replayed mark, and are neither
+    stranded by a reconnect nor read again from the backlog."""
+
+    def scenario() -> None:
+        buffer = Buffer(make_store(), max_size=10**6, replay_rate=0.5)
+        buffer.connected()
+        waited = _fill(buffer, 4)
+        buffer.connected()  # a backlog of 4
+        live = _fill(buffer, 4)
+        handed = [buffer.next() for _ in range(4)]
+        for item in handed:
+            assert item is not None
+            buffer.handed(item[0])
+        for record, replayed in reversed([i for i in handed if i is not None]):
+            buffer.returned(record, replayed)  # the newest given back first
+        buffer.connected()  # the connection dropped and came back meanwhile
+        sent = _drain(buffer)
+        assert sent[:4] == [(r.seq, replayed) for r, replayed in (i for i in handed if i)]
+        seqs = [s for s, _ in sent]
+        assert sorted(seqs) == waited + live  # every one, once
+        buffer.acknowledged(seqs)
+        buffer.flush()
+        assert buffer.count == 0 and not buffer.pending()
+
+    run(scenario)
+
+
 def test_a_full_buffer_drops_the_oldest_waiting_and_counts_them(make_store: StoreFactory) -> None:
     def scenario() -> None:
         record_size = 100 + len("t") + 32
