@@ -47,12 +47,11 @@ class Gateway:
             settings.replay_rate,
         )
         mqtt = config.mqtt
-        client_id = mqtt.client_id or config.gateway.id
+        will = Will(self.topics.status, OFFLINE, min(mqtt.qos, 1), mqtt.retain)
+        session = data_session(mqtt, mqtt.client_id or config.gateway.id, will)
         self.encoder = JsonEncoder(self.topics, self.buffer, batch=mqtt.batch == "device")
         self.forwarder = Forwarder(
-            data_session(
-                mqtt, client_id, Will(self.topics.status, OFFLINE, min(mqtt.qos, 1), mqtt.retain)
-            ),
+            session,
             self.buffer,
             mqtt.qos,
             self.topics.status,
@@ -64,7 +63,7 @@ class Gateway:
         writers = {s.device_id: s for s in self.sources if isinstance(s, Writable)}
         # Commands have a session of their own, when the map has a writable point.
         self.commands = (
-            CommandChannel(command_session(mqtt, client_id), self.topics.command_filter())
+            CommandChannel(command_session(session), self.topics.command_filter())
             if any(d.writable for d in config.devices)
             else None
         )

@@ -31,12 +31,14 @@ def data_session(config: MqttSection, client_id: str, will: Will | None) -> Sett
     )
 
 
-def command_session(config: MqttSection, client_id: str) -> Settings:
-    """The commands' session: clean, so the broker never keeps a command for later."""
+def command_session(data: Settings) -> Settings:
+    """The commands' session, beside the readings' one: clean, so the broker never keeps a
+    command for later; no will."""
     return replace(
-        data_session(config, client_id, None),
-        client_id=f"{client_id}-commands",
+        data,
+        client_id=f"{data.client_id}-commands",
         persistent=False,
+        will=None,
         message_expiry=None,
         name="commands",
     )
