@@ -41,7 +41,7 @@ class Gateway:
         )
         settings = config.buffer
         self.buffer = Buffer(
-            open_store(settings.mode, settings.path),
+            open_store(settings.mode, settings.path, settings.max_size),
             settings.max_size,
             settings.on_full,
             settings.replay_rate,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.delivery.buffer import Buffer, MemoryStore, Record, SqliteStore, Store
-from gateway.delivery.buffer.store import PAGE_SIZE, SCHEMA, crc
+from gateway.delivery.buffer.store import PAGE_SIZE, SCHEMA, crc, wal_limit
 from gateway.errors import GatewayError
 
 StoreFactory = Callable[[], Store]
@@ -245,3 +245,26 @@ def test_a_buffer_from_small_pages_keeps_them_until_empty_then_moves_to_large(
     run(reopen)
     SqliteStore(tmp_path / "new").close()
     assert _page_size(tmp_path / "new") == PAGE_SIZE
+
+
+def test_the_files_on_disk_stay_near_max_size(tmp_path: Path) -> None:
+    """20 MB through a 1 MB buffer with the broker away: the database stays within max_size
+    and SQLite's page slack, the WAL within its share (SQLite's default lets it reach 16 MiB)."""
+
+    def scenario() -> None:
+        max_size = 1_000_000
+        buffer = Buffer(SqliteStore(tmp_path, max_size), max_size=max_size)
+        buffer.connected()
+        peak_db = peak_wal = 0
+        for n in range(400):
+            _fill(buffer, 50, size=900)
+            if n % 10 == 0:
+                peak_db = max(peak_db, (tmp_path / "buffer.sqlite3").stat().st_size)
+                wal = tmp_path / "buffer.sqlite3-wal"
+                peak_wal = max(peak_wal, wal.stat().st_size if wal.exists() else 0)
+        assert buffer.outcomes.dropped["buffer_full"] > 15_000
+        assert peak_db <= max_size * 1.25
+        assert peak_wal <= wal_limit(max_size) + 256 * 1024  # and one commit on top
+        buffer.close()
+
+    run(scenario)

@@ -82,7 +82,8 @@ def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
 class SqliteStore:
     durable = True
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, max_size: int | None = None) -> None:
+        """``max_size``: the buffer's bound in bytes; the WAL is kept to a share of it."""
         try:
             folder.mkdir(parents=True, exist_ok=True)
             # One gateway per buffer: two would send the same records. The lock dies with us.
@@ -102,6 +103,12 @@ class SqliteStore:
         _use_large_pages(self.db)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        if max_size is not None:
+            # SQLite checkpoints the WAL every 1,000 pages (16 MiB) and never shrinks it: with
+            # a small buffer the WAL alone would be many times max_size.
+            wal = wal_limit(max_size)
+            self.db.execute(f"PRAGMA wal_autocheckpoint={max(wal // PAGE_SIZE, 4)}")
+            self.db.execute(f"PRAGMA journal_size_limit={wal}")
         self.db.executescript(SCHEMA)
         self._dirty = False
 
@@ -284,7 +291,12 @@ class MemoryStore:
         self.order.clear()
 
 
-def open_store(mode: str, path: Path) -> Store:
+def open_store(mode: str, path: Path, max_size: int | None = None) -> Store:
     if mode == "memory" or str(path) == ":memory:":
         return MemoryStore()
-    return SqliteStore(path)
+    return SqliteStore(path, max_size)
+
+
+def wal_limit(max_size: int) -> int:
+    """Bytes the WAL may take: a quarter of ``max_size``, between 256 KiB and 16 MiB."""
+    return min(max(max_size // 4, 256 * 1024), 16 * 1024 * 1024)
