@@ -14,6 +14,8 @@
     - ``MessageTooLarge``: a message over the broker's maximum packet size (MQTT 5): it can
       never be delivered, so it is dropped and counted.
     - ``NotConnected``: a message handed to the transport while it has no connection.
+  - ``StoreError``: the durable buffer cannot write (a full disk, an I/O error); what was to
+    be written waits in memory and is written again.
   - ``TransportFailed``: the MQTT transport itself failed (paho or a listener raised); the
     gateway stops rather than stall.
 
@@ -86,6 +88,10 @@ class Refused(BrokerError):
         self.reason = reason
         self.hint = hint
         self.retry_now = retry_now  # the next attempt differs (a plainer will): no backoff
+
+
+class StoreError(GatewayError):
+    """The buffer's store could not write; ``str(error)`` is SQLite's or the system's reason."""
 
 
 class TransportFailed(GatewayError):

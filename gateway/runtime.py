@@ -73,6 +73,7 @@ class Gateway:
             self.topics,
             self.commands.answer if self.commands is not None else _no_answer,
             self._publish_now,
+            mqtt.response_prefix,
         )
 
     async def run(self) -> None:

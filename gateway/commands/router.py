@@ -62,12 +62,15 @@ class CommandRouter:
         topics: Topics,
         respond: Respond,
         publish_reading: Callable[[Reading], None],
+        response_prefix: str | None = None,
     ) -> None:
+        """``response_prefix``: MQTT 5 response topics are honoured only under it."""
         self.devices = {d.id: d for d in devices}
         self.sources = sources
         self.topics = topics
         self.respond = respond
         self.publish_reading = publish_reading
+        self.response_prefix = response_prefix
         self.limits = {d.id: RateLimit(d.write_rate_limit) for d in devices}
         self.locks = {d.id: asyncio.Lock() for d in devices}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -133,9 +136,15 @@ class CommandRouter:
 
     def _answer(self, message: Incoming, result: Result) -> None:
         result.audit(message.client)
-        topic = message.response_topic
-        if not topic or "+" in topic or "#" in topic:
-            topic = message.topic + "/result"
+        topic, prefix = message.response_topic, self.response_prefix
+        if (
+            not topic
+            or prefix is None
+            or not topic.startswith(prefix)
+            or "+" in topic
+            or "#" in topic
+        ):
+            topic = message.topic + "/result"  # never a topic the gateway reads or owns
         self.respond(topic, result.payload(), message.correlation)
         self.answered += 1
 

@@ -60,6 +60,9 @@ class MqttSection(StrictModel):
     qos: Literal[0, 1, 2] = 1
     # Retained states and last will; false for a broker that keeps no retained messages.
     retain: bool = True
+    # MQTT 5: a command's result goes to its response topic only under this prefix, which must
+    # not overlap the gateway's own topics; otherwise to the command topic + "/result".
+    response_prefix: str | None = None
     topic: str = DEFAULT_TOPIC
     # `device`: one message per device per poll cycle on `batch_topic`, instead of per point.
     batch: Literal["point", "device"] = "point"
@@ -98,6 +101,18 @@ class MqttSection(StrictModel):
             raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
         return url
 
+    @field_validator("response_prefix")
+    @classmethod
+    def _check_response_prefix(cls, prefix: str | None) -> str | None:
+        if prefix is None:
+            return None
+        if not prefix.strip("/") or "+" in prefix or "#" in prefix or prefix.startswith("/"):
+            raise ValueError(
+                f"{prefix!r}: a response prefix is one or more topic levels without wildcards, "
+                "e.g. replies/"
+            )
+        return prefix if prefix.endswith("/") else prefix + "/"
+
     @field_validator("batch_topic")
     @classmethod
     def _check_batch_topic(cls, topic: str) -> str:
@@ -126,6 +141,19 @@ class MqttSection(StrictModel):
     @property
     def tls(self) -> bool:
         return urlsplit(self.url).scheme == "mqtts"
+
+
+def _fixed_head(template: str, gateway: GatewaySection) -> str:
+    """The levels of a topic template before the first that names a line, device or point,
+    rendered for this gateway (``acme/plant-1/assembly/``)."""
+    h = gateway.hierarchy
+    values = {"enterprise": h.enterprise, "site": h.site, "area": h.area, "gateway": gateway.id}
+    head = ""
+    for level in template.split("/"):
+        if _topic_fields(level) - set(values):
+            break
+        head += level.format(**values) + "/"
+    return head
 
 
 def _topic_fields(topic: str) -> set[str]:
@@ -218,3 +246,23 @@ class RootSection(StrictModel):
     mqtt: MqttSection = MqttSection()
     buffer: BufferSection = BufferSection()
     devices: list[dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _response_prefix_apart(self) -> RootSection:
+        """Results published under the prefix must never land on a topic the gateway reads
+        (a command) or owns (a status): the prefix and the gateway's topics share no head."""
+        prefix = self.mqtt.response_prefix
+        if prefix is None:
+            return self
+        h = self.gateway.hierarchy
+        heads = [f"{h.enterprise}/{h.site}/{h.area}/"]
+        heads += [_fixed_head(t, self.gateway) for t in (self.mqtt.topic, self.mqtt.batch_topic)]
+        for head in heads:
+            if prefix.startswith(head) or head.startswith(prefix):
+                raise FieldError(
+                    "mqtt",
+                    f"mqtt.response_prefix {prefix!r} overlaps the gateway's own topics "
+                    f"({head}...): a result published there could be taken for a command; "
+                    "choose a prefix outside them, e.g. replies/",
+                )
+        return self

@@ -45,7 +45,11 @@ class FuzzPlant:
             "    unit_id: 1\n", "    unit_id: 1\n    write_rate_limit: 100000\n"
         )
         path = write_map(
-            workdir / "map.yaml", broker.port, [plc], "version: 5", "buffer: {mode: memory}"
+            workdir / "map.yaml",
+            broker.port,
+            [plc],
+            "version: 5\nresponse_prefix: replies/",
+            "buffer: {mode: memory}",
         )
         self.sim = Process("simulate", str(path), log=workdir / "sim.log")
         wait_port(self.port)

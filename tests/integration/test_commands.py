@@ -48,7 +48,13 @@ PREFIX = "acme/plant-1/assembly/line-1"
 
 
 def _map(path: Path, broker_port: int, devices: list[str]) -> Path:
-    return write_map(path, broker_port, devices, "version: 5", "buffer: {mode: memory}")
+    return write_map(
+        path,
+        broker_port,
+        devices,
+        "version: 5\nresponse_prefix: replies/",
+        "buffer: {mode: memory}",
+    )
 
 
 class WritePlant:

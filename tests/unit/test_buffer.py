@@ -268,3 +268,32 @@ def test_the_files_on_disk_stay_near_max_size(tmp_path: Path) -> None:
         buffer.close()
 
     run(scenario)
+
+
+def test_a_full_disk_keeps_readings_in_memory_counts_what_it_drops_and_recovers(
+    tmp_path: Path,
+) -> None:
+    """SQLite's page limit gives the same error as a full disk ("database or disk is full")."""
+
+    def scenario() -> None:
+        store = SqliteStore(tmp_path)
+        buffer = Buffer(store, max_size=10**9, live_limit=500)
+        buffer.connected()
+        committed = _fill(buffer, 100)
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here
+        for _ in range(3):
+            for _ in range(400):
+                buffer.add(Record(buffer.take_seq(), "t", b"x" * 2000, 1.0))
+            buffer.flush()  # fails, keeps what it can, never raises
+        assert buffer.outcomes.dropped["disk_full"] == 1200 - 500
+        assert buffer.count == 100 + 500  # the status tells the truth
+        assert store.totals()[0] == 100
+        store.db.execute("PRAGMA max_page_count = 1000000")  # space is back
+        buffer.flush()
+        assert store.totals()[0] == 600
+        sent = sorted(seq for seq, _ in _drain(buffer))
+        newest = list(range(committed[-1] + 701, committed[-1] + 1201))  # the oldest dropped
+        assert sent == committed + newest
+
+    run(scenario)

@@ -277,6 +277,7 @@ class Harness:
             self.topics,
             lambda t, p, c: self.answers.append((t, p, c)),
             self.published.append,
+            response_prefix="app/",
         )
         for message in messages:
             router.handle(message)
@@ -298,6 +299,8 @@ def test_router_answers_writes_and_publishes() -> None:
             Incoming(f"{PREFIX}/plc/temp/set", b"1"),
             Incoming(f"{PREFIX}/plc/sp/set", b"1", response_topic="app/replies", correlation=b"c1"),
             Incoming(f"{PREFIX}/plc/run/set", b"true", retain=True),
+            # A response topic outside the prefix (here: another command topic) is not used.
+            Incoming(f"{PREFIX}/plc/temp/set", b"2", response_topic=f"{PREFIX}/plc/sp/set"),
         ],
     )
     answers = [(t, json.loads(p), c) for t, p, c in harness.answers]
@@ -305,6 +308,7 @@ def test_router_answers_writes_and_publishes() -> None:
     assert [(t, a["ok"], a.get("error"), c) for t, a, c in answers] == [
         (f"{PREFIX}/plc/temp/set/result", False, "not writable", None),
         (f"{PREFIX}/plc/run/set/result", False, RETAINED, None),
+        (f"{PREFIX}/plc/temp/set/result", False, "not writable", None),
         (f"{PREFIX}/plc/sp/set/result", True, None, None),
         ("app/replies", True, None, b"c1"),
     ]  # fmt: skip

@@ -27,6 +27,7 @@ import structlog
 
 from gateway.delivery.buffer.record import Record
 from gateway.delivery.buffer.store import Store
+from gateway.errors import StoreError
 
 log = structlog.get_logger("gateway.buffer")
 
@@ -36,6 +37,8 @@ READ_CHUNK = 500  # backlog records read back per query
 COMMIT_DELAY = 0.005
 COMMIT_BATCH = 2000
 LIVE_LIMIT = 20_000  # records kept in memory; beyond, they wait on disk only
+RETRY_WRITE = 1.0  # seconds between attempts while the store cannot write
+SAY_AGAIN = 60.0  # a store that still cannot write is logged again after this long
 
 
 @dataclass
@@ -83,6 +86,8 @@ class Buffer:
         self._credit = 0.0
         self._flush_scheduled = False
         self._connected_before = False
+        self._failing_since: float | None = None  # the store cannot write (a full disk)
+        self._said_at = 0.0
 
     # -- from the pipeline ----------------------------------------------------------------
 
@@ -98,7 +103,7 @@ class Buffer:
         self.bytes += record.size
         if self._over():
             self._make_room()
-        if len(self.staging) >= COMMIT_BATCH:
+        if len(self.staging) >= COMMIT_BATCH and self._failing_since is None:
             self.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -112,13 +117,26 @@ class Buffer:
     # -- commits ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Commit staged records and acknowledged deletions in one transaction."""
+        """Commit staged records and acknowledged deletions in one transaction. If the store
+        cannot write, they wait in memory (the oldest dropped beyond ``live_limit``, counted
+        ``disk_full``) and the write is tried again every ``RETRY_WRITE``."""
         self._flush_scheduled = False
         if not self.staging and not self.deletes:
             return
-        staged, self.staging = self.staging, []
-        deletes, self.deletes = self.deletes, []
-        self.store.write(staged, deletes, self.next_seq - 1)
+        staged, deletes = self.staging, self.deletes
+        try:
+            self.store.write(staged, deletes, self.next_seq - 1)
+        except StoreError as exc:
+            self._cannot_write(exc)
+            return
+        self.staging, self.deletes = [], []
+        if self._failing_since is not None:
+            log.warning(
+                "the buffer writes again",
+                after_s=round(time.monotonic() - self._failing_since, 1),
+                dropped=self.outcomes.dropped["disk_full"],
+            )
+            self._failing_since = None
         if staged:
             self.live.extend(staged)
             while len(self.live) > self.live_limit:
@@ -127,10 +145,41 @@ class Buffer:
         if not self._over():
             self.room.set()
 
+    def _cannot_write(self, exc: StoreError) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._said_at >= SAY_AGAIN:
+            self._said_at = now
+            log.error(
+                "the buffer cannot write: readings wait in memory",
+                reason=str(exc),
+                waiting=len(self.staging),
+                hint="free space where buffer.path is, or lower buffer.max_size",
+            )
+        if self.deletes:  # deleting what was delivered may be what frees the space
+            try:
+                self.store.write([], self.deletes, self.next_seq - 1)
+                self.deletes = []
+            except StoreError:
+                pass  # the same condition: said above
+        excess = len(self.staging) - self.live_limit
+        if excess > 0:
+            dropped, self.staging = self.staging[:excess], self.staging[excess:]
+            self.count -= len(dropped)
+            self.bytes -= sum(r.size for r in dropped)
+            self.outcomes.dropped["disk_full"] += len(dropped)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(RETRY_WRITE, self.flush)
+
     async def sync(self) -> None:
         """Flush, then fsync the store (every ``sync_interval``)."""
         self.flush()
-        await self.store.sync()
+        try:
+            await self.store.sync()
+        except StoreError as exc:
+            self._cannot_write(exc)
 
     # -- to the broker ---------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.delivery.buffer.record import Record
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -135,10 +135,18 @@ class SqliteStore:
             if runs:
                 db.executemany("DELETE FROM records WHERE seq BETWEEN ? AND ?", runs)
             db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # a full disk, an I/O error: nothing written
+            self._rollback()
+            raise StoreError(str(exc)) from None
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._dirty = True
+
+    def _rollback(self) -> None:
+        """SQLite rolls back by itself on some errors (a full disk): then there is nothing."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     def read(self, first: int, last: int, limit: int) -> tuple[list[Record], list[int], int]:
         rows = self.db.execute(
@@ -179,7 +187,11 @@ class SqliteStore:
         if not self._dirty:
             return
         self._dirty = False
-        await asyncio.to_thread(_fsync, [Path(f"{self.path}-wal"), self.path])
+        try:
+            await asyncio.to_thread(_fsync, [Path(f"{self.path}-wal"), self.path])
+        except OSError as exc:  # an I/O error on the disk: the next sync tries again
+            self._dirty = True
+            raise StoreError(f"fsync failed: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
