@@ -63,6 +63,8 @@ class MqttSection(StrictModel):
     # MQTT 5: a command's result goes to its response topic only under this prefix, which must
     # not overlap the gateway's own topics; otherwise to the command topic + "/result".
     response_prefix: str | None = None
+    # MQTT 5: the largest packet the broker may send the gateway (its Maximum Packet Size).
+    max_incoming: ByteSize = Field(default=256 * 1024, ge=1024)
     topic: str = DEFAULT_TOPIC
     # `device`: one message per device per poll cycle on `batch_topic`, instead of per point.
     batch: Literal["point", "device"] = "point"

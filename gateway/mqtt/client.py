@@ -78,6 +78,7 @@ class Settings:
     will: Will | None = None
     content_type: str | None = None  # MQTT 5: on every message
     message_expiry: int | None = None  # MQTT 5: on messages published with ``expires``
+    max_incoming: int | None = None  # MQTT 5: the broker sends no larger packet (bytes)
     name: str = "data"  # in the logs: which of the gateway's sessions this is
 
 
@@ -294,6 +295,8 @@ class MqttClient:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if settings.persistent:
                 properties.SessionExpiryInterval = settings.session_expiry
+            if settings.max_incoming is not None:
+                properties.MaximumPacketSize = settings.max_incoming
         clean = self._fresh or not settings.persistent
         will = self._will
         if will is not None:

@@ -28,6 +28,7 @@ def data_session(config: MqttSection, client_id: str, will: Will | None) -> Sett
         will=will,
         content_type="application/json",
         message_expiry=None if config.message_expiry is None else int(config.message_expiry),
+        max_incoming=int(config.max_incoming),
     )
 
 

@@ -126,6 +126,48 @@ def test_a_command_queued_by_the_broker_while_the_gateway_was_away_is_never_exec
         broker.stop()
 
 
+def test_a_huge_command_never_reaches_the_gateway_on_mqtt_5(workdir: Path) -> None:
+    """The gateway announces ``mqtt.max_incoming`` (256 KiB) as its MQTT 5 Maximum Packet
+    Size: the broker does not forward a 64 MiB command to it, so it costs the gateway nothing."""
+    broker = Mosquitto(workdir)
+    port = free_port()
+    points = (
+        "\n      - {name: sp, table: holding, address: 0, type: uint16, writable: true, "
+        "sim: {constant: 10}}"
+    )
+    path = write_map(
+        workdir / "gw.yaml", broker.port, [device("plc-h", port, points)], "version: 5"
+    )
+    sim = Process("simulate", str(path), log=workdir / "sim.log")
+    commander = Commander(broker.port, "acme/#")
+    gateway = None
+    topic = "acme/plant-1/assembly/line-1/plc-h/sp/set"
+    try:
+        wait_port(port)
+        gateway = Process("run", str(path), log=workdir / "gw.log")
+        assert commander.first_command(topic, '{"value": 11, "id": "before"}')["ok"] is True
+        rss_before = _rss_kib(gateway)
+        commander.client.publish(topic, b"7" * (64 * 1024 * 1024), qos=1).wait_for_publish(30)
+        after = commander.first_command(topic, '{"value": 12, "id": "after"}')
+        assert (after["id"], after["ok"]) == ("after", True)
+        assert _rss_kib(gateway) - rss_before < 8 * 1024  # KiB: it never arrived
+        errors = [p.get("error", "") for t, p, _ in commander.answers if isinstance(p, dict)]
+        assert not any("too large" in e for e in errors)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        commander.close()
+        sim.stop()
+        broker.stop()
+
+
+def _rss_kib(process: Process) -> int:
+    for line in Path(f"/proc/{process.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def test_a_message_that_makes_the_broker_drop_the_connection_is_set_aside(
     make_line: Any,
 ) -> None:
