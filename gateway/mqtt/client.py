@@ -158,7 +158,7 @@ class MqttClient:
         self._stopping = False
         self._plain = self._properties(expiring=False)
         self._expiring = self._properties(expiring=True)
-        self._sizes = {id(p): _properties_size(p) for p in (self._plain, self._expiring)}
+        self._shared_sizes = {id(p): _properties_size(p) for p in (self._plain, self._expiring)}
         self._log = log.bind(
             broker=f"{settings.host}:{settings.port}", client_id=settings.client_id
         )
@@ -216,14 +216,14 @@ class MqttClient:
             properties = self._properties(expiring=expires)
             if properties is not None:
                 properties.CorrelationData = correlation
-            size = _properties_size(properties)
-        else:
-            size = self._sizes.get(id(properties), 0)
-        wire = len(topic.encode()) + len(payload) + size + (4 if qos else 2)
-        if wire + _length_size(wire) + 1 > self.maximum_packet_size:
-            raise MessageTooLarge(
-                f"over the broker's maximum packet size ({self.maximum_packet_size} B)"
-            )
+        limit = self.maximum_packet_size
+        if limit < MAX_PACKET:  # the broker announced a limit: count the packet's bytes
+            shared = self._shared_sizes.get(id(properties))
+            size = _properties_size(properties) if shared is None else shared
+            wire = len(topic.encode()) + len(payload) + size
+            wire += 4 if qos else 2
+            if wire + _length_size(wire) + 1 > limit:
+                raise MessageTooLarge(f"over the broker's maximum packet size ({limit} B)")
         try:
             info = client.publish(topic, payload, qos, retain, properties)
         except ValueError as exc:  # a topic with wildcards, or too long
