@@ -13,10 +13,13 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/factory-gateway demo
 
-# The integration tests need Debian's mosquitto (they start it on a free port) and socat.
+# The integration tests need Debian's mosquitto (they start it on a free port), its clients
+# (a flood of commands is sent with mosquitto_pub) and socat.
 mosquitto:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto socat)
+	@(command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto) && \
+	  command -v mosquitto_pub >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    mosquitto mosquitto-clients socat)
 
 # The benchmark counts messages with mosquitto_sub (C), independent of the gateway.
 mosquitto-clients:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import Any
@@ -36,3 +37,34 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
+
+
+class Tally:
+    """Counts a repeated event and logs it at most once per ``every`` seconds: the first at
+    once, then how many more happened, so a flood costs a count, not a log line each."""
+
+    def __init__(self, log: Any, event: str, every: float = 10.0, **context: Any) -> None:
+        self.log, self.event, self.every, self.context = log, event, every, context
+        self.total = 0
+        self._unsaid = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self) -> None:
+        self.total += 1
+        self._unsaid += 1
+        if self._timer is None:
+            self._say()
+
+    def _say(self, again: bool = True) -> None:
+        self._timer = None
+        if self._unsaid:
+            self.log.warning(self.event, count=self._unsaid, total=self.total, **self.context)
+            self._unsaid = 0
+            if again:
+                self._timer = asyncio.get_running_loop().call_later(self.every, self._say)
+
+    def close(self) -> None:
+        """Say what is still unsaid (at shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._say(again=False)

@@ -2,8 +2,9 @@
 
     sources (one task per device) -> pipeline (transforms) -> encoder -> buffer -> forwarder
     -> MQTT transport (the readings' session)
-    commands: MQTT transport (the commands' session) -> channel -> router -> source.write ->
-    answer on the commands' session (+ the value read back, as a reading, into the encoder)
+    commands: MQTT transport (the commands' session) -> channel -> intake (bounded queue and
+    rate) -> router -> source.write -> answer on the commands' session (+ the value read back,
+    as a reading, into the encoder)
 
 Every device runs in its own task, so a slow or dead device never delays another. The pump of
 each device also publishes the device's connection state when it changes.
@@ -18,6 +19,7 @@ import structlog
 
 from gateway.commands import CommandRouter
 from gateway.commands.channel import CommandChannel
+from gateway.commands.intake import Intake
 from gateway.config.load import Config
 from gateway.delivery.buffer import Buffer, open_store
 from gateway.delivery.encode_json import JsonEncoder, iso_time, kept_json
@@ -74,7 +76,9 @@ class Gateway:
             self.commands.answer if self.commands is not None else _no_answer,
             self._publish_now,
             mqtt.response_prefix,
+            config.commands.max_age,
         )
+        self.intake = Intake(config.commands.rate, config.commands.queue)
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -89,7 +93,8 @@ class Gateway:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.forwarder.run(), name="mqtt-forwarder")
                 if self.commands is not None:
-                    tasks.create_task(self.commands.run(self.router.handle), name="commands")
+                    tasks.create_task(self.intake.run(self.router.handle), name="command-intake")
+                    tasks.create_task(self.commands.run(self.intake.offer), name="commands")
                 for source in self.sources:
                     tasks.create_task(self._pump(source), name=f"device:{source.device_id}")
         finally:

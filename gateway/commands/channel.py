@@ -5,7 +5,9 @@ A clean session of its own (never resumed, MQTT 5 session expiry 0), apart from 
 persistent one: a broker keeps nothing for a session that ended, so a command published while
 the gateway was away is never executed late, whatever the broker's queueing settings. The
 subscription is QoS 0 and made on every connect; answers go out at QoS 1, not buffered (a late
-answer is useless: a caller that got none reads its timeout as "unknown").
+answer is useless: a caller that got none reads its timeout as "unknown"). At most
+``MAX_ANSWERS`` answers wait for the broker's acknowledgement; beyond, an answer is dropped and
+counted: a broker that does not take them would otherwise fill the gateway's memory.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import structlog
 
 from gateway.commands.request import Incoming
 from gateway.errors import BrokerError
+from gateway.logging import Tally
 from gateway.mqtt.client import Broker, Message, MqttClient, Settings
 
 log = structlog.get_logger("gateway.commands")
 
 # MQTT 5 user properties that name who sent a command (for the audit log).
 CLIENT_PROPERTIES = ("client_id", "client", "user", "source")
+
+MAX_ANSWERS = 100  # answers sent and not yet acknowledged
 
 
 class CommandChannel:
@@ -33,21 +38,33 @@ class CommandChannel:
         self.subscription = subscription
         self._client: MqttClient | None = None
         self._handle: Callable[[Incoming], None] | None = None
+        self._unacknowledged: set[int] = set()
+        self.answers_dropped: Tally | None = None
 
     async def run(self, handle: Callable[[Incoming], None]) -> None:
         """Receive commands for ``handle`` (on the event loop) until cancelled."""
         self._handle = handle
-        async with MqttClient(self.settings, self) as client:
-            self._client = client
-            await asyncio.get_running_loop().create_future()  # until cancelled
+        self.answers_dropped = Tally(
+            log, "command answers dropped: the broker does not acknowledge them", limit=MAX_ANSWERS
+        )
+        try:
+            async with MqttClient(self.settings, self) as client:
+                self._client = client
+                await asyncio.get_running_loop().create_future()  # until cancelled
+        finally:
+            self.answers_dropped.close()
 
     def answer(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
         """A command's result; nothing when disconnected."""
         client = self._client
         if client is None or not client.connected:
             return
+        if len(self._unacknowledged) >= MAX_ANSWERS:
+            if self.answers_dropped is not None:
+                self.answers_dropped.add()
+            return
         try:
-            client.publish(topic, payload, 1, correlation=correlation)
+            self._unacknowledged.add(client.publish(topic, payload, 1, correlation=correlation))
         except BrokerError as exc:  # a response topic comes from anyone: it may be invalid
             log.warning("command answer not published", topic=topic, reason=str(exc))
 
@@ -58,16 +75,16 @@ class CommandChannel:
             self._client.subscribe(self.subscription, 0)
 
     def disconnected(self, reason: str, by_broker: bool) -> None:
-        pass
+        self._unacknowledged.clear()  # a clean session: the broker forgets them too
 
     def acknowledged(self, mid: int) -> None:
-        pass
+        self._unacknowledged.discard(mid)
 
     def refused(self, mid: int, reason: str) -> None:
-        pass
+        self._unacknowledged.discard(mid)
 
     def lost(self, mid: int) -> None:
-        pass  # an answer is not sent again: a late one is useless
+        self._unacknowledged.discard(mid)  # not sent again: a late answer is useless
 
     def received(self, message: Message) -> None:
         if self._handle is None:

@@ -28,8 +28,7 @@ def parse_value(text: str) -> Scalar:
         json.loads(text)
     except ValueError:
         return text
-    _, value = parse(text.encode())  # the same checks as a command payload (no NaN...)
-    return value
+    return parse(text.encode()).value  # the same checks as a command payload (no NaN...)
 
 
 async def write_directly(config: Config, device_id: str, point: str, value: Scalar) -> Result:

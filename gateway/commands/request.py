@@ -7,9 +7,12 @@ JSON scalar. Everything a caller can get wrong is a ``CommandError`` whose text 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
 
 from gateway.config.schema import PointConfig
 from gateway.errors import CommandError
@@ -32,11 +35,22 @@ class Incoming:
     correlation: bytes | None = None  # MQTT 5: echoed with the answer
     client: str | None = None  # who sent it, when an MQTT 5 user property says so
 
+    def cut(self, size: int) -> Incoming:
+        """The same message with its payload cut to ``size`` bytes."""
+        return dataclasses.replace(self, payload=self.payload[:size])
 
-def parse(payload: bytes) -> tuple[CommandId, Scalar]:
-    """``(id, value)`` of a command payload; ``CommandError`` carries the id when it was read."""
+
+class Command(NamedTuple):
+    id: CommandId
+    value: Scalar
+    ts: object = None  # the sender's "ts", read only with commands.max_age
+
+
+def parse(payload: bytes) -> Command:
+    """A command payload's id, value and time; ``CommandError`` carries the id when it was
+    read."""
     if len(payload) > MAX_PAYLOAD:
-        raise CommandError(f"payload too large ({len(payload)} bytes, at most {MAX_PAYLOAD})")
+        raise CommandError(f"payload too large (more than {MAX_PAYLOAD} bytes)")
     try:
         data = json.loads(payload, parse_constant=_no_constant)
     except _NotANumber as exc:
@@ -44,7 +58,7 @@ def parse(payload: bytes) -> tuple[CommandId, Scalar]:
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
         raise CommandError(f"malformed JSON: {_first_line(exc)}") from None
     if not isinstance(data, dict):
-        return None, _scalar(data)
+        return Command(None, _scalar(data))
     command_id = data.get("id")
     if command_id is not None:
         if isinstance(command_id, bool) or not isinstance(command_id, str | int | float):
@@ -56,9 +70,33 @@ def parse(payload: bytes) -> tuple[CommandId, Scalar]:
     if "value" not in data:
         raise CommandError('no "value" in the command', command_id)
     try:
-        return command_id, _scalar(data["value"])
+        return Command(command_id, _scalar(data["value"]), data.get("ts"))
     except CommandError as exc:
         raise CommandError(str(exc), command_id) from None
+
+
+def check_age(ts: object, max_age: float, now: float) -> None:
+    """Refuse a command sent more than ``max_age`` seconds ago (a replay, or stuck on the way),
+    or one that does not say when it was sent."""
+    if ts is None:
+        raise CommandError('no "ts": commands must say when they were sent (commands.max_age)')
+    age = now - _sent(ts)
+    if age > max_age:
+        raise CommandError(f"too old: sent {age:.1f} s ago, commands.max_age is {max_age:g} s")
+    if age < -max_age:
+        raise CommandError(f"sent {-age:.1f} s in the future: check the sender's clock")
+
+
+def _sent(ts: object) -> float:
+    if not isinstance(ts, str) or len(ts) > 40:
+        raise CommandError('ts must be an ISO 8601 time, e.g. "2026-12-06T10:00:00Z"')
+    try:
+        when = datetime.fromisoformat(ts)
+    except ValueError:
+        raise CommandError(f"ts {ts!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise CommandError('ts needs a UTC offset, e.g. "2026-12-06T10:00:00Z"')
+    return when.timestamp()
 
 
 def check_limits(point: PointConfig, value: Scalar) -> None:

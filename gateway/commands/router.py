@@ -8,6 +8,7 @@ event loop and it answers through ``respond``. Every message gets exactly one an
   the write with the device's polls. Different devices write in parallel.
 - ``write_rate_limit`` per device: a token bucket; a command beyond it is refused at once.
 - Retained commands are refused: a broker would hand them out again on every reconnect.
+- With ``max_age``, a command must carry its sending time ``ts`` and be younger than that.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 import structlog
 
 from gateway.commands.execute import REFUSED, Result, check_command, execute
-from gateway.commands.request import CommandId, Incoming, parse
+from gateway.commands.request import CommandId, Incoming, check_age, parse
 from gateway.config.schema import DeviceConfig
 from gateway.errors import CommandError
 from gateway.model import Reading, Scalar
@@ -63,14 +64,17 @@ class CommandRouter:
         respond: Respond,
         publish_reading: Callable[[Reading], None],
         response_prefix: str | None = None,
+        max_age: float | None = None,
     ) -> None:
-        """``response_prefix``: MQTT 5 response topics are honoured only under it."""
+        """``response_prefix``: MQTT 5 response topics are honoured only under it; ``max_age``:
+        commands older than this (by their ``ts``) are refused."""
         self.devices = {d.id: d for d in devices}
         self.sources = sources
         self.topics = topics
         self.respond = respond
         self.publish_reading = publish_reading
         self.response_prefix = response_prefix
+        self.max_age = max_age
         self.limits = {d.id: RateLimit(d.write_rate_limit) for d in devices}
         self.locks = {d.id: asyncio.Lock() for d in devices}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -89,7 +93,9 @@ class CommandRouter:
         device_id, point, exact = target
         command_id: CommandId = None
         try:
-            command_id, value = parse(message.payload)
+            command_id, value, ts = parse(message.payload)
+            if self.max_age is not None:
+                check_age(ts, self.max_age, time.time())
             if message.retain:
                 raise CommandError("retained commands are refused (they replay on reconnect)")
             if device_id not in self.devices:

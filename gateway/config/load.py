@@ -23,6 +23,7 @@ from pydantic_core import ErrorDetails
 
 from gateway.config.schema import (
     BufferSection,
+    CommandsSection,
     DeviceConfig,
     GatewaySection,
     MqttSection,
@@ -42,6 +43,7 @@ class Config:
     devices: list[DeviceConfig]
     files: list[str]
     buffer: BufferSection = field(default_factory=BufferSection)
+    commands: CommandsSection = field(default_factory=CommandsSection)
 
 
 def load_config(paths: Sequence[str | Path]) -> Config:
@@ -88,7 +90,8 @@ def load_config(paths: Sequence[str | Path]) -> Config:
         raise ConfigError(issues)
     # The buffer folder is relative to the map's folder, like every path in a map.
     buffer = root.buffer.relative_to(files[0].parent)
-    return Config(root.gateway, root.mqtt, devices, [str(f) for f in files], buffer)
+    files_read = [str(f) for f in files]
+    return Config(root.gateway, root.mqtt, devices, files_read, buffer, root.commands)
 
 
 def _validate_device(

@@ -195,6 +195,17 @@ class BufferSection(StrictModel):
         return self.model_copy(update={"path": base / self.path})
 
 
+class CommandsSection(StrictModel):
+    """Limits on command messages, all devices together (docs/security.md)."""
+
+    # Messages handled per second; a burst waits in a queue of `queue` messages, and what finds
+    # it full is dropped and counted, before anything is parsed.
+    rate: float = Field(default=100.0, gt=0)
+    queue: int = Field(default=1000, ge=1, le=100_000)
+    # Refuse a command whose "ts" is older than this (replays); commands must then carry "ts".
+    max_age: Duration | None = None
+
+
 @dataclass(config=POINT_CONFIG, frozen=True, slots=True, kw_only=True)
 class PointConfig:
     """Keys every point has, whatever its protocol. A slotted dataclass, not a model: see
@@ -247,6 +258,7 @@ class RootSection(StrictModel):
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
     buffer: BufferSection = BufferSection()
+    commands: CommandsSection = CommandsSection()
     devices: list[dict[str, Any]] = Field(min_length=1)
 
     @model_validator(mode="after")

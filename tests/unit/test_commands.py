@@ -4,13 +4,17 @@ command topics, and the router under thousands of random messages (hypothesis)."
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import struct
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
 import pytest
+import structlog
 from asyncua import ua
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,12 +23,16 @@ from adapters.modbus.config import POINT, ModbusTcpDevice
 from adapters.modbus.decode import PointCodec
 from adapters.modbus.write import command_value
 from adapters.opcua.write import expected_value, to_variant
+from gateway.commands.channel import MAX_ANSWERS, CommandChannel
 from gateway.commands.execute import REFUSED, WRITTEN, Result, execute, same
+from gateway.commands.intake import Intake
 from gateway.commands.request import MAX_PAYLOAD, Incoming, check_limits, parse
 from gateway.commands.router import CommandRouter, RateLimit
 from gateway.config.schema import GatewaySection, Hierarchy, PointConfig
 from gateway.errors import CommandError, DeviceError
+from gateway.logging import Tally
 from gateway.model import GOOD, Reading, Scalar
+from gateway.mqtt.client import Settings
 from gateway.source import CONNECTED, DISCONNECTED, WriteOutcome
 from gateway.topics import Topics
 from tests.helpers import ROOT
@@ -77,7 +85,7 @@ def point(**keys: Any) -> PointConfig:
     ],
 )
 def test_valid_payloads(payload: bytes, expected: tuple[Any, Any]) -> None:
-    assert parse(payload) == expected
+    assert parse(payload)[:2] == expected
 
 
 @pytest.mark.parametrize(
@@ -442,3 +450,137 @@ def test_result_payloads_follow_the_schema() -> None:
         Result(3, "plc", "sp", 1.0, "failed", error="device timeout"),
     ]:
         jsonschema.validate(json.loads(result.payload()), RESULT_SCHEMA)
+
+
+def test_max_age_refuses_old_future_and_untimed_commands() -> None:
+    harness = Harness()
+    now = time.time()
+
+    def at(seconds: float) -> str:
+        return datetime.fromtimestamp(now + seconds, UTC).isoformat()
+
+    async def send() -> None:
+        router = CommandRouter(
+            [DEVICE], {"plc": harness.source}, harness.topics,
+            lambda t, p, c: harness.answers.append((t, p, c)), harness.published.append,
+            max_age=5.0,
+        )  # fmt: skip
+        for ts in [at(-1), at(-60), at(60), None, "yesterday", "2026-12-06T10:00:00", 17]:
+            body = {"value": 1, "id": str(ts)} | ({} if ts is None else {"ts": ts})
+            router.handle(Incoming(f"{PREFIX}/plc/count/set", json.dumps(body).encode()))
+        while router.tasks:
+            await asyncio.wait(list(router.tasks))
+
+    asyncio.run(send())
+    errors = [json.loads(p).get("error") for _, p, _ in harness.answers]
+    assert sorted(errors, key=str) == sorted(
+        [
+            None,
+            "too old: sent 60.0 s ago, commands.max_age is 5 s",
+            "sent 60.0 s in the future: check the sender's clock",
+            'no "ts": commands must say when they were sent (commands.max_age)',
+            "ts 'yesterday' is not an ISO 8601 time",
+            'ts needs a UTC offset, e.g. "2026-12-06T10:00:00Z"',
+            'ts must be an ISO 8601 time, e.g. "2026-12-06T10:00:00Z"',
+        ],
+        key=str,
+    )
+    assert harness.source.writes == [("count", 1)]
+
+
+def test_intake_drops_beyond_its_queue_and_keeps_order() -> None:
+    handled: list[Incoming] = []
+
+    async def flood() -> Intake:
+        intake = Intake(rate=1e6, size=3)
+        for n in range(10):
+            intake.offer(Incoming(f"t/{n}", b"x" * (n * 1000)))
+        three = asyncio.Event()
+
+        def handle(message: Incoming) -> None:
+            handled.append(message)
+            if len(handled) == 3:
+                three.set()
+
+        task = asyncio.create_task(intake.run(handle))
+        await asyncio.wait_for(three.wait(), 10)
+        task.cancel()
+        return intake
+
+    intake = asyncio.run(flood())
+    assert [m.topic for m in handled] == ["t/0", "t/1", "t/2"]
+    assert intake.dropped.total == 7
+    assert max(len(m.payload) for m in handled) == 2000
+    cut = Intake(rate=1.0, size=1)
+
+    async def big() -> None:
+        cut.offer(Incoming("t", b"[" * 100_000))
+
+    asyncio.run(big())
+    assert len(cut.queue[0].payload) == MAX_PAYLOAD + 1  # the router still says "too large"
+    with pytest.raises(CommandError, match="payload too large"):
+        parse(cut.queue[0].payload)
+
+
+def test_intake_yields_between_messages() -> None:
+    """However many wait, the intake hands on one message per loop turn: other tasks (the
+    devices' polls, the readings' transport) run in between."""
+    turns: list[str] = []
+
+    async def flood() -> None:
+        intake = Intake(rate=1e6, size=100)
+        for _ in range(50):
+            intake.offer(Incoming("t", b"1"))
+
+        async def other() -> None:
+            while True:
+                turns.append("other")
+                await asyncio.sleep(0)
+
+        done = asyncio.Event()
+
+        def handle(message: Incoming) -> None:
+            turns.append("command")
+            if turns.count("command") == 50:
+                done.set()
+
+        ticker = asyncio.create_task(other())
+        task = asyncio.create_task(intake.run(handle))
+        await asyncio.wait_for(done.wait(), 10)
+        task.cancel()
+        ticker.cancel()
+
+    asyncio.run(flood())
+    commands = [i for i, t in enumerate(turns) if t == "command"]
+    assert all(b - a > 1 for a, b in itertools.pairwise(commands)), turns[:20]
+
+
+class Unacknowledging:
+    """A transport whose broker never acknowledges: every answer stays in flight."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int, correlation: bytes | None) -> int:
+        self.sent.append(topic)
+        return len(self.sent)
+
+
+def test_answers_in_flight_are_capped() -> None:
+    channel = CommandChannel(Settings(host="127.0.0.1", port=1883, client_id="c"), "t/#")
+    transport = Unacknowledging()
+
+    async def answer() -> None:
+        channel._client = transport  # type: ignore[assignment]
+        channel.answers_dropped = Tally(structlog.get_logger(), "dropped")
+        for _ in range(MAX_ANSWERS + 50):
+            channel.answer("t/result", b"{}", None)
+        channel.acknowledged(1)  # one acknowledged: room for one more
+        channel.answer("t/result", b"{}", None)
+        channel.answer("t/result", b"{}", None)
+
+    asyncio.run(answer())
+    assert len(transport.sent) == MAX_ANSWERS + 1
+    assert channel.answers_dropped is not None and channel.answers_dropped.total == 51
