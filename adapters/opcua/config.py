@@ -165,6 +165,8 @@ class OpcUaDevice(DeviceConfig):
     private_key: Path = Path("pki/own/key.pem")
     trust: Path = Path("pki/trusted")
     trust_on_first_use: bool = False
+    # A server certificate outside its validity dates is refused unless this is true.
+    accept_expired: bool = False
     user_certificate: Path | None = None  # certificate identity (instead of a username)
     user_private_key: Path | None = None
     application_uri: str | None = None  # default: read from the certificate, or generated

@@ -5,10 +5,15 @@ the server's. We follow the usual PKI folder layout: our own pair under ``pki/ow
 self-signed, with the application URI the server will check, when absent), trusted server
 certificates in ``pki/trusted/``, and certificates we refused in ``pki/rejected/``, so the
 fix for "not trusted" is one file move, and the error says which.
+
+A server certificate is trusted when it, or a CA certificate that issued it, is in the trust
+folder; it must be within its validity dates (``accept_expired`` overrides) and name the
+application URI the server announces. Folders we create are 0700, our key 0600 from the start.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import socket
 from pathlib import Path
@@ -28,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from adapters.opcua.config import OpcUaDevice
 from gateway.errors import DeviceError
+from gateway.files import private_folder, write_private
 
 log = structlog.get_logger("adapters.opcua")
 
@@ -67,9 +73,10 @@ def ensure_certificate(
     the application must present, so we read it back instead of imposing ours.
     """
     if cert_file.is_file() and key_file.is_file():
-        return certificate_uri(x509.load_der_x509_certificate(cert_file.read_bytes()))
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    cert_file.parent.mkdir(parents=True, exist_ok=True)
+        found = application_uri_of(x509.load_der_x509_certificate(cert_file.read_bytes()))
+        return found or default_application_uri()
+    private_folder(key_file.parent)
+    private_folder(cert_file.parent)
     key = generate_private_key()
     usage = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
     names: list[x509.GeneralName] = [
@@ -81,20 +88,20 @@ def ensure_certificate(
     cert = generate_self_signed_app_certificate(
         key, application_uri, {}, names, extended=usage, days=3650
     )
-    key_file.write_bytes(dump_private_key_as_pem(key))
-    key_file.chmod(0o600)
+    write_private(key_file, dump_private_key_as_pem(key))
     cert_file.write_bytes(cert.public_bytes(Encoding.DER))
     log.info("generated application certificate", certificate=str(cert_file), uri=application_uri)
     return application_uri
 
 
-def certificate_uri(cert: x509.Certificate) -> str:
+def application_uri_of(cert: x509.Certificate) -> str | None:
+    """The application URI a certificate names (its first SubjectAltName URI)."""
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return default_application_uri()
+        return None
     uris = names.get_values_for_type(x509.UniformResourceIdentifier)
-    return uris[0] if uris else default_application_uri()
+    return uris[0] if uris else None
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
@@ -104,7 +111,8 @@ def load_certificate(data: bytes) -> x509.Certificate:
 
 
 def is_trusted(server_cert: x509.Certificate, trust_dir: Path) -> bool:
-    """Trusted = the certificate itself, or the CA that signed it, is in the trust folder."""
+    """Trusted = the certificate itself, or the CA that signed it, is in the trust folder (a
+    trusted certificate that is not a CA vouches for itself only)."""
     if not trust_dir.is_dir():
         return False
     for path in sorted(trust_dir.iterdir()):
@@ -117,6 +125,8 @@ def is_trusted(server_cert: x509.Certificate, trust_dir: Path) -> bool:
             continue
         if trusted == server_cert:
             return True
+        if not _is_ca(trusted):
+            continue
         try:
             server_cert.verify_directly_issued_by(trusted)
         except (ValueError, TypeError, InvalidSignature):  # not its issuer
@@ -125,15 +135,51 @@ def is_trusted(server_cert: x509.Certificate, trust_dir: Path) -> bool:
     return False
 
 
-def check_server_certificate(der: bytes, device: OpcUaDevice) -> None:
-    """Raise ``SecuritySetupError`` (saving the certificate to ``rejected/``) unless trusted."""
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    if not constraints.ca:
+        return False
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return usage.key_cert_sign
+
+
+def check_server_certificate(
+    der: bytes, device: OpcUaDevice, server_uri: str | None = None
+) -> None:
+    """Raise ``SecuritySetupError`` unless the certificate is valid now, names ``server_uri``
+    (the application URI the server announces) and is trusted; an untrusted one is saved to
+    ``rejected/``."""
     cert = x509.load_der_x509_certificate(der)
+    subject = cert.subject.rfc4514_string()
+    now = datetime.datetime.now(datetime.UTC)
+    valid = cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+    if not valid and not device.accept_expired:
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        raise SecuritySetupError(
+            "server certificate expired" if now > end else "server certificate not yet valid",
+            f"server certificate {subject} is valid from {start:%Y-%m-%d %H:%M} to "
+            f"{end:%Y-%m-%d %H:%M} UTC, not now: renew it on the server (or, knowingly, set "
+            "accept_expired: true on this device)",
+        )
+    named = application_uri_of(cert)
+    if server_uri is not None and named != server_uri:
+        raise SecuritySetupError(
+            "server certificate is not the server's",
+            f"the server says its application URI is {server_uri!r}, but its certificate "
+            f"{subject} names {named!r}: the certificate belongs to another application",
+        )
     if is_trusted(cert, device.trust):
         return
     thumbprint = hashlib.sha1(der, usedforsecurity=False).hexdigest()
     name = _file_name(cert, thumbprint)
     if device.trust_on_first_use:
-        device.trust.mkdir(parents=True, exist_ok=True)
+        private_folder(device.trust)
         (device.trust / name).write_bytes(der)
         log.warning(
             "trusting server certificate on first use",
@@ -143,11 +189,11 @@ def check_server_certificate(der: bytes, device: OpcUaDevice) -> None:
         )
         return
     rejected = device.trust.parent / "rejected"
-    rejected.mkdir(parents=True, exist_ok=True)
+    private_folder(rejected)
     (rejected / name).write_bytes(der)
     raise SecuritySetupError(
         "server certificate not trusted",
-        f"server certificate not trusted: {cert.subject.rfc4514_string()} "
+        f"server certificate not trusted: {subject} "
         f"(SHA-1 {thumbprint}) was saved as {rejected / name}; "
         f"to trust this server, move that file into {device.trust}/",
     )
@@ -190,7 +236,7 @@ async def configure(client: Client, device: OpcUaDevice) -> None:
             f"{device.security.mode} (it offers {', '.join(offered)})",
         )
     server_der = _first_certificate(matching[0].ServerCertificate)
-    check_server_certificate(server_der, device)
+    check_server_certificate(server_der, device, matching[0].Server.ApplicationUri)
     await client.set_security(
         policy, device.certificate, device.private_key, server_certificate=server_der, mode=mode
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -202,6 +204,31 @@ def test_one_gateway_per_buffer_folder(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "buf")
     first.close()
     SqliteStore(tmp_path / "buf").close()
+
+
+def test_only_the_gateway_s_user_reads_the_buffer(tmp_path: Path) -> None:
+    old = os.umask(0)  # the most open umask: the permissions are the store's own
+    try:
+        store = SqliteStore(tmp_path / "data" / "buf")
+        buffer = Buffer(store, 10**6)
+
+        def write() -> None:
+            _fill(buffer, 10)
+            buffer.flush()
+
+        run(write)
+        files = sorted((tmp_path / "data" / "buf").iterdir())
+        assert [f.name for f in files] == [
+            "buffer.sqlite3", "buffer.sqlite3-shm", "buffer.sqlite3-wal", "lock"
+        ]  # fmt: skip
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files
+        }
+        for folder in (tmp_path / "data", tmp_path / "data" / "buf"):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        store.close()
+    finally:
+        os.umask(old)
 
 
 def _page_size(folder: Path) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -24,6 +25,7 @@ from typing import Protocol
 
 from gateway.delivery.buffer.record import Record
 from gateway.errors import GatewayError, StoreError
+from gateway.files import FILE, create_private, private_folder
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -85,7 +87,7 @@ class SqliteStore:
     def __init__(self, folder: Path, max_size: int | None = None) -> None:
         """``max_size``: the buffer's bound in bytes; the WAL is kept to a share of it."""
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_folder(folder)
             # One gateway per buffer: two would send the same records. The lock dies with us.
             self._lock = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -99,6 +101,15 @@ class SqliteStore:
                 "give each gateway its own buffer.path"
             ) from None
         self.path = folder / "buffer.sqlite3"
+        try:
+            # Readings are the plant's data: only our user reads them. SQLite gives its -wal
+            # and -shm files the database file's permissions.
+            create_private(self.path)
+            for name in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"{self.path}{name}", FILE)
+        except OSError as exc:
+            raise GatewayError(f"cannot use the buffer folder {folder}: {exc}") from None
         self.db = sqlite3.connect(self.path, isolation_level=None)
         _use_large_pages(self.db)
         self.db.execute("PRAGMA journal_mode=WAL")
