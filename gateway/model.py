@@ -37,6 +37,12 @@ class Reading:
     reason: str | None = None
 
 
+def not_finite(value: float) -> str:
+    """The reason a device's NaN or infinity is published as a bad reading (JSON has neither,
+    and a null marked good would pass for a value)."""
+    return "not a number (NaN)" if value != value else f"infinite value ({value})"
+
+
 class NamedPoint(Protocol):
     """What ``bad_readings`` needs of a point of the map: its name and unit."""
 

@@ -13,6 +13,7 @@ values: nothing is decoded again.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 
@@ -38,6 +39,7 @@ class RequestDecoder:
 
     __slots__ = (
         "_float32s",
+        "_floating",
         "_floats",
         "_scaled",
         "_struct",
@@ -69,6 +71,10 @@ class RequestDecoder:
         self._floats = [i for i, c in enumerate(self.codecs) if c.data_type == "float32"]
         self._float32s = Float32s(len(self._floats))
         self._scaled = [(i, c.scaling) for i, c in enumerate(self.codecs) if not c.scaling.identity]
+        # A float may be NaN or infinite: such an answer takes the per-point path (bad readings).
+        self._floating = bool(self._scaled) or any(
+            c.data_type in ("float32", "float64") for c in self.codecs
+        )
         # The last good block (fast requests): reused for an identical answer, and the source
         # of ``stale`` readings when the device stops answering in time.
         self.last_raw = b""
@@ -91,6 +97,9 @@ class RequestDecoder:
                 self._float32s.apply(values, self._floats)
             for i, scaling in self._scaled:
                 values[i] = scaling.apply(values[i])
+            if self._floating and not math.isfinite(sum(values)):  # one C loop, no per-value test
+                self._decode_points(raw, ts, out)
+                return
             self.last_raw, self.last_block = raw, values
         self.last_values = values
         self.last_ts = ts

@@ -10,11 +10,12 @@ poll only slices bytes and calls it.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 
 from adapters.modbus.config import DataType, ModbusPoint, Order
-from gateway.model import BAD, GOOD, UNCERTAIN, Scalar
+from gateway.model import BAD, GOOD, UNCERTAIN, Scalar, not_finite
 
 FORMATS: dict[str, str] = {
     "int16": "h",
@@ -310,6 +311,8 @@ class PointCodec:
             return label, GOOD, None
         if not self.scaling.identity and not isinstance(value, bool | str):
             value = self.scaling.apply(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            return None, BAD, not_finite(value)
         return value, GOOD, None
 
     def encode(self, value: Scalar, current: bytes = b"\x00\x00") -> bytes:

@@ -64,16 +64,20 @@ def command_value(point: ModbusPoint, codec: PointCodec, value: Scalar) -> Scala
 def _numeric(point: ModbusPoint, codec: PointCodec, value: int | float) -> int | float:
     data_type = point.data_type
     scaling = codec.scaling
-    raw = value if scaling.identity else scaling.invert(value)
+    try:  # a huge value overflows a float on the way (1e308 times a scale of 10)
+        raw = value if scaling.identity else scaling.invert(value)
+        finite = math.isfinite(raw)
+    except OverflowError:
+        raw, finite = math.inf, False
     if data_type in ("float32", "float64"):
         limit = FLOAT32_MAX if data_type == "float32" else math.inf
-        if not math.isfinite(raw) or abs(raw) > limit:
+        if not finite or abs(raw) > limit:
             raise CommandError(f"out of range for {data_type}")
         return float(value)
     if scaling.identity and isinstance(value, float) and not value.is_integer():
         raise CommandError(f"expected an integer ({data_type})")
     low, high = INT_RANGES[data_type]
-    if not low <= round(raw) <= high:
+    if not finite or not low <= round(raw) <= high:
         if scaling.identity:
             raise CommandError(f"out of range for {data_type} [{low}, {high}]")
         ends = sorted((scaling.apply(low), scaling.apply(high)))

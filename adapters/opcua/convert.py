@@ -19,7 +19,7 @@ from typing import Any
 
 from asyncua import ua
 
-from gateway.model import BAD, GOOD, UNCERTAIN, Value
+from gateway.model import BAD, GOOD, UNCERTAIN, Value, not_finite
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -33,7 +33,7 @@ def to_value(raw: Any) -> Value | None:
     if isinstance(raw, int):
         return raw
     if isinstance(raw, float):
-        # JSON has no NaN or infinity: a sensor's NaN is published as null.
+        # JSON has no NaN or infinity: inside an array, null (a scalar one is a bad reading).
         return raw if math.isfinite(raw) else None
     if isinstance(raw, datetime):
         return iso_datetime(raw)
@@ -83,7 +83,9 @@ def convert(data: ua.DataValue, received: float) -> tuple[Value | None, str, flo
     quality, reason = quality_of(data.StatusCode)
     ts = to_epoch(data.SourceTimestamp) or to_epoch(data.ServerTimestamp) or received
     variant = data.Value
-    value = to_value(variant.Value) if variant is not None else None
+    raw = variant.Value if variant is not None else None
     if quality == BAD:
-        value = None
-    return value, quality, ts, reason
+        return None, quality, ts, reason
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return None, BAD, ts, not_finite(raw)
+    return to_value(raw), quality, ts, reason

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 
 from asyncua import Client, ua
 from asyncua.common.ua_utils import data_type_to_variant_type
@@ -31,6 +32,7 @@ INTEGER_RANGES = {
     VT.UInt64: (0, 2**64 - 1),
 }
 FLOAT_MAX = 3.4028234663852886e38
+FLOAT64_MAX = sys.float_info.max  # a JSON integer may be larger still
 
 
 async def variant_type(client: Client, data_type: ua.NodeId) -> ua.VariantType:
@@ -60,7 +62,7 @@ def to_variant(value: Scalar, vtype: ua.VariantType) -> ua.Variant:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CommandError("expected a number")
         limit = FLOAT_MAX if vtype == VT.Float else math.inf
-        if not math.isfinite(value) or abs(value) > limit:
+        if abs(value) > FLOAT64_MAX or not math.isfinite(value) or abs(value) > limit:
             raise CommandError(f"out of range for {vtype.name}")
         return ua.Variant(float(value), vtype)
     if vtype == VT.String:

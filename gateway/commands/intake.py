@@ -62,6 +62,10 @@ class Intake:
                 # Always yield: handling a message logs and publishes its answer.
                 await asyncio.sleep(max(0.0, due - now))
                 due += gap
-                handle(self.queue.popleft())
+                message = self.queue.popleft()
+                try:
+                    handle(message)
+                except Exception:  # a bug must cost one message, never the gateway
+                    log.exception("command message not handled", topic=message.topic)
         finally:
             self.dropped.close()

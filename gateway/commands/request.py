@@ -65,6 +65,8 @@ def parse(payload: bytes) -> Command:
             raise CommandError("id must be a string or a number")
         if isinstance(command_id, str) and len(command_id) > MAX_ID:
             raise CommandError(f"id is longer than {MAX_ID} characters")
+        if isinstance(command_id, str) and not _is_text(command_id):
+            raise CommandError("id is not valid Unicode text (it holds a lone surrogate)")
         if isinstance(command_id, int) and abs(command_id) >= 2**63:
             raise CommandError("id is too large a number; use a string")
     if "value" not in data:
@@ -123,7 +125,18 @@ def _scalar(value: object) -> Scalar:
     assert isinstance(value, bool | int | float | str)
     if isinstance(value, float) and not math.isfinite(value):
         raise CommandError("value is not a finite number")  # 1e999 parses as infinity
+    if isinstance(value, str) and not _is_text(value):
+        raise CommandError("value is not valid Unicode text (it holds a lone surrogate)")
     return value
+
+
+def _is_text(text: str) -> bool:
+    """JSON may escape a lone UTF-16 surrogate ("\\ud800"), which no device or payload takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _same_json(a: Scalar, b: Scalar) -> bool:

@@ -3,6 +3,7 @@ gives (the per-point codecs and ``encode_reading`` are the reference)."""
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 from typing import Any
@@ -113,6 +114,30 @@ def test_a_request_with_an_enum_bit_or_string_decodes_per_point() -> None:
     decoder.decode(struct.pack(">hH", -5, 1), 2.0, out)
     values = [(r.point, r.value) for r in out if isinstance(r, Reading)]
     assert values == [("a", -5), ("mode", "on")]
+
+
+def test_a_nan_or_infinite_float_is_a_bad_reading_and_the_others_stay_good() -> None:
+    device = _device(
+        [
+            {"name": "a", "table": "holding", "address": 0, "type": "float32"},
+            {"name": "b", "table": "holding", "address": 2, "type": "float32"},
+            {"name": "c", "table": "holding", "address": 4, "type": "int16", "scale": 0.5},
+        ]
+    )
+    (decoder,) = _decoders(device)
+    assert decoder.fast
+    for bad, reason in [(math.nan, "not a number (NaN)"), (-math.inf, "infinite value (-inf)")]:
+        out: list[Sample] = []
+        decoder.decode(struct.pack(">ffh", 1.5, bad, 7), 1.0, out)
+        got = [(r.point, r.value, r.quality, r.reason) for r in expand(out)]
+        assert got == [
+            ("a", 1.5, "good", None),
+            ("b", None, "bad", reason),
+            ("c", 3.5, "good", None),
+        ]
+    out = []
+    decoder.decode(struct.pack(">ffh", 1.5, 2.5, 7), 2.0, out)  # finite again: the fast lane
+    assert isinstance(out[0], Block) and out[0].values == [1.5, 2.5, 3.5]
 
 
 def test_an_unchanged_answer_reuses_the_values_and_a_failure_forgets_them() -> None:

@@ -105,6 +105,8 @@ def test_valid_payloads(payload: bytes, expected: tuple[Any, Any]) -> None:
         (b'{"value": 1, "id": [1]}', "id must be a string or a number", None),
         (b'{"value": 1, "id": true}', "id must be a string or a number", None),
         (b'{"value": 1, "id": "' + b"x" * 201 + b'"}', "id is longer than 200 characters", None),
+        (b'"\\ud800"', "value is not valid Unicode text (it holds a lone surrogate)", None),
+        (b'{"value": 1, "id": "\\udfff"}', "id is not valid Unicode text", None),
         (b"[" * 100_000, "payload too large", None),
         (b"[" * 4000, "malformed JSON", None),  # deep nesting: a clean error, no RecursionError
     ],
@@ -176,6 +178,25 @@ def test_modbus_values() -> None:
         with pytest.raises(CommandError) as caught:
             _modbus(name, value)
         assert str(caught.value) == error, (name, value)
+
+
+def test_values_too_large_for_any_float_are_refused_clearly() -> None:
+    scaled = ModbusTcpDevice.model_validate(
+        {"id": "p", "line": "l", "protocol": "modbus-tcp", "host": "h", "points": [
+            {"name": "a", "table": "holding", "address": 0, "type": "int16", "scale": 0.1,
+             "writable": True},
+            {"name": "b", "table": "holding", "address": 1, "type": "float32", "scale": 10,
+             "writable": True}]}
+    ).points  # fmt: skip
+    for point, error in [(scaled[0], "out of range for int16 [-3276.8, 3276.7]"),
+                         (scaled[1], "out of range for float32")]:  # fmt: skip
+        for value in (1e308, -1e308, 10**400):
+            with pytest.raises(CommandError) as caught:
+                command_value(point, PointCodec(point, "big", "big"), value)
+            assert str(caught.value) == error
+    for vtype in (ua.VariantType.Double, ua.VariantType.Float, ua.VariantType.Int64):
+        with pytest.raises(CommandError, match=r"^out of range for"):
+            to_variant(10**400, vtype)
 
 
 def test_modbus_scaled_integer_range_is_in_engineering_units() -> None:

@@ -69,6 +69,13 @@ def test_a_bad_value_carries_no_value() -> None:
     assert convert(data, 1.0) == (None, "bad", 1.0, "BadSensorFailure")
 
 
+def test_a_nan_or_infinite_value_is_bad_with_its_reason() -> None:
+    nan = ua.DataValue(ua.Variant(float("nan")))
+    assert convert(nan, 1.0) == (None, "bad", 1.0, "not a number (NaN)")
+    inf = ua.DataValue(ua.Variant(float("inf")))
+    assert convert(inf, 1.0) == (None, "bad", 1.0, "infinite value (inf)")
+
+
 def test_node_ids_by_index_and_by_namespace_uri() -> None:
     namespaces = ["http://opcfoundation.org/UA/", "urn:server", "http://acme/plant"]
     assert parse_node_id("ns=2;s=Oven.T", namespaces) == ua.NodeId(ua.String("Oven.T"), ua.Int16(2))
