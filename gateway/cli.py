@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import faulthandler
 import gc
+import getpass
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -85,7 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         help="e.g. Basic256Sha256,SignAndEncrypt (default None)",
     )
     browse.add_argument("--username", default=None)
-    browse.add_argument("--password", default=None)
+    browse.add_argument(
+        "--password",
+        default=None,
+        help="visible to every local user in the process list: prefer $OPCUA_PASSWORD, or "
+        "the prompt that asks for it when --username is given without one",
+    )
     browse.add_argument(
         "--pki", type=Path, default=Path("pki"), help="own certificate and trust folders"
     )
@@ -196,6 +203,11 @@ def _browse(args: argparse.Namespace) -> int:
     from adapters.opcua.config import OpcUaDevice
 
     policy, _, mode = args.security.partition(",")
+    password = args.password
+    if args.username is not None and password is None:
+        password = os.environ.get("OPCUA_PASSWORD")
+        if password is None and sys.stdin.isatty():
+            password = getpass.getpass(f"password of {args.username} (empty: none): ") or None
     try:
         device = OpcUaDevice.model_validate(
             {
@@ -209,7 +221,7 @@ def _browse(args: argparse.Namespace) -> int:
                     "mode": mode or ("None" if policy == "None" else "SignAndEncrypt"),
                 },
                 "username": args.username,
-                "password": args.password,
+                "password": password,
                 "certificate": args.pki / "own" / "cert.der",
                 "private_key": args.pki / "own" / "key.pem",
                 "trust": args.pki / "trusted",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -14,10 +16,11 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     """``fmt``: auto | console | json. Logs go to stderr; stdout is for command output."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
+    console = fmt == "console"
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        if console
+        else structlog.processors.JSONRenderer()  # JSON escapes control characters itself
     )
     structlog.configure(
         processors=[
@@ -25,6 +28,7 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *([escape_controls] if console else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -37,6 +41,26 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
+
+
+# Terminal control characters (escape sequences can rewrite a terminal's screen or title) and
+# Unicode direction overrides (they can make a log line read other than it is).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Text from outside (command ids, values, topics) printed escaped on a console."""
+    for key, value in event.items():
+        if isinstance(value, str) and _CONTROLS.search(value):
+            event[key] = _CONTROLS.sub(_escaped, value)
+    return event
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class Tally:

@@ -7,11 +7,12 @@ which run even for devices that failed validation.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def load_config(paths: Sequence[str | Path]) -> Config:
     files = [Path(p) for p in paths]
     data, source_map, issues = load_yaml(files)
     if issues and not data:
-        raise ConfigError(issues)
+        raise ConfigError(_redacted(issues, source_map.secrets))
 
     root: RootSection | None = None
     try:
@@ -87,11 +88,46 @@ def load_config(paths: Sequence[str | Path]) -> Config:
     for index, loc, message in _across_devices(devices, indexes):
         issues.append(source_map.issue(data, ("devices", index, *loc), message))
     if issues or root is None:
-        raise ConfigError(issues)
+        secrets = source_map.secrets | set(_secret_values(data))
+        raise ConfigError(_redacted(issues, secrets))
     # The buffer folder is relative to the map's folder, like every path in a map.
     buffer = root.buffer.relative_to(files[0].parent)
     files_read = [str(f) for f in files]
     return Config(root.gateway, root.mqtt, devices, files_read, buffer, root.commands)
+
+
+# Keys whose values are secrets wherever they appear in a map.
+SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
+
+
+def _secret_values(data: Any) -> Iterator[str]:
+    """The text values of secret keys anywhere in the map."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and SECRET_KEY.search(key) and isinstance(value, str):
+                yield value
+            else:
+                yield from _secret_values(value)
+    elif isinstance(data, list):
+        for item in data:
+            yield from _secret_values(item)
+
+
+def _redacted(issues: list[ConfigIssue], secrets: set[str]) -> list[ConfigIssue]:
+    """The issues with every secret value masked: an error message may quote a value."""
+    if not secrets:
+        return issues
+    # Longest first, so a secret that contains another is masked whole.
+    ordered = sorted((s for s in secrets if s), key=len, reverse=True)
+    out = []
+    for issue in issues:
+        message = issue.message
+        for secret in ordered:
+            message = message.replace(repr(secret), "'***'")
+            if len(secret) >= 4:
+                message = message.replace(secret, "***")
+        out.append(dataclasses.replace(issue, message=message))
+    return out
 
 
 def _validate_device(

@@ -5,8 +5,10 @@ style), and a value may come from an included file. We compose the YAML into a n
 node knows its position; libyaml's C parser when installed, as a 20,000-point map must load in
 seconds, not the half minute a pure-Python round-trip loader takes), then flatten it into plain
 dicts/lists plus a ``SourceMap`` from the path of each value (``("devices", 0, "points", 2,
-"type")``) to its position. Environment variables ``${VAR}`` / ``${VAR:-default}`` are expanded
-in every string here, once. Booleans follow YAML 1.2 (``true``/``false`` only).
+"type")``) to its position. Environment variables ``${VAR}`` / ``${VAR:-default}`` and secret
+files ``${file:PATH}`` are expanded in every string here, once; what came from a secret (a file,
+or a variable named like one) is remembered, so no error message ever prints it. Booleans follow
+YAML 1.2 (``true``/``false`` only).
 """
 
 from __future__ import annotations
@@ -26,14 +28,17 @@ try:  # libyaml's parser when PyYAML was built with it: ~20x faster
 except ImportError:  # pragma: no cover
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
-from gateway.config.yaml_stream import GiveUp, load_quickly
+from gateway.config.yaml_stream import MAX_FILE, GiveUp, alias_limit, load_quickly
 from gateway.errors import ConfigIssue
 
 Loc = tuple[str | int, ...]
 
 _BOOL = "tag:yaml.org,2002:bool"
 _MERGE = "tag:yaml.org,2002:merge"
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV = re.compile(r"\$\{(?:file:([^}]+)|([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?)\}")
+# A variable whose name says it holds a secret: its value is never printed.
+_SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
+MAX_SECRET_FILE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +59,11 @@ class SourceMap:
         self,
         positions: dict[Loc, Position] | None = None,
         build: Callable[[], dict[Loc, Position]] | None = None,
+        secrets: set[str] | None = None,
     ) -> None:
         self._positions = positions if positions is not None else {}
         self._build = build
+        self.secrets: set[str] = secrets if secrets is not None else set()  # never printed
 
     @property
     def positions(self) -> dict[Loc, Position]:
@@ -102,14 +109,28 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+class _AliasBomb(Exception):
+    """Aliases copy far more values than the file writes out."""
+
+    def __init__(self, loc: Loc) -> None:
+        self.loc = loc
+
+
 class _Loader:
-    def __init__(self) -> None:
+    def __init__(self, base: Path) -> None:
         self.issues: list[ConfigIssue] = []
         self.source_map = SourceMap()
         self.constructor = yaml.constructor.SafeConstructor()
+        self.expander = Expander(base, self.source_map.secrets)
+        self.seen: set[int] = set()  # nodes flattened (an alias shares its anchor's node)
+        self.copied = 0  # nodes flattened again, through an alias
 
     def load_file(self, path: Path) -> yaml.Node | None:
         try:
+            if path.stat().st_size > MAX_FILE:
+                message = f"the file is larger than {MAX_FILE // 1024 // 1024} MiB"
+                self.issues.append(ConfigIssue(str(path), 1, 1, message))
+                return None
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
@@ -127,8 +148,33 @@ class _Loader:
             self.issues.append(ConfigIssue(str(path), 1, 1, f"YAML error: {exc}"))
         return None
 
+    def flatten_bounded(self, node: yaml.Node, file: str, loc: Loc) -> Any:
+        """``flatten``, or ``None`` with an issue when aliases expand it beyond bounds."""
+        try:
+            return self.flatten(node, file, loc)
+        except _AliasBomb as bomb:
+            # Where it happens: the top-level key, or the device, whose value holds the aliases.
+            top = bomb.loc[:2] if bomb.loc[:1] == ("devices",) else bomb.loc[:1]
+            at = self.source_map.positions.get(top)
+            self.issues.append(
+                ConfigIssue(
+                    at.file if at else file,
+                    *(at.key if at else (1, 1)),
+                    f"aliases copy more than {alias_limit(len(self.seen)):,} values "
+                    "(ten times what the file writes out): write the values out, or nest "
+                    "fewer aliases",
+                )
+            )
+            return None
+
     def flatten(self, node: yaml.Node, file: str, loc: Loc) -> Any:
         """Plain data from a node tree, recording positions and expanding ``${VAR}``."""
+        if id(node) in self.seen:
+            self.copied += 1
+            if self.copied > alias_limit(len(self.seen)):
+                raise _AliasBomb(loc)
+        else:
+            self.seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in self._pairs(node, file):
@@ -162,21 +208,13 @@ class _Loader:
         return value
 
     def expand_env(self, text: str, file: str, loc: Loc) -> str:
-        def unset(name: str) -> str:
+        def unset(message: str) -> str:
             pos = self.source_map.positions.get(loc)
             line, col = pos.value if pos else (1, 1)
-            self.issues.append(
-                ConfigIssue(
-                    file,
-                    line,
-                    col,
-                    f"environment variable {name} is not set "
-                    f"(write ${{{name}:-default}} to give a default)",
-                )
-            )
+            self.issues.append(ConfigIssue(file, line, col, message))
             return ""
 
-        return _expand(text, unset) if "${" in text else text
+        return self.expander.expand(text, unset) if "${" in text else text
 
     def _pairs(self, node: yaml.MappingNode, file: str) -> list[tuple[yaml.Node, yaml.Node]]:
         """The mapping's pairs, with YAML merge keys (``<<: *defaults``) applied."""
@@ -200,29 +238,57 @@ class _Loader:
         return [(k, v) for k, v in merged if k.value not in own_keys] + own
 
 
-def _expand(text: str, unset: Callable[[str], str]) -> str:
-    """``${VAR}`` / ``${VAR:-default}`` expanded; ``unset(name)`` for a variable with neither a
-    value nor a default (an empty value counts as unset when there is a default)."""
+class Expander:
+    """``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` (relative to ``base``, the map's
+    folder; the file's text without its final newline, as Docker secrets and systemd
+    credentials hold it). Secret values are added to ``secrets``."""
 
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if value is not None and (value != "" or default is None):
+    def __init__(self, base: Path, secrets: set[str]) -> None:
+        self.base = base
+        self.secrets = secrets
+
+    def expand(self, text: str, unset: Callable[[str], str]) -> str:
+        """``unset(message)`` for a variable with neither a value nor a default (an empty value
+        counts as unset when there is a default) or a file that cannot be read."""
+
+        def replace(match: re.Match[str]) -> str:
+            path, name, default = match.group(1, 2, 3)
+            if path is not None:
+                return self._file(path.strip(), unset)
+            value = os.environ.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    return unset(
+                        f"environment variable {name} is not set "
+                        f"(write ${{{name}:-default}} to give a default)"
+                    )
+                value = default
+            if _SECRET_NAME.search(name) and value:
+                self.secrets.add(value)
             return value
-        if default is not None:
-            return default
-        return unset(name)
 
-    return _ENV.sub(replace, text)
+        return _ENV.sub(replace, text)
+
+    def _file(self, path: str, unset: Callable[[str], str]) -> str:
+        file = self.base / os.path.expandvars(path)
+        try:
+            with file.open("rb") as opened:
+                data = opened.read(MAX_SECRET_FILE + 1)
+        except OSError as exc:
+            return unset(f"cannot read the secret file {file}: {exc.strerror}")
+        if len(data) > MAX_SECRET_FILE:
+            return unset(f"the secret file {file} is larger than {MAX_SECRET_FILE // 1024} KiB")
+        try:
+            value = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError:
+            return unset(f"the secret file {file} is not UTF-8 text")
+        if value:
+            self.secrets.add(value)
+        return value
 
 
-def _give_up(_name: str) -> str:
+def _give_up(_message: str) -> str:
     raise GiveUp
-
-
-def _expand_or_give_up(text: str) -> str:
-    """``${VAR}`` expansion for the quick reader: an unset variable is the careful reader's."""
-    return _expand(text, _give_up)
 
 
 def load_yaml(paths: list[Path]) -> tuple[dict[str, Any], SourceMap, list[ConfigIssue]]:
@@ -235,33 +301,58 @@ def load_yaml(paths: list[Path]) -> tuple[dict[str, Any], SourceMap, list[Config
     A map that reads without surprises is read quickly, its positions left for later; any
     surprise and it is read carefully, which reports the problem where it is.
     """
-    data = load_quickly(paths, _YamlLoader, _expand_or_give_up, _quick_includes)
+    secrets: set[str] = set()
+    expander = Expander(paths[0].parent, secrets)
+    data = load_quickly(
+        paths, _YamlLoader, lambda text: expander.expand(text, _give_up), _quick_includes
+    )
     if data is not None:
-        return data, SourceMap(build=lambda: _load_carefully(paths)[1].positions), []
+        build = lambda: _load_carefully(paths)[1].positions  # noqa: E731
+        return data, SourceMap(build=build, secrets=secrets), []
     return _load_carefully(paths)
 
 
-def _quick_includes(main: Path, include: Any) -> list[Path] | None:
+def _quick_includes(main: Path, include: Any, folders: Any) -> list[Path] | None:
     """The files an ``include:`` entry names, or ``None`` if it is wrong in any way."""
     if include is None:
-        return []
+        return [] if folders is None else None
     patterns = [include] if isinstance(include, str) else include
     if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        return None
+    allowed = _allowed_folders(main, folders)
+    if allowed is None:
         return None
     files: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(str(main.parent / pattern)))
-        if not matches:
+        if not matches or not all(_inside(Path(m), allowed) for m in matches):
             return None
         files.extend(Path(m) for m in matches)
     return files
 
 
+def _allowed_folders(main: Path, folders: Any) -> list[Path] | None:
+    """Where included files may be: the map's folder tree and ``include_folders``."""
+    if folders is None:
+        folders = []
+    if isinstance(folders, str):
+        folders = [folders]
+    if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
+        return None
+    return [(main.parent / f).resolve() for f in ["", *folders]]
+
+
+def _inside(path: Path, folders: list[Path]) -> bool:
+    """``path`` (links followed) lies in one of ``folders``."""
+    real = path.resolve()
+    return any(real.is_relative_to(folder) for folder in folders)
+
+
 def _load_carefully(
     paths: list[Path],
 ) -> tuple[dict[str, Any], SourceMap, list[ConfigIssue]]:
-    loader = _Loader()
     main = paths[0]
+    loader = _Loader(main.parent)
     main_file = str(main)
     loader.source_map.positions[()] = Position(main_file, (1, 1), (1, 1))
     root_node = loader.load_file(main)
@@ -276,9 +367,20 @@ def _load_carefully(
             )
         )
         return {}, loader.source_map, loader.issues
-    data: dict[str, Any] = loader.flatten(root_node, main_file, ())
+    data: dict[str, Any] | None = loader.flatten_bounded(root_node, main_file, ())
+    if data is None:
+        return {}, loader.source_map, loader.issues
 
     include = data.pop("include", None)
+    allowed = _allowed_folders(main, data.get("include_folders"))
+    if allowed is None:
+        loader.issues.append(
+            loader.source_map.issue(
+                data, ("include_folders",), "include_folders must be a folder or a list of them"
+            )
+        )
+        allowed = _allowed_folders(main, None) or []
+    data.pop("include_folders", None)
     patterns: list[tuple[str, Loc]] = []
     if isinstance(include, str):
         patterns.append((include, ("include",)))
@@ -296,7 +398,19 @@ def _load_carefully(
             loader.issues.append(
                 ConfigIssue(main_file, *pos.value, f"include pattern {pattern!r} matches no file")
             )
-        extra_files.extend((Path(m), loc) for m in matches)
+        for match in map(Path, matches):
+            if _inside(match, allowed):
+                extra_files.append((match, loc))
+                continue
+            pos = loader.source_map.positions[loc]
+            loader.issues.append(
+                ConfigIssue(
+                    main_file,
+                    *pos.value,
+                    f"include {pattern!r}: {match} is outside the map's folder; list its "
+                    "folder under include_folders to allow it",
+                )
+            )
     extra_files.extend((p, None) for p in paths[1:])
 
     devices = data.get("devices")
@@ -334,4 +448,7 @@ def _include_devices(loader: _Loader, path: Path, devices: Any) -> None:
         loader.source_map.positions[loc] = Position(
             file, (m.line + 1, m.column + 1), (m.line + 1, m.column + 1)
         )
-        devices.append(loader.flatten(item, file, loc))
+        device = loader.flatten_bounded(item, file, loc)
+        if device is None:
+            return
+        devices.append(device)

@@ -29,11 +29,25 @@ class GiveUp(Exception):
     """Something the careful reader should look at (and report)."""
 
 
+# Aliases may copy at most this many values, or ten times the values written out: a few
+# hundred bytes of nested aliases (an "alias bomb") would otherwise expand to gigabytes.
+ALIAS_FLOOR = 100_000
+ALIAS_FACTOR = 10
+MAX_FILE = 64 * 1024 * 1024  # bytes of one YAML file
+
+
+def alias_limit(written: int) -> int:
+    return max(ALIAS_FLOOR, ALIAS_FACTOR * written)
+
+
 class _Builder:
     def __init__(self, text: str, loader_class: type[Any], expand: Callable[[str], str]) -> None:
         self.loader = loader_class(text)
         self.expand = expand  # str -> str; raises GiveUp for an unset variable
         self.anchors: dict[str, Any] = {}
+        self.sizes: dict[str, int] = {}  # values in each anchored value, copies included
+        self.built = 0  # values built, copies included
+        self.copied = 0  # values copied by aliases
 
     def document(self) -> Any:
         loader = self.loader
@@ -51,6 +65,7 @@ class _Builder:
             loader.dispose()
 
     def value(self, event: Any) -> Any:
+        start = self.built
         if isinstance(event, yaml.ScalarEvent):
             out = self.scalar(event)
         elif isinstance(event, yaml.MappingStartEvent):
@@ -63,11 +78,18 @@ class _Builder:
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in self.anchors:
                 raise GiveUp
+            size = self.sizes[event.anchor]
+            self.copied += size
+            self.built += size
+            if self.copied > alias_limit(self.built - self.copied):
+                raise GiveUp  # the careful reader says where
             return copy.deepcopy(self.anchors[event.anchor])
         else:
             raise GiveUp
+        self.built += 1
         if event.anchor is not None:
             self.anchors[event.anchor] = out
+            self.sizes[event.anchor] = self.built - start
         return out
 
     def scalar(self, event: Any) -> Any:
@@ -121,6 +143,8 @@ class _Builder:
 
 def read_quickly(path: Path, loader_class: type[Any], expand: Callable[[str], str]) -> Any:
     """The data of one YAML file, or raise ``GiveUp`` / ``OSError`` / ``yaml.YAMLError``."""
+    if path.stat().st_size > MAX_FILE:
+        raise GiveUp
     text = path.read_text(encoding="utf-8")
     return _Builder(text, loader_class, expand).document()
 
@@ -129,18 +153,20 @@ def load_quickly(
     paths: list[Path],
     loader_class: type[Any],
     expand: Callable[[str], str],
-    include_files: Callable[[Path, Any], list[Path] | None],
+    include_files: Callable[[Path, Any, Any], list[Path] | None],
 ) -> dict[str, Any] | None:
     """The whole device map (main file plus included device lists), or ``None`` if unusual.
 
-    ``expand(text)`` expands ``${VAR}``; ``include_files(main, include)`` lists included files
-    (``None`` when the include entry is wrong).
+    ``expand(text)`` expands ``${VAR}``; ``include_files(main, include, include_folders)``
+    lists included files (``None`` when the include entry is wrong).
     """
     try:
         data = read_quickly(paths[0], loader_class, expand)
         if not isinstance(data, dict):
             return None
-        extra = include_files(paths[0], data.pop("include", None))
+        extra = include_files(
+            paths[0], data.pop("include", None), data.pop("include_folders", None)
+        )
         if extra is None:
             return None
         extra.extend(paths[1:])

@@ -5,13 +5,32 @@ from __future__ import annotations
 import ssl
 from dataclasses import replace
 
+import structlog
+
 from gateway.config.schema import MqttSection
 from gateway.errors import GatewayError
 from gateway.mqtt.client import Settings, Will
 
+log = structlog.get_logger("gateway.mqtt")
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
 
 def data_session(config: MqttSection, client_id: str, will: Will | None) -> Settings:
-    """The readings' session: persistent, with the last will."""
+    """The readings' session: persistent, with the last will. Warns (every start) of settings
+    that expose the connection."""
+    if config.tls and config.insecure:
+        log.warning(
+            "mqtt.insecure is true: the broker's certificate is not checked against its host "
+            "name, so anyone on the network path can pose as the broker",
+            broker=config.url,
+        )
+    if config.password and not config.tls and config.host not in LOOPBACK:
+        log.warning(
+            "the MQTT password is sent in clear text (mqtt://): use mqtts:// for a broker "
+            "reached over a network",
+            broker=config.url,
+        )
     return Settings(
         host=config.host,
         port=config.port,

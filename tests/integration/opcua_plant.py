@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -37,14 +38,17 @@ def opcua_device(
     points:{points}"""
 
 
-def browse(*args: str) -> subprocess.CompletedProcess[str]:
-    """``factory-gateway browse ARGS`` in a subprocess, output captured."""
+def browse(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``factory-gateway browse ARGS`` in a subprocess, output captured; ``env``: more
+    environment variables."""
     return subprocess.run(
         [sys.executable, "-m", "gateway", "browse", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
     )
 
 

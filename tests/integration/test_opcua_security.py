@@ -97,8 +97,9 @@ def test_untrusted_server_is_refused_then_trusted_by_moving_one_file(
         result = browse(endpoint, *secure, "--username", "operator", "--password", "wrong")
         assert result.returncode == 1
         assert "Bad" in result.stderr and "Traceback" not in result.stderr, result.stderr
-        # The right one browses the encrypted server.
-        result = browse(endpoint, *secure, "--username", "operator", "--password", "s3cret")
+        # The right one browses the encrypted server, given where no other user sees it.
+        password = {"OPCUA_PASSWORD": "s3cret"}
+        result = browse(endpoint, *secure, "--username", "operator", env=password)
         assert result.returncode == 0, result.stderr
         assert "(ns=2;s=Oven.Temperature)  Double r" in result.stdout
     finally:
