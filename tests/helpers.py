@@ -131,6 +131,8 @@ class Collector:
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
@@ -207,8 +209,15 @@ class Process:
 class Commander:
     """An upstream platform sending commands and collecting every answer."""
 
-    def __init__(self, port: int, results: str | list[str] = "#", version: int = 5) -> None:
-        """``version``: 3 for MQTT 3.1.1 (no response topic, correlation or user property)."""
+    def __init__(
+        self,
+        port: int,
+        results: str | list[str] = "#",
+        version: int = 5,
+        login: tuple[str, str] | None = None,
+    ) -> None:
+        """``version``: 3 for MQTT 3.1.1 (no response topic, correlation or user property);
+        ``login``: user name and password."""
         self.answers: list[tuple[str, Any, bytes | None]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -223,6 +232,8 @@ class Commander:
         self.client.on_connect = lambda c, *_: c.subscribe([(f, 1) for f in filters])
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
