@@ -153,6 +153,17 @@ class Collector:
     def readings(self) -> list[dict[str, Any]]:
         return [p for _, p, _ in self.snapshot() if isinstance(p, dict) and "quality" in p]
 
+    def wait_for_message(self, predicate: Callable[[str, Any], bool], timeout: float = 15.0) -> Any:
+        """The payload of the first message (any topic) for which ``predicate(topic,
+        payload)`` holds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for topic, payload, _retained in self.snapshot():
+                if predicate(topic, payload):
+                    return payload
+            time.sleep(0.05)
+        raise AssertionError(f"no matching message within {timeout}s")
+
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0, since: int = 0
     ) -> dict[str, Any]:

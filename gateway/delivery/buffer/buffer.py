@@ -134,6 +134,7 @@ class Buffer:
             log.warning(
                 "the buffer writes again",
                 after_s=round(time.monotonic() - self._failing_since, 1),
+                written=len(staged),
                 dropped=self.outcomes.dropped["disk_full"],
             )
             self._failing_since = None
@@ -340,7 +341,10 @@ class Buffer:
         return None
 
     def stats(self) -> dict[str, object]:
-        oldest = self.store.oldest_created()
+        # Delivered rows are deleted at the next sync: with nothing buffered, nothing is old.
+        oldest = self.store.oldest_created() if self.count else None
+        if oldest is None and self.count and self.staging:  # the store could not write
+            oldest = self.staging[0].created
         return {
             "delivered": self.outcomes.delivered,
             "dropped": dict(self.outcomes.dropped),
