@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 FOLDER = 0o700
@@ -33,10 +34,10 @@ def create_private(path: Path) -> None:
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` as a 0600 file, atomically: readers see the old file or the
     whole new one, and nobody else ever sees the new one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE)
+    # A new file of a name nobody can guess, created 0600 (mkstemp uses O_EXCL).
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = Path(name)
     try:
-        os.fchmod(fd, FILE)  # a file left by a crash may have other permissions
         with os.fdopen(fd, "wb") as file:
             fd = -1
             file.write(data)

@@ -88,4 +88,15 @@ def convert(data: ua.DataValue, received: float) -> tuple[Value | None, str, flo
         return None, quality, ts, reason
     if isinstance(raw, float) and not math.isfinite(raw):
         return None, BAD, ts, not_finite(raw)
-    return to_value(raw), quality, ts, reason
+    value = to_value(raw)
+    if quality == GOOD and isinstance(raw, list | tuple) and _holds_not_finite(raw):
+        return value, UNCERTAIN, ts, "NaN or infinity in the array (published as null)"
+    return value, quality, ts, reason
+
+
+def _holds_not_finite(items: list[Any] | tuple[Any, ...]) -> bool:
+    return any(
+        (isinstance(x, float) and not math.isfinite(x))
+        or (isinstance(x, list | tuple) and _holds_not_finite(x))
+        for x in items
+    )

@@ -96,12 +96,16 @@ def ensure_certificate(
 
 def application_uri_of(cert: x509.Certificate) -> str | None:
     """The application URI a certificate names (its first SubjectAltName URI)."""
+    uris = _uris(cert)
+    return uris[0] if uris else None
+
+
+def _uris(cert: x509.Certificate) -> list[str]:
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return None
-    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
-    return uris[0] if uris else None
+        return []
+    return list(names.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
@@ -167,12 +171,13 @@ def check_server_certificate(
             f"{end:%Y-%m-%d %H:%M} UTC, not now: renew it on the server (or, knowingly, set "
             "accept_expired: true on this device)",
         )
-    named = application_uri_of(cert)
-    if server_uri is not None and named != server_uri:
+    named = _uris(cert)
+    if server_uri is not None and server_uri not in named:
         raise SecuritySetupError(
             "server certificate is not the server's",
             f"the server says its application URI is {server_uri!r}, but its certificate "
-            f"{subject} names {named!r}: the certificate belongs to another application",
+            f"{subject} names {', '.join(map(repr, named)) or 'none'}: the certificate "
+            "belongs to another application",
         )
     if is_trusted(cert, device.trust):
         return

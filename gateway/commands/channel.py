@@ -75,7 +75,7 @@ class CommandChannel:
             self._client.subscribe(self.subscription, 0)
 
     def disconnected(self, reason: str, by_broker: bool) -> None:
-        self._unacknowledged.clear()  # a clean session: the broker forgets them too
+        pass  # paho sends unacknowledged answers again after a reconnect: they still count
 
     def acknowledged(self, mid: int) -> None:
         self._unacknowledged.discard(mid)

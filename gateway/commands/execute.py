@@ -72,7 +72,8 @@ class Result:
             new=self.requested,
             read_back=self.value,
             error=self.error,
-            client=client,
+            # What the sender's MQTT 5 user property says: self-asserted, never checked.
+            claimed_client=client,
         )
 
 

@@ -1,10 +1,10 @@
 """Command messages between the transport and the router: a bounded queue drained at a bounded
 rate, so a flood of messages costs an append each, never the readings' share of the event loop.
 
-Nothing is parsed here. A message that finds the queue full is dropped and counted (one log
-line per interval, not one per message); it gets no answer, as a caller of an overloaded
-gateway sees a timeout. Payloads are cut to what the router reads, so the queue's memory is
-bounded too.
+Nothing is parsed here. A message that finds the queue full (``size`` messages, or
+``size`` x ``BYTES_EACH`` bytes of topics, payloads and properties) is dropped and counted, one
+log line per interval, not one per message; it gets no answer, as a caller of an overloaded
+gateway sees a timeout. Payloads are cut to what the router reads.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from gateway.logging import Tally
 
 log = structlog.get_logger("gateway.commands")
 
+BYTES_EACH = 4096  # the queue's memory: this much per message of its size, on average
+
 
 class Intake:
     def __init__(self, rate: float, size: int) -> None:
@@ -28,7 +30,9 @@ class Intake:
         waiting at most."""
         self.rate = rate
         self.size = size
-        self.queue: deque[Incoming] = deque()
+        self.queue: deque[tuple[Incoming, int]] = deque()  # (message, its bytes)
+        self.bytes = 0
+        self.max_bytes = size * BYTES_EACH
         self.dropped = Tally(
             log,
             "command messages dropped: more arrive than the gateway takes",
@@ -40,12 +44,15 @@ class Intake:
 
     def offer(self, message: Incoming) -> None:
         """Take one message (on the event loop) or drop it."""
-        if len(self.queue) >= self.size:
-            self.dropped.add()
-            return
         if len(message.payload) > MAX_PAYLOAD:  # enough for the router to say "too large"
             message = message.cut(MAX_PAYLOAD + 1)
-        self.queue.append(message)
+        size = message.size()
+        full = self.queue and self.bytes + size > self.max_bytes  # one message always fits
+        if len(self.queue) >= self.size or full:
+            self.dropped.add()
+            return
+        self.queue.append((message, size))
+        self.bytes += size
         self._ready.set()
 
     async def run(self, handle: Callable[[Incoming], None]) -> None:
@@ -62,7 +69,8 @@ class Intake:
                 # Always yield: handling a message logs and publishes its answer.
                 await asyncio.sleep(max(0.0, due - now))
                 due += gap
-                message = self.queue.popleft()
+                message, size = self.queue.popleft()
+                self.bytes -= size
                 try:
                     handle(message)
                 except Exception:  # a bug must cost one message, never the gateway

@@ -35,6 +35,16 @@ class Incoming:
     correlation: bytes | None = None  # MQTT 5: echoed with the answer
     client: str | None = None  # who sent it, when an MQTT 5 user property says so
 
+    def size(self) -> int:
+        """Roughly the bytes it holds."""
+        return (
+            len(self.topic)
+            + len(self.payload)
+            + len(self.response_topic or "")
+            + len(self.correlation or b"")
+            + len(self.client or "")
+        )
+
     def cut(self, size: int) -> Incoming:
         """The same message with its payload cut to ``size`` bytes."""
         return dataclasses.replace(self, payload=self.payload[:size])

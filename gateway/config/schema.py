@@ -92,12 +92,12 @@ class MqttSection(StrictModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if "@" in parts.netloc:  # never echoed: the part before @ may be a password
+        if "@" in url:  # never echoed: what comes before @ may be a password (even with # or /)
             raise ValueError(
                 "the broker URL carries a user name or password: give them as mqtt.username "
                 "and mqtt.password instead (a URL is logged, and a password must not be)"
             )
+        parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"{url!r}: the broker URL starts with mqtt:// or mqtts://")
         if not parts.hostname:

@@ -37,7 +37,7 @@ _BOOL = "tag:yaml.org,2002:bool"
 _MERGE = "tag:yaml.org,2002:merge"
 _ENV = re.compile(r"\$\{(?:file:([^}]+)|([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?)\}")
 # A variable whose name says it holds a secret: its value is never printed.
-_SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 MAX_SECRET_FILE = 64 * 1024
 
 
@@ -123,7 +123,8 @@ class _Loader:
         self.constructor = yaml.constructor.SafeConstructor()
         self.expander = Expander(base, self.source_map.secrets)
         self.seen: set[int] = set()  # nodes flattened (an alias shares its anchor's node)
-        self.copied = 0  # nodes flattened again, through an alias
+        self.copied = 0  # nodes flattened again, or merged, through an alias
+        self.expanded: dict[int, str] = {}  # a scalar node's text after ${...}, once per node
 
     def load_file(self, path: Path) -> yaml.Node | None:
         try:
@@ -170,14 +171,17 @@ class _Loader:
     def flatten(self, node: yaml.Node, file: str, loc: Loc) -> Any:
         """Plain data from a node tree, recording positions and expanding ``${VAR}``."""
         if id(node) in self.seen:
-            self.copied += 1
-            if self.copied > alias_limit(len(self.seen)):
-                raise _AliasBomb(loc)
+            self.charge(1, loc)
         else:
             self.seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
-            for key_node, value_node in self._pairs(node, file):
+            for key_node, value_node in self._pairs(node, file, loc):
+                if not isinstance(key_node, yaml.ScalarNode):
+                    k = key_node.start_mark
+                    message = "a key is a plain value (a word or a number), not a list or mapping"
+                    self.issues.append(ConfigIssue(file, k.line + 1, k.column + 1, message))
+                    continue
                 key = self.constructor.construct_object(key_node)
                 if key in out:
                     k = key_node.start_mark
@@ -203,9 +207,18 @@ class _Loader:
                 items.append(self.flatten(item, file, child))
             return items
         value = self.constructor.construct_object(node)
-        if isinstance(value, str):
-            return self.expand_env(value, file, loc)
+        if isinstance(value, str) and "${" in value:
+            # An alias copies the expanded text; a secret file is read once.
+            if id(node) not in self.expanded:
+                self.expanded[id(node)] = self.expand_env(value, file, loc)
+            return self.expanded[id(node)]
         return value
+
+    def charge(self, copies: int, loc: Loc) -> None:
+        """Count values an alias copies; raise ``_AliasBomb`` beyond the bound."""
+        self.copied += copies
+        if self.copied > alias_limit(len(self.seen)):
+            raise _AliasBomb(loc)
 
     def expand_env(self, text: str, file: str, loc: Loc) -> str:
         def unset(message: str) -> str:
@@ -216,7 +229,9 @@ class _Loader:
 
         return self.expander.expand(text, unset) if "${" in text else text
 
-    def _pairs(self, node: yaml.MappingNode, file: str) -> list[tuple[yaml.Node, yaml.Node]]:
+    def _pairs(
+        self, node: yaml.MappingNode, file: str, loc: Loc
+    ) -> list[tuple[yaml.Node, yaml.Node]]:
         """The mapping's pairs, with YAML merge keys (``<<: *defaults``) applied."""
         own = [(k, v) for k, v in node.value if k.tag != _MERGE]
         merged: list[tuple[yaml.Node, yaml.Node]] = []
@@ -233,9 +248,19 @@ class _Loader:
                         ConfigIssue(file, m.line + 1, m.column + 1, "<< merges only mappings")
                     )
                     continue
-                merged.extend(self._pairs(source, file))
-        own_keys = {k.value for k, _ in own if isinstance(k, yaml.ScalarNode)}
-        return [(k, v) for k, v in merged if k.value not in own_keys] + own
+                pairs = self._pairs(source, file, loc)
+                self.charge(len(pairs), loc)
+                merged.extend(pairs)
+        # The mapping's own keys win, then the first merged mapping that has the key (YAML).
+        taken = {k.value for k, _ in own if isinstance(k, yaml.ScalarNode)}
+        first: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in merged:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in taken:
+                    continue
+                taken.add(key_node.value)
+            first.append((key_node, value_node))
+        return first + own
 
 
 class Expander:

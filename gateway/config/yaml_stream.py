@@ -127,9 +127,7 @@ class _Builder:
                     if not isinstance(source, dict):
                         raise GiveUp
                     for k, v in source.items():
-                        if k in merged:
-                            raise GiveUp  # the careful reader reports the clash
-                        merged[k] = v
+                        merged.setdefault(k, v)  # the first merged mapping with a key wins
                 continue
             key = value(event)
             item = value(get())

@@ -271,7 +271,7 @@ def test_mqtt5_response_topic_and_correlation_data(plant: WritePlant) -> None:
     assert (payload["ok"], payload["value"], correlation) == (True, 42, b"\x01req-9")
     written = [a for a in _audit(plant) if a["outcome"] == "written"]
     assert {
-        "client": "hmi-3",
+        "claimed_client": "hmi-3",
         "point": "limited",
         "old": old,
         "new": 42,

@@ -538,9 +538,27 @@ def test_intake_drops_beyond_its_queue_and_keeps_order() -> None:
         cut.offer(Incoming("t", b"[" * 100_000))
 
     asyncio.run(big())
-    assert len(cut.queue[0].payload) == MAX_PAYLOAD + 1  # the router still says "too large"
+    assert len(cut.queue[0][0].payload) == MAX_PAYLOAD + 1  # the router still says "too large"
     with pytest.raises(CommandError, match="payload too large"):
-        parse(cut.queue[0].payload)
+        parse(cut.queue[0][0].payload)
+
+
+def test_intake_bounds_the_bytes_it_holds() -> None:
+    """MQTT 5 lets a message carry a long topic, response topic and correlation data: the
+    queue holds at most ``size`` x 4 KiB of them, whatever each message carries."""
+
+    async def flood() -> Intake:
+        intake = Intake(rate=1.0, size=10)
+        big = "r" * 20_000
+        for n in range(10):
+            intake.offer(Incoming(f"t/{n}", b"1", response_topic=big, correlation=b"c" * 20_000))
+        intake.offer(Incoming("t/small", b"1"))
+        return intake
+
+    intake = asyncio.run(flood())
+    assert len(intake.queue) == 2  # 40 KiB allowed: one big message fits, then the small one
+    assert intake.bytes <= 10 * 4096
+    assert intake.dropped.total == 9
 
 
 def test_intake_yields_between_messages() -> None:

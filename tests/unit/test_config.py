@@ -117,3 +117,48 @@ devices:
     assert [p.name for p in left.points] == ["off", "no"]  # not False: YAML 1.2 booleans
     assert (right.id, right.line, right.poll_interval) == ("right", "line-1", 5.0)
     assert [p.name for p in right.points] == ["off", "no"]
+
+
+DEVICE_LIST = """- id: d2
+  line: l1
+  protocol: modbus-tcp
+  host: 127.0.0.1
+  points:
+    - {name: p, table: coil, address: 0}
+"""
+
+
+def _map_including(folder: Path, include: str, more: str = "") -> Path:
+    path = folder / "map.yaml"
+    path.write_text(
+        "gateway: {id: gw, hierarchy: {enterprise: e, site: s, area: a}}\n"
+        f"include: {include}\n{more}devices: []\n"
+    )
+    return path
+
+
+def test_includes_stay_in_the_map_s_folder_unless_allowed(tmp_path: Path) -> None:
+    plant = tmp_path / "plant"
+    shared = tmp_path / "shared"
+    plant.mkdir()
+    shared.mkdir()
+    (shared / "line2.yaml").write_text(DEVICE_LIST)
+    (plant / "linked.yaml").symlink_to(shared / "line2.yaml")  # a link out counts as out
+    for include in ("../shared/line2.yaml", "linked.yaml"):
+        with pytest.raises(ConfigError) as refused:
+            load_config([_map_including(plant, include)])
+        first = str(refused.value.issues[0])  # then: no devices, as nothing was included
+        assert "is outside the map's folder; list its folder under include_folders" in first
+    allowed = _map_including(plant, "../shared/line2.yaml", "include_folders: ../shared\n")
+    assert [d.id for d in load_config([allowed]).devices] == ["d2"]
+    linked = _map_including(plant, "linked.yaml", f"include_folders: [{shared}]\n")
+    assert [d.id for d in load_config([linked]).devices] == ["d2"]
+
+
+def test_a_file_over_64_mib_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as file:
+        file.truncate(64 * 1024 * 1024 + 1)  # sparse: nothing written, nothing to read
+    with pytest.raises(ConfigError) as refused:
+        load_config([path])
+    assert [i.message for i in refused.value.issues] == ["the file is larger than 64 MiB"]

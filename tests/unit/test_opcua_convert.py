@@ -74,6 +74,9 @@ def test_a_nan_or_infinite_value_is_bad_with_its_reason() -> None:
     assert convert(nan, 1.0) == (None, "bad", 1.0, "not a number (NaN)")
     inf = ua.DataValue(ua.Variant(float("inf")))
     assert convert(inf, 1.0) == (None, "bad", 1.0, "infinite value (inf)")
+    array = ua.DataValue(ua.Variant([1.5, float("nan")]))
+    reason = "NaN or infinity in the array (published as null)"
+    assert convert(array, 1.0) == ([1.5, None], "uncertain", 1.0, reason)
 
 
 def test_node_ids_by_index_and_by_namespace_uri() -> None:

@@ -35,7 +35,7 @@ def _certificate(
     key: Key,
     issuer: tuple[x509.Certificate, Key] | None = None,
     ca: bool = False,
-    uri: str = URI,
+    uri: str | list[str] = URI,
     start: datetime.datetime = NOW - DAY,
     end: datetime.datetime = NOW + 365 * DAY,
 ) -> x509.Certificate:
@@ -50,7 +50,15 @@ def _certificate(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.UniformResourceIdentifier(u)
+                    for u in ([uri] if isinstance(uri, str) else uri)
+                ]
+            ),
+            critical=False,
+        )
     )
     return builder.sign(signer_key, hashes.SHA256())
 
@@ -134,6 +142,9 @@ def test_a_certificate_of_another_application_is_refused(tmp_path: Path) -> None
         check_server_certificate(_der(cert), device, URI)
     assert refused.value.reason == "server certificate is not the server's"
     assert "'urn:plant:another-server'" in refused.value.detail
+    both = _certificate("oven", _key(), uri=["urn:plant:another-server", URI])
+    _trust(device, both)
+    check_server_certificate(_der(both), device, URI)  # any of its URIs may be the server's
 
 
 def test_the_key_is_never_readable_by_others(tmp_path: Path) -> None:
