@@ -1,6 +1,7 @@
-"""Southbound adapters: one package per protocol, each knowing its protocol and nothing of MQTT.
+"""Southbound adapters: one folder per protocol, each knowing its protocol and nothing of MQTT.
 
-An adapter package holds ``config.py`` (pydantic schema of its devices and points), the pure
-pieces it needs (``plan.py``, ``decode.py``...), and a ``source.py`` implementing
-``gateway.source.Source``. It is registered in one place: ``gateway/registry.py``.
+A folder holds ``adapter.py`` (its ``gateway.adapter.Adapter``: schema, source and simulator
+factories, plan, own commands), ``config.py`` (pydantic schema of its devices and points), the
+pure pieces it needs (``plan.py``, ``decode.py``...), and a ``source.py`` implementing
+``gateway.source.Source``. It is registered with one line in ``gateway/registry.py``.
 """

@@ -25,8 +25,8 @@ from asyncua import ua
 from asyncua.server.monitored_item_service import MonitoredItemValues
 
 from adapters.opcua.config import OpcUaDevice
-from gateway.config.load import load_config
 from gateway.logging import configure
+from gateway.registry import load_config
 from simulators.opcua import OpcUaSimulator
 
 TICK = 0.01

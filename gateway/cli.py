@@ -12,15 +12,13 @@ import asyncio
 import contextlib
 import faulthandler
 import gc
-import getpass
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from gateway import __version__
-from gateway.config.load import Config, load_config
+from gateway import __version__, registry
+from gateway.config.load import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.logging import configure
 
@@ -74,34 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("file", type=Path, metavar="FILE")
     simulate.set_defaults(handler=_simulate)
 
-    browse = commands.add_parser(
-        "browse", help="print an OPC UA server's address space, or map entries for it"
-    )
-    browse.add_argument("endpoint", metavar="ENDPOINT", help="opc.tcp://host:port/path")
-    browse.add_argument("--depth", type=int, default=6, help="levels below Objects (default 6)")
-    browse.add_argument("--yaml", action="store_true", help="print points: entries for a map")
-    browse.add_argument(
-        "--security",
-        default="None",
-        metavar="POLICY[,MODE]",
-        help="e.g. Basic256Sha256,SignAndEncrypt (default None)",
-    )
-    browse.add_argument("--username", default=None)
-    browse.add_argument(
-        "--password",
-        default=None,
-        help="visible to every local user in the process list: prefer $OPCUA_PASSWORD, or "
-        "the prompt that asks for it when --username is given without one",
-    )
-    browse.add_argument(
-        "--pki", type=Path, default=Path("pki"), help="own certificate and trust folders"
-    )
-    browse.add_argument("--trust-on-first-use", action="store_true")
-    browse.add_argument("--timeout", default="5s")
-    browse.add_argument(
-        "--all", action="store_true", help="include namespace 0's standard nodes (Server...)"
-    )
-    browse.set_defaults(handler=_browse)
+    for adapter in registry.ADAPTERS:  # commands of a protocol's own (OPC UA: browse)
+        for tool in adapter.tools:
+            parser_of_tool = commands.add_parser(tool.name, help=tool.help)
+            tool.arguments(parser_of_tool)
+            parser_of_tool.set_defaults(handler=tool.run)
 
     write = commands.add_parser(
         "write", help="write one point of a device now, with the map's checks and a read-back"
@@ -133,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(paths: Sequence[Path]) -> Config | None:
     try:
-        return load_config(paths)
+        return registry.load_config(paths)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -176,11 +151,10 @@ def _plan(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     from gateway.plan_report import render
-    from gateway.registry import PROTOCOLS
 
     plans = []
     for device in config.devices:
-        describe = PROTOCOLS[device.protocol].describe_plan
+        describe = registry.adapter_of(device.protocol).describe_plan
         if describe is not None:
             plans.append(describe(device))
     print(render(plans))
@@ -194,52 +168,6 @@ def _simulate(args: argparse.Namespace) -> int:
     from simulators.run import serve
 
     return _run_until_signal(lambda: serve(config), args.loop)
-
-
-def _browse(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from adapters.opcua.browse import browse, render_points, render_tree
-    from adapters.opcua.config import OpcUaDevice
-
-    policy, _, mode = args.security.partition(",")
-    password = args.password
-    if args.username is not None and password is None:
-        password = os.environ.get("OPCUA_PASSWORD")
-        if password is None and sys.stdin.isatty():
-            password = getpass.getpass(f"password of {args.username} (empty: none): ") or None
-    try:
-        device = OpcUaDevice.model_validate(
-            {
-                "id": "browse",
-                "line": "cli",
-                "protocol": "opcua",
-                "endpoint": args.endpoint,
-                "timeout": args.timeout,
-                "security": {
-                    "policy": policy,
-                    "mode": mode or ("None" if policy == "None" else "SignAndEncrypt"),
-                },
-                "username": args.username,
-                "password": password,
-                "certificate": args.pki / "own" / "cert.der",
-                "private_key": args.pki / "own" / "key.pem",
-                "trust": args.pki / "trusted",
-                "trust_on_first_use": args.trust_on_first_use,
-                "points": [{"name": "objects", "node": "i=85"}],
-            }
-        )
-    except ValidationError as exc:
-        for error in exc.errors():
-            print(f"error: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
-        return 1
-    try:
-        space = asyncio.run(browse(device, args.depth, args.all))
-    except GatewayError as exc:
-        print(f"error: {args.endpoint}: {getattr(exc, 'detail', None) or exc}", file=sys.stderr)
-        return 1
-    print(render_points(space) if args.yaml else render_tree(space))
-    return 0
 
 
 def _write(args: argparse.Namespace) -> int:

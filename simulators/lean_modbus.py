@@ -32,8 +32,8 @@ from typing import cast
 from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusTcpDevice
 from adapters.modbus.decode import PointCodec
 from adapters.modbus.plan import slots_of
-from gateway.config.load import load_config
 from gateway.config.types import parse_duration
+from gateway.registry import load_config
 from simulators.generators import make_generator
 from simulators.modbus import coerce
 

@@ -1,4 +1,4 @@
-"""Start the simulators for every device of a map whose protocol has one."""
+"""Start the simulators for every device of a map whose protocol has one (the registry says)."""
 
 from __future__ import annotations
 
@@ -6,34 +6,34 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.modbus.config import ModbusDevice
-from adapters.opcua.config import OpcUaDevice
+from gateway import registry
+from gateway.adapter import Simulator
 from gateway.config.load import Config
-from simulators.modbus import ModbusSimulator
-from simulators.opcua import OpcUaSimulator
 
 
 @dataclass
 class Simulators:
-    modbus: ModbusSimulator
-    opcua: OpcUaSimulator
+    running: list[Simulator]
 
     async def stop(self) -> None:
-        await self.modbus.stop()
-        await self.opcua.stop()
+        for simulator in reversed(self.running):
+            await simulator.stop()
 
 
 async def start_simulators(config: Config) -> Simulators:
-    modbus = ModbusSimulator([d for d in config.devices if isinstance(d, ModbusDevice)])
     base_dir = Path(config.files[0]).parent if config.files else Path()
-    opcua = OpcUaSimulator([d for d in config.devices if isinstance(d, OpcUaDevice)], base_dir)
-    await modbus.start()
+    started = Simulators([])
     try:
-        await opcua.start()
+        for adapter in registry.ADAPTERS:
+            members = [d for d in config.devices if d.protocol in adapter.models]
+            if members and adapter.simulator is not None:
+                simulator = adapter.simulator(members, base_dir)
+                await simulator.start()
+                started.running.append(simulator)
     except BaseException:
-        await modbus.stop()
+        await started.stop()
         raise
-    return Simulators(modbus, opcua)
+    return started
 
 
 async def serve(config: Config) -> None:

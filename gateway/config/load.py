@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic.dataclasses import is_pydantic_dataclass
@@ -32,7 +32,9 @@ from gateway.config.schema import (
 )
 from gateway.config.yaml_source import Loc, SourceMap, load_yaml
 from gateway.errors import ConfigError, ConfigIssue
-from gateway.registry import PROTOCOLS
+
+if TYPE_CHECKING:
+    from gateway.adapter import Adapter
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,11 @@ class Config:
     commands: CommandsSection = field(default_factory=CommandsSection)
 
 
-def load_config(paths: Sequence[str | Path]) -> Config:
-    """Load a device map (first file) plus extra device-list files; raise ``ConfigError``."""
+def read_map(paths: Sequence[str | Path], adapters: Sequence[Adapter]) -> Config:
+    """Load a device map (first file) plus extra device-list files, each device validated by
+    its protocol's adapter; raise ``ConfigError``. (``gateway.registry.load_config`` passes the
+    registered adapters.)"""
+    protocols = {key: adapter for adapter in adapters for key in adapter.models}
     files = [Path(p) for p in paths]
     data, source_map, issues = load_yaml(files)
     if issues and not data:
@@ -68,7 +73,9 @@ def load_config(paths: Sequence[str | Path]) -> Config:
         for index, raw in enumerate(raw_devices):
             if not isinstance(raw, dict):
                 continue
-            device = _validate_device(raw, index, data, source_map, issues, files[0].parent)
+            device = _validate_device(
+                raw, index, data, source_map, issues, files[0].parent, protocols
+            )
             if device is not None:
                 devices.append(device)
                 indexes.append(index)
@@ -85,7 +92,7 @@ def load_config(paths: Sequence[str | Path]) -> Config:
                     )
                 else:
                     seen_ids[device_id] = index
-    for index, loc, message in _across_devices(devices, indexes):
+    for index, loc, message in _across_devices(devices, indexes, protocols):
         issues.append(source_map.issue(data, ("devices", index, *loc), message))
     if issues or root is None:
         secrets = source_map.secrets | set(_secret_values(data))
@@ -137,35 +144,39 @@ def _validate_device(
     source_map: SourceMap,
     issues: list[ConfigIssue],
     base_dir: Path,
+    protocols: Mapping[str, Adapter],
 ) -> DeviceConfig | None:
     loc: Loc = ("devices", index)
     protocol = raw.get("protocol")
-    entry = PROTOCOLS.get(protocol) if isinstance(protocol, str) else None
-    if entry is None:
-        known = ", ".join(PROTOCOLS)
+    entry = protocols.get(protocol) if isinstance(protocol, str) else None
+    if entry is None or not isinstance(protocol, str):
+        known = ", ".join(protocols)
         if protocol is None:
             message = f"device needs a protocol: one of {known}"
         else:
-            message = f"unknown protocol {protocol!r}{_did_you_mean(str(protocol), PROTOCOLS)}"
+            message = f"unknown protocol {protocol!r}{_did_you_mean(str(protocol), protocols)}"
             message += f"; known protocols: {known}"
         issues.append(source_map.issue(data, (*loc, "protocol"), message))
         return None
     for check in (_duplicate_point_names, *entry.raw_checks):
         for sub_loc, message in check(raw):
             issues.append(source_map.issue(data, (*loc, *sub_loc), message))
+    model = entry.models[protocol]
     try:
         # Paths in a device (certificates, ...) are relative to the map's folder.
-        return entry.config_model.model_validate(raw, context={"base_dir": base_dir})
+        return model.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
-        issues.extend(_issues_from(exc, entry.config_model, loc, data, source_map))
+        issues.extend(_issues_from(exc, model, loc, data, source_map))
         return None
 
 
-def _across_devices(devices: list[DeviceConfig], indexes: list[int]) -> list[tuple[int, Loc, str]]:
+def _across_devices(
+    devices: list[DeviceConfig], indexes: list[int], protocols: Mapping[str, Adapter]
+) -> list[tuple[int, Loc, str]]:
     """Each protocol family's checks across its devices (e.g. units sharing one link)."""
     families: dict[Any, list[tuple[int, DeviceConfig]]] = {}
     for index, device in zip(indexes, devices, strict=True):
-        check = PROTOCOLS[device.protocol].check_devices
+        check = protocols[device.protocol].check_devices
         if check is not None:
             families.setdefault(check, []).append((index, device))
     problems = []

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from adapters.opcua.config import OpcUaDevice
-from gateway.config.load import load_config
+from gateway.registry import load_config
 from simulators.opcua import EndpointSimulator, OpcUaSimulator
 from tests.helpers import ROOT
 

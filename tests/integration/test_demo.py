@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from gateway.config.load import load_config
+from gateway.registry import load_config
 from tests.helpers import ROOT
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from gateway.config.load import load_config
+from gateway.registry import load_config
 from tests.helpers import ROOT, Collector, Mosquitto, Process, free_port, wait_port
 from tests.integration.opcua_plant import SimThread, browse, latest, opcua_device
 from tests.integration.plant import write_map

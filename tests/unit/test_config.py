@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from adapters.modbus.config import ModbusTcpDevice
-from gateway.config.load import load_config
 from gateway.config.types import parse_duration
 from gateway.errors import ConfigError
+from gateway.registry import load_config
 from tests.helpers import ROOT
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config.load import load_config
 from gateway.errors import ConfigError
+from gateway.registry import load_config
 from tests.helpers import ROOT
 
 BASE = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())

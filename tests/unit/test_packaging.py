@@ -6,7 +6,7 @@ import json
 import re
 import tomllib
 
-from gateway.config.load import load_config
+from gateway.registry import load_config
 from tests.helpers import ROOT
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import tracemalloc
 from typing import Any
 
-from gateway.config.load import load_config
 from gateway.delivery.encode_json import encode_reading, iso_time
 from gateway.model import BAD, GOOD, Reading
 from gateway.pipeline import Deadband
+from gateway.registry import load_config
 from gateway.topics import Topics
 from tests.helpers import ROOT
 

@@ -14,7 +14,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config.load import load_config
 from gateway.config.yaml_source import (
     Expander,
     _give_up,
@@ -24,6 +23,7 @@ from gateway.config.yaml_source import (
 )
 from gateway.config.yaml_stream import load_quickly
 from gateway.errors import ConfigError
+from gateway.registry import load_config
 from tests.helpers import ROOT
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
