@@ -175,12 +175,12 @@ class Float32s:
     def apply(self, values: list[int | float], indices: Sequence[int]) -> None:
         """Replace ``values[i]`` of each of ``indices`` (float32s) by its shortest decimal."""
         originals = tuple([values[i] for i in indices])
-        text = self._format % originals
+        decimals = self._format % originals
         # Exponents -38 and below: maybe a subnormal, which may take fewer digits.
-        if "e-38" in text or "e-39" in text or "e-4" in text:
+        if "e-38" in decimals or "e-39" in decimals or "e-4" in decimals:
             self._one_by_one(values, indices)
             return
-        candidates = list(map(float, text.split(",")))
+        candidates = list(map(float, decimals.split(",")))
         try:
             back = self._struct.unpack(self._struct.pack(*candidates))
         except OverflowError:  # 7 digits rounded a value past the float32 range

@@ -9,28 +9,19 @@ reconnect backoff, so devices sharing it do not hammer a dead gateway each on th
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
-from pymodbus import FramerType
-from pymodbus.client import (
-    AsyncModbusSerialClient,
-    AsyncModbusTcpClient,
-    AsyncModbusUdpClient,
-)
-from pymodbus.exceptions import ModbusException
 
-from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice, ModbusTcpDevice
-from adapters.modbus.decode import registers_to_bytes
-from adapters.modbus.errors import ModbusExceptionAnswer
-from adapters.modbus.tcp import TcpClient
+from adapters.modbus.client import ModbusClient, make_client
+from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice
 from gateway.backoff import Backoff
 from gateway.errors import DeviceError
 
 log = structlog.get_logger("adapters.modbus")
+
+T = TypeVar("T")
 
 
 class ModbusLink:
@@ -47,11 +38,11 @@ class ModbusLink:
         self.silence = inter_frame_silence(self.first)
         self._last_frame = 0.0  # loop time the last answer (or timeout) ended
         self.last_error: str | None = None
-        self._client: Any = None
+        self._client: ModbusClient | None = None
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and bool(self._client.connected)
+        return self._client is not None and self._client.connected
 
     async def connect(self, pause_after_connect: float = 0.0) -> None:
         """Connect if needed; raise DeviceError (without trying) while backing off."""
@@ -67,25 +58,16 @@ class ModbusLink:
         if loop.time() < self.retry_at and self.last_error is not None:
             raise DeviceError(self.last_error)
         self.close()
-        detail = ""
-        client: Any = None
+        client = make_client(self.first, self.timeout)
         try:
-            client = self._make_client()
             async with asyncio.timeout(self.timeout * 2 + 1):
-                ok = await client.connect()
-        except TimeoutError:
-            ok, detail = False, ": timeout"
-        except (
-            Exception
-        ) as exc:  # pyserial and termios raise their own types; all mean "cannot open"
-            ok, detail = False, f": {exc}"
-        if not ok:
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.close()
-            self.last_error = f"cannot connect to {self.name}{detail}"
+                await client.connect()
+        except (TimeoutError, DeviceError) as exc:
+            client.close()
+            why = exc.reason if isinstance(exc, DeviceError) else "timeout"
+            self.last_error = f"cannot connect to {self.name}: {why}"
             self.retry_at = loop.time() + self.backoff.next_delay()
-            raise DeviceError(self.last_error)
+            raise DeviceError(self.last_error) from None
         self._client = client
         self.last_error = None
         self.backoff.reset()
@@ -135,7 +117,7 @@ class ModbusLink:
         """
         await self._exchange(self._write_once, table, address, values, unit)
 
-    async def _exchange(self, request: Any, *args: Any) -> Any:
+    async def _exchange(self, request: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run one request, keeping the RTU inter-frame silence before it."""
         if not self.silence:
             return await request(*args)
@@ -155,85 +137,19 @@ class ModbusLink:
         self, table: str, address: int, count: int, unit: int
     ) -> bytes | list[bool]:
         client = self._connected_client()
-        bits = table in BIT_TABLES
-        if isinstance(client, TcpClient):
-            try:
-                raw = await client.read(table, address, count, unit)
-            except OSError as exc:
-                raise DeviceError(f"connection error: {exc.strerror or exc}") from None
-            if bits:
-                return [bool(raw[i >> 3] >> (i & 7) & 1) for i in range(count)]
-            return raw
-        call = {
-            "holding": client.read_holding_registers,
-            "input": client.read_input_registers,
-            "coil": client.read_coils,
-            "discrete_input": client.read_discrete_inputs,
-        }[table]
-        response = await self._answer(lambda: call(address, count=count, device_id=unit))
-        if bits:
-            flags = list(response.bits)[:count]
-            if len(flags) != count:
-                raise DeviceError("short response", connection_lost=False)
-            return flags
-        registers = list(response.registers)
-        if len(registers) != count:
-            raise DeviceError("short response", connection_lost=False)
-        return registers_to_bytes(registers)
+        if table in BIT_TABLES:
+            return await client.read_bits(table, address, count, unit)
+        return await client.read_registers(table, address, count, unit)
 
     async def _write_once(
         self, table: str, address: int, values: list[int] | bool, unit: int
     ) -> None:
-        client = self._connected_client()
-        if isinstance(client, TcpClient):
-            try:
-                await client.request(unit, write_pdu(table, address, values))
-            except OSError as exc:
-                raise DeviceError(f"connection error: {exc.strerror or exc}") from None
-            return
-        if table == "coil":
-            await self._answer(lambda: client.write_coil(address, bool(values), device_id=unit))
-        elif isinstance(values, list) and len(values) > 1:
-            await self._answer(lambda: client.write_registers(address, values, device_id=unit))
-        else:
-            assert isinstance(values, list) and table == "holding"
-            await self._answer(lambda: client.write_register(address, values[0], device_id=unit))
+        await self._connected_client().write(table, address, values, unit)
 
-    def _connected_client(self) -> Any:
+    def _connected_client(self) -> ModbusClient:
         if self._client is None:
             raise DeviceError(self.last_error or "not connected")
         return self._client
-
-    async def _answer(self, request: Callable[[], Awaitable[Any]]) -> Any:
-        """Send a pymodbus request; its exceptions and exception answers -> ``DeviceError``."""
-        try:
-            async with asyncio.timeout(self.timeout * 2 + 1):  # a guard; pymodbus times out first
-                response = await request()
-        except TimeoutError:
-            raise DeviceError("timeout") from None
-        except ModbusException as exc:
-            text = str(exc).lower()
-            lost = not ("timeout" in text or "no response" in text)
-            raise DeviceError("connection lost" if lost else "timeout") from None
-        except OSError as exc:
-            raise DeviceError(f"connection error: {exc.strerror or exc}") from None
-        if response.isError():
-            raise ModbusExceptionAnswer(getattr(response, "exception_code", 0))
-        return response
-
-    def _make_client(self) -> Any:
-        device = self.first
-        common: dict[str, Any] = {"timeout": self.timeout, "retries": 0, "reconnect_delay": 0}
-        if isinstance(device, ModbusRtuDevice):
-            return AsyncModbusSerialClient(
-                device.port, framer=FramerType.RTU, **device.line_settings, **common
-            )
-        assert isinstance(device, ModbusTcpDevice)
-        if device.protocol == "modbus-udp":
-            return AsyncModbusUdpClient(device.host, port=device.port, **common)
-        if device.protocol == "modbus-tcp":
-            return TcpClient(device.host, device.port, self.timeout)
-        return AsyncModbusTcpClient(device.host, port=device.port, framer=FramerType.RTU, **common)
 
 
 def inter_frame_silence(device: ModbusDevice) -> float:
@@ -244,14 +160,3 @@ def inter_frame_silence(device: ModbusDevice) -> float:
     if device.baudrate > 19200:
         return 0.00175
     return 3.5 * 11 / device.baudrate
-
-
-def write_pdu(table: str, address: int, values: list[int] | bool) -> bytes:
-    """FC 5 for a coil, FC 6 for one register, FC 16 for several."""
-    if table == "coil":
-        return struct.pack(">BHH", 5, address, 0xFF00 if values else 0)
-    assert isinstance(values, list) and table == "holding"
-    if len(values) == 1:
-        return struct.pack(">BHH", 6, address, values[0])
-    count = len(values)
-    return struct.pack(f">BHHB{count}H", 16, address, count, 2 * count, *values)

@@ -26,7 +26,7 @@ READ_FUNCTIONS = {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}
 
 _header = struct.Struct(">HHHB")  # transaction id, protocol 0, length, unit
 _read_pdu = struct.Struct(">BHH")  # function, address, count
-_mbap = struct.Struct(">HHH")
+_answer_header = struct.Struct(">HHHB")  # transaction id, protocol, length, unit
 
 
 class TcpClient(asyncio.Protocol):
@@ -39,7 +39,8 @@ class TcpClient(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._tid = 0
-        self._waiting: tuple[int, asyncio.Future[bytes]] | None = None
+        # (transaction id, unit id, the answer's PDU)
+        self._waiting: tuple[int, int, asyncio.Future[bytes]] | None = None
         self._lost: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -49,18 +50,30 @@ class TcpClient(asyncio.Protocol):
     def connected(self) -> bool:
         return self._transport is not None and self._lost is None
 
-    async def connect(self) -> bool:
+    async def connect(self) -> None:
         # Kept: asking for the running loop costs a ``getpid`` system call on Python 3.11.
         loop = self._loop = asyncio.get_running_loop()
-        await loop.create_connection(lambda: self, self.host, self.port)
-        return True
+        try:
+            await loop.create_connection(lambda: self, self.host, self.port)
+        except OSError as exc:
+            raise DeviceError(f"cannot connect: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
 
-    async def read(self, table: str, address: int, count: int, unit: int) -> bytes:
+    async def read_registers(self, table: str, address: int, count: int, unit: int) -> bytes:
+        return await self._read(table, address, count, unit)
+
+    async def read_bits(self, table: str, address: int, count: int, unit: int) -> list[bool]:
+        packed = await self._read(table, address, count, unit)
+        return [bool(packed[i >> 3] >> (i & 7) & 1) for i in range(count)]
+
+    async def write(self, table: str, address: int, values: list[int] | bool, unit: int) -> None:
+        await self.request(unit, write_pdu(table, address, values))
+
+    async def _read(self, table: str, address: int, count: int, unit: int) -> bytes:
         """Registers as wire bytes (two per register), or for bit tables the packed bits."""
         function = READ_FUNCTIONS[table]
         answer = await self.request(unit, _read_pdu.pack(function, address, count))
@@ -77,7 +90,7 @@ class TcpClient(asyncio.Protocol):
         self._tid = tid = (self._tid + 1) & 0xFFFF
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
-        self._waiting = (tid, future)
+        self._waiting = (tid, unit, future)
         transport.write(_header.pack(tid, 0, len(pdu) + 1, unit) + pdu)
         # A bare timer, not ``asyncio.timeout``: this runs thousands of times a second.
         timer = loop.call_later(self.timeout, _expire, future)
@@ -107,7 +120,7 @@ class TcpClient(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         while len(buffer) >= 8:
-            tid, protocol, length = _mbap.unpack_from(buffer)
+            tid, protocol, length, unit = _answer_header.unpack_from(buffer)
             if protocol != 0 or not 2 <= length <= 254:
                 self._fail("garbled answer: bad MBAP header")
                 return
@@ -116,9 +129,16 @@ class TcpClient(asyncio.Protocol):
             pdu = bytes(buffer[7 : 6 + length])
             del buffer[: 6 + length]
             waiting = self._waiting
-            if waiting is not None and waiting[0] == tid and not waiting[1].done():
-                waiting[1].set_result(pdu)
-            # else: the answer to a request that timed out already; dropped.
+            if waiting is None or waiting[0] != tid or waiting[2].done():
+                continue  # the answer to a request that timed out already: dropped
+            if unit != waiting[1]:  # another unit's answer (a confused Modbus gateway)
+                error = DeviceError(
+                    f"garbled answer: from unit {unit}, asked unit {waiting[1]}",
+                    connection_lost=False,
+                )
+                waiting[2].set_exception(error)
+            else:
+                waiting[2].set_result(pdu)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail("connection lost")
@@ -127,11 +147,22 @@ class TcpClient(asyncio.Protocol):
         self._lost = reason
         self._buffer.clear()
         waiting = self._waiting
-        if waiting is not None and not waiting[1].done():
-            waiting[1].set_exception(DeviceError(reason))
+        if waiting is not None and not waiting[2].done():
+            waiting[2].set_exception(DeviceError(reason))
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
+
+
+def write_pdu(table: str, address: int, values: list[int] | bool) -> bytes:
+    """FC 5 for a coil, FC 6 for one register, FC 16 for several."""
+    if table == "coil":
+        return struct.pack(">BHH", 5, address, 0xFF00 if values else 0)
+    assert isinstance(values, list) and table == "holding"
+    if len(values) == 1:
+        return struct.pack(">BHH", 6, address, values[0])
+    count = len(values)
+    return struct.pack(f">BHHB{count}H", 16, address, count, 2 * count, *values)
 
 
 def _expire(future: asyncio.Future[bytes]) -> None:

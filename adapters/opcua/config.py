@@ -65,17 +65,17 @@ def check_node_id(text: str) -> str:
     return text
 
 
-def split_browse_path(text: str) -> list[tuple[int, str]]:
+def split_browse_path(path: str) -> list[tuple[int, str]]:
     """``0:Objects/2:Oven/2:State`` -> [(0, 'Objects'), (2, 'Oven'), (2, 'State')].
 
     A segment without ``index:`` uses namespace 0 for the first one (``Objects``) and the
     previous segment's namespace after that, which is how most address spaces are built.
     """
     segments: list[tuple[int, str]] = []
-    for part in text.strip("/").split("/"):
+    for part in path.strip("/").split("/"):
         match = _BROWSE_SEGMENT.match(part.strip())
         if not match:
-            raise ValueError(f"browse path {text!r} has an empty segment")
+            raise ValueError(f"browse path {path!r} has an empty segment")
         index = match.group(1)
         name = match.group(2)
         namespace = int(index) if index is not None else (segments[-1][0] if segments else 0)

@@ -220,14 +220,14 @@ class _Loader:
         if self.copied > alias_limit(len(self.seen)):
             raise _AliasBomb(loc)
 
-    def expand_env(self, text: str, file: str, loc: Loc) -> str:
+    def expand_env(self, value: str, file: str, loc: Loc) -> str:
         def unset(message: str) -> str:
             pos = self.source_map.positions.get(loc)
             line, col = pos.value if pos else (1, 1)
             self.issues.append(ConfigIssue(file, line, col, message))
             return ""
 
-        return self.expander.expand(text, unset) if "${" in text else text
+        return self.expander.expand(value, unset) if "${" in value else value
 
     def _pairs(
         self, node: yaml.MappingNode, file: str, loc: Loc

@@ -98,12 +98,12 @@ class _Builder:
         if tag is None or tag == "!":
             tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         if tag == "tag:yaml.org,2002:str":
-            text: str = event.value
-            if "${" in text:
-                return self.expand(text)
+            scalar: str = event.value
+            if "${" in scalar:
+                return self.expand(scalar)
             # Keys and words like "holding" or "float32" repeat for every point: one copy each
             # (a 100,000-point map holds half a million of them).
-            return sys.intern(text) if len(text) <= 32 else text
+            return sys.intern(scalar) if len(scalar) <= 32 else scalar
         constructor = loader.yaml_constructors.get(tag)
         if constructor is None:
             raise GiveUp

@@ -1,5 +1,6 @@
 """The lean Modbus TCP client against a scripted server: answers, exception answers, a late
-answer after a timeout, garbage, a dropped connection (the real servers are in integration)."""
+answer after a timeout, another unit's answer, frames split and run together, garbage, a
+dropped connection (the real servers are in integration)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from adapters.modbus.errors import ModbusExceptionAnswer
-from adapters.modbus.link import write_pdu
-from adapters.modbus.tcp import TcpClient
+from adapters.modbus.tcp import TcpClient, write_pdu
 from gateway.errors import DeviceError
 
 Reply = Callable[[int, bytes], list[bytes]]  # (transaction id, request PDU) -> frames to send
@@ -40,7 +40,7 @@ async def _with_server(reply: Reply, scenario: Callable[[TcpClient], object]) ->
     port = server.sockets[0].getsockname()[1]
     client = TcpClient("127.0.0.1", port, timeout=0.2)
     try:
-        assert await client.connect()
+        await client.connect()
         await scenario(client)  # type: ignore[misc]
     finally:
         client.close()
@@ -55,8 +55,8 @@ def test_reads_registers_as_wire_bytes_and_bits_packed() -> None:
         return [_frame(tid, bytes([1, 1, 0b101]))]
 
     async def scenario(client: TcpClient) -> None:
-        assert await client.read("holding", 0, 3, 1) == bytes(range(6))
-        assert await client.read("coil", 0, 3, 1) == bytes([0b101])
+        assert await client.read_registers("holding", 0, 3, 1) == bytes(range(6))
+        assert await client.read_bits("coil", 0, 3, 1) == [True, False, True]
 
     asyncio.run(_with_server(reply, scenario))
 
@@ -72,7 +72,7 @@ def test_an_exception_answer_keeps_the_connection() -> None:
 
 async def _expect_exception(client: TcpClient) -> None:
     with pytest.raises(ModbusExceptionAnswer) as caught:
-        await client.read("holding", 0, 1, 1)
+        await client.read_registers("holding", 0, 1, 1)
     assert caught.value.code == 2 and caught.value.reason == "illegal data address"
     assert client.connected
 
@@ -92,8 +92,8 @@ def test_a_late_answer_is_not_taken_for_the_next_request() -> None:
 
     async def scenario(client: TcpClient) -> None:
         with pytest.raises(DeviceError, match="timeout"):
-            await client.read("holding", 0, 1, 1)
-        assert await client.read("holding", 0, 1, 1) == b"\x00\x07"
+            await client.read_registers("holding", 0, 1, 1)
+        assert await client.read_registers("holding", 0, 1, 1) == b"\x00\x07"
 
     asyncio.run(_with_server(reply, scenario))
 
@@ -101,23 +101,78 @@ def test_a_late_answer_is_not_taken_for_the_next_request() -> None:
 def test_garbage_and_a_dropped_connection_are_device_errors() -> None:
     async def short(client: TcpClient) -> None:
         with pytest.raises(DeviceError, match="wrong length"):
-            await client.read("holding", 0, 2, 1)
+            await client.read_registers("holding", 0, 2, 1)
 
     asyncio.run(_with_server(lambda tid, pdu: [_frame(tid, bytes([3, 2, 0, 1]))], short))
 
     async def bad_header(client: TcpClient) -> None:
         with pytest.raises(DeviceError, match="bad MBAP header"):
-            await client.read("holding", 0, 1, 1)
+            await client.read_registers("holding", 0, 1, 1)
         assert not client.connected
 
     asyncio.run(_with_server(lambda tid, pdu: [b"\x00\x01\x00\x07\x00\x05\x01\x03"], bad_header))
 
     async def dropped(client: TcpClient) -> None:
         with pytest.raises(DeviceError, match="connection lost"):
-            await client.read("holding", 0, 1, 1)
+            await client.read_registers("holding", 0, 1, 1)
         assert not client.connected
 
     asyncio.run(_with_server(lambda tid, pdu: [b"close"], dropped))
+
+
+def test_an_answer_from_another_unit_is_refused() -> None:
+    async def scenario(client: TcpClient) -> None:
+        with pytest.raises(DeviceError, match="from unit 7, asked unit 1") as caught:
+            await client.read_registers("holding", 0, 1, 1)
+        assert caught.value.connection_lost is False and client.connected
+
+    frame = lambda tid, pdu: [_frame(tid, bytes([3, 2, 0, 9]), unit=7)]  # noqa: E731
+    asyncio.run(_with_server(frame, scenario))
+
+
+class _Wire(asyncio.Transport):
+    """A transport that keeps what the client writes; the test feeds the answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent.append(bytes(data))
+
+    def abort(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def test_frames_split_across_reads_and_run_together_are_read_whole() -> None:
+    async def scenario() -> None:
+        client = TcpClient("127.0.0.1", 502, timeout=5)
+        client._loop = asyncio.get_running_loop()
+        wire = _Wire()
+        client.connection_made(wire)
+        first = asyncio.create_task(client.read_registers("holding", 0, 2, 1))
+        await asyncio.sleep(0)  # the request is written
+        tid = struct.unpack(">H", wire.sent[-1][:2])[0]
+        answer = _frame(tid, bytes([3, 4, 0, 1, 0, 2]))
+        for cut in (3, 8):  # inside the MBAP header, then inside the PDU
+            client.data_received(answer[:cut])
+            answer = answer[cut:]
+            await asyncio.sleep(0)
+            assert not first.done()
+        client.data_received(answer)
+        assert await first == bytes([0, 1, 0, 2])
+        # A stale answer and the current one in one segment: the stale one is dropped.
+        second = asyncio.create_task(client.read_registers("holding", 0, 1, 1))
+        await asyncio.sleep(0)
+        tid = struct.unpack(">H", wire.sent[-1][:2])[0]
+        both = _frame(tid - 1, bytes([3, 2, 0xDE, 0xAD])) + _frame(tid, bytes([3, 2, 0, 7]))
+        client.data_received(both)
+        assert await second == bytes([0, 7])
+
+    asyncio.run(scenario())
 
 
 def test_writes_send_the_standard_function_codes() -> None:
