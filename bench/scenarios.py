@@ -29,8 +29,8 @@ from bench.harness import (
 from gateway.config.schema import GatewaySection
 from gateway.delivery.encode_json import JsonEncoder, encode_batch, iso_time
 from gateway.model import Sample
-from gateway.testing import wait_port
 from gateway.topics import Topics
+from tests.mosquitto import wait_port
 
 
 def hot_path(_args: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config.load import Config
 from gateway.runtime import Gateway
-from gateway.testing import free_port
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 log = structlog.get_logger("gateway.demo")
@@ -32,7 +32,7 @@ async def run_demo(
 ) -> None:
     broker: Any = None
     if broker_url is None:
-        port = port or free_port()
+        port = port or _free_port()
         broker = await _start_embedded_broker(port)
         broker_url = f"mqtt://127.0.0.1:{port}"
     mqtt_config = config.mqtt.model_copy(update={"url": broker_url})
@@ -157,3 +157,11 @@ def _subscribe(config: Config, table: LiveTable) -> mqtt.Client:
     client.connect_async(config.mqtt.host, config.mqtt.port)
     client.loop_start()
     return client
+
+
+def _free_port() -> int:
+    """A TCP port free on loopback now, for the embedded broker."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -7,7 +7,6 @@
     Carries a short ``reason`` that becomes the reading's quality reason.
   - ``CommandError``: a command (an MQTT write request) is refused before it reaches a device:
     not writable, out of range, a wrong type... Its message is what the caller reads.
-  - ``ListenError``: a server of ours (a simulator) cannot listen where the map says.
   - ``BrokerError``: the MQTT broker refused us (CONNACK, DISCONNECT) or a message; the
     transport logs a refused connection and reconnects.
     - ``Refused``: the broker refused the connection; says why in plain words, with a hint.
@@ -62,10 +61,6 @@ class CommandError(GatewayError):
     def __init__(self, message: str, command_id: str | int | float | None = None) -> None:
         super().__init__(message)
         self.command_id = command_id
-
-
-class ListenError(GatewayError):
-    """A simulator cannot serve where the device map says (address in use, no such device)."""
 
 
 class BrokerError(GatewayError):

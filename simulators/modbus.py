@@ -27,7 +27,7 @@ from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice, Mo
 from adapters.modbus.decode import PointCodec
 from adapters.modbus.plan import Slot, slots_of
 from adapters.modbus.write import INT_RANGES
-from gateway.errors import ListenError
+from simulators.errors import ListenError
 from simulators.generators import Generated, Generator, make_generator
 
 log = structlog.get_logger("simulators.modbus")

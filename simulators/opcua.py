@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from adapters.opcua.config import OpcUaDevice, OpcUaPoint, split_browse_path
 from adapters.opcua.nodes import parse_node_id
 from adapters.opcua.security import ensure_certificate, load_certificate
-from gateway.errors import ListenError
+from simulators.errors import ListenError
 from simulators.generators import Generated, Generator, make_generator
 
 log = structlog.get_logger("simulators.opcua")

@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.testing import Mosquitto, free_port, no_delay, wait_port
+from tests.mosquitto import Mosquitto, free_port, no_delay, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import time
 from pymodbus.client import AsyncModbusTcpClient
 
 from adapters.modbus.config import ModbusTcpDevice
-from gateway.testing import free_port
 from simulators.lean_modbus import LeanModbusSimulator
+from tests.mosquitto import free_port
 
 
 def _device(port: int, unit: int, points: list[dict[str, object]]) -> ModbusTcpDevice:

@@ -1,8 +1,5 @@
-"""Helpers for tests and benchmarks of the gateway: free ports, a real mosquitto on loopback.
-
-They ship with the package (as httpx ships ``MockTransport``) so that the test suite, the
-benchmarks and anyone testing an integration use the same, real broker.
-"""
+"""Free ports and a real mosquitto on loopback, for the test suite and the benchmarks (which
+import it from here: none of it ships with the gateway)."""
 
 from __future__ import annotations
 
