@@ -137,8 +137,8 @@ def _run(args: argparse.Namespace) -> int:
     def start() -> Awaitable[None]:
         gateway = Gateway(config)
         # The map and everything built from it live as long as the process: frozen, the
-        # collector stops walking them. Unfrozen, each full collection walked every object of
-        # a 100,000-point map (tenths of a second) and stalled every device for as long.
+        # collector stops walking them, instead of stalling every device while it walks every
+        # object of a big map (docs/performance.md, step 9).
         gc.collect()
         gc.freeze()
         return gateway.run()

@@ -1,8 +1,8 @@
 """A lean Modbus TCP server for benchmarks: MBAP + functions 1-6, 15, 16 over register images.
 
-The pymodbus server costs ~100 us of CPU per request on a small machine, so a benchmark of
-100,000 values/s would measure the simulator, not the gateway. This one answers a read by
-slicing a prebuilt image (the registers as their wire bytes): ~10-30 us per request.
+The pymodbus server's CPU per request would make a high-rate benchmark measure the simulator,
+not the gateway (docs/performance.md). This one answers a read by slicing a prebuilt image (the
+registers as their wire bytes).
 
 Values move without per-value work: the points' ``sim:`` generators are evaluated at start-up
 for ``images`` moments one ``tick`` apart, and a timer switches the image served every tick.

@@ -157,12 +157,12 @@ def _eight_or_nine_digits(value: float) -> float:
 class Float32s:
     """``shortest_float32`` of the float32 values of one block answer, a few steps at once.
 
-    Per value, ``shortest_float32`` costs ~1 us and was ~15 % of a loaded gateway's CPU. Here
-    one ``%`` formats every value to 7 digits and one ``struct`` round trip through float32
-    checks them all; the values 7 digits do not give back (most of a sensor's float32s: 40 of
-    60 measured) take the same two steps together at 8 digits, and what is left takes 9, which
-    always round-trips. A block holding a possible subnormal (fewer digits may do) or a value
-    rounded past the float32 range takes the per-value path. The results are
+    ``shortest_float32`` per value is one of the hot path's larger costs. Here one ``%``
+    formats every value to 7 digits and one ``struct`` round trip through float32 checks them
+    all; the values 7 digits do not give back (most of a sensor's float32s) take the same two
+    steps together at 8 digits, and what is left takes 9, which always round-trips. A block
+    holding a possible subnormal (fewer digits may do) or a value rounded past the float32
+    range takes the per-value path. The results are
     ``shortest_float32``'s (property-tested).
     """
 

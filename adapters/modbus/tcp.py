@@ -1,11 +1,11 @@
 """A lean Modbus TCP client: MBAP frames on a bare asyncio transport.
 
-Why not pymodbus here: its request path costs ~90-135 us of CPU per request on an edge box
-(a transaction manager, a timer and a PDU object per request, registers decoded one by one into
-a list), and a poll reads tens of blocks per device per second. This client builds the request
-frame from a precompiled header, waits on one future, and returns the answer's register bytes as
-they came off the wire, for the block decoder. ~15-30 us per request. pymodbus still serves every
-other framing (RTU over serial or TCP, UDP).
+Why not pymodbus here: its request path (a transaction manager, a timer and a PDU object per
+request, registers decoded one by one into a list) costs several times this client's CPU
+(docs/performance.md), and a poll reads tens of blocks per device per second. This client
+builds the request frame from a precompiled header, waits on one future, and returns the
+answer's register bytes as they came off the wire, for the block decoder. pymodbus serves every
+other framing (RTU over serial or TCP, UDP) behind the same ``ModbusClient`` protocol.
 
 One request at a time per connection, as most Modbus TCP servers expect (the link's lock
 guarantees it); transaction ids still tell a late answer to a timed-out request from the

@@ -2,8 +2,8 @@
 
 Why not plain ``yaml.safe_load``: a validation error must point at ``file:line:col`` (ESPHome
 style), and a value may come from an included file. We compose the YAML into a node tree (each
-node knows its position; libyaml's C parser when installed, as a 20,000-point map must load in
-seconds, not the half minute a pure-Python round-trip loader takes), then flatten it into plain
+node knows its position; libyaml's C parser when installed, as a big map must load in seconds,
+which a pure-Python round-trip loader cannot), then flatten it into plain
 dicts/lists plus a ``SourceMap`` from the path of each value (``("devices", 0, "points", 2,
 "type")``) to its position. Environment variables ``${VAR}`` / ``${VAR:-default}`` and secret
 files ``${file:PATH}`` are expanded in every string here, once; what came from a secret (a file,
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-try:  # libyaml's parser when PyYAML was built with it: ~20x faster
+try:  # libyaml's parser when PyYAML was built with it: many times faster
     from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # pragma: no cover
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]

@@ -1,7 +1,7 @@
 """The quick way to read a device map that is fine: plain data straight from libyaml's events.
 
 Why: the careful reader (``yaml_source``) composes a node tree and records the position of every
-value, so that an error can name ``file:line:col``. For a 100,000-point map that is ~0.5 GB of
+value, so that an error can name ``file:line:col``. For a big map that is a lot of
 short-lived objects, and Python keeps most of that memory after they are gone (the long-lived
 config objects are allocated in between and pin the pages). A map that is fine needs no
 positions, so this reader builds the data directly from the event stream, value by value, and

@@ -3,7 +3,9 @@ independent subscriber, and gateways started with the ``mqtt:`` keys a test give
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -56,11 +58,18 @@ class Line:
             self.broker.stop()
             raise
 
-    def gateway(self, mqtt: str, qos: int = 1, port: int | None = None) -> Process:
-        """``port``: reach the broker there (a proxy) instead of directly."""
+    def gateway(
+        self, mqtt: str, qos: int = 1, port: int | None = None, sections: str = ""
+    ) -> Process:
+        """``port``: reach the broker there (a proxy) instead of directly; ``sections``: more
+        top-level sections of the map."""
         n = len(self.gateways) + 1
         path = write_map(
-            self.workdir / f"gw{n}.yaml", port or self.broker.port, [self.device], mqtt=mqtt
+            self.workdir / f"gw{n}.yaml",
+            port or self.broker.port,
+            [self.device],
+            mqtt=mqtt,
+            sections=sections,
         )
         path.write_text(path.read_text().replace("  qos: 1\n", f"  qos: {qos}\n"))
         gateway = Process("run", str(path), log=self.workdir / f"gw{n}.log")
@@ -88,6 +97,21 @@ class Line:
             gateway.stop()
         self.sim.stop()
         self.broker.stop()
+
+
+def wait_buffered(workdir: Path, count: int, timeout: float = 60) -> int:
+    """Wait until the gateway's disk buffer (``workdir/data/buffer``) holds ``count`` records:
+    an outage long enough, measured by what waits rather than by the clock."""
+    database = workdir / "data" / "buffer" / "buffer.sqlite3"
+    deadline = time.monotonic() + timeout
+    held = 0
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            held = db.execute("SELECT count(*) FROM records").fetchone()[0]
+        if held >= count:
+            return int(held)
+        time.sleep(0.2)
+    raise AssertionError(f"{held} records buffered after {timeout}s, waited for {count}")
 
 
 def events(process: Process, event: str) -> list[dict[str, Any]]:

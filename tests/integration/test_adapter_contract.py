@@ -114,9 +114,11 @@ def test_a_toy_protocol_is_one_adapter_and_one_registry_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     workdir: Path,
-    broker: Mosquitto,
 ) -> None:
+    broker = Mosquitto(workdir)  # its own: the retained states it leaves concern no other test
     monkeypatch.setattr(registry, "ADAPTERS", [*registry.ADAPTERS, TOY])  # the one line
+    # The CLI configures logging for a process: in this one, the other tests' stays as it is.
+    monkeypatch.setattr(cli, "configure", lambda *_: None)
     port = free_port()
     device = f"""
   - id: toy-1
@@ -161,4 +163,5 @@ def test_a_toy_protocol_is_one_adapter_and_one_registry_line(
         reading = asyncio.run(run())
     finally:
         collector.close()
+        broker.stop()
     assert (reading["value"], reading["unit"], reading["quality"]) == (21.5, "degC", GOOD)

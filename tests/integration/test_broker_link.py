@@ -213,9 +213,16 @@ def test_mqtt5_device_batches_and_device_states(workdir: Path, broker: Mosquitto
         sim = Process("simulate", str(sim_map), log=workdir / "sim2.log")
         wait_port(port)
         _wait_state(states, "connected", after=down)
-        for _, payload, retained in states.snapshot():
+        for _, payload, _ in states.snapshot():
             jsonschema.validate(payload, DEVICE_STATUS_SCHEMA)
-            assert retained is False or retained is True
+        # The state is retained: a subscriber arriving now gets the last one at once.
+        late = Collector(broker.port, "acme/plant-1/assembly/+/+/_status")
+        try:
+            late.wait_for_message(lambda topic, payload: True, timeout=10)
+            ((_, payload, retained),) = late.snapshot()
+            assert (retained, payload["state"]) == (True, "connected")
+        finally:
+            late.close()
     finally:
         gateway.stop()
         sim.stop()

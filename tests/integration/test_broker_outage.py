@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.helpers import Collector, Mosquitto, Process, free_port, wait_port
+from tests.integration.line import wait_buffered
 from tests.integration.plant import device, write_map
 
 UNLIMITED = "max_queued_messages 0\n"
@@ -55,16 +56,16 @@ class Line:
         self.collector.wait_for(lambda r: r["seq"] >= seq, timeout=timeout)
 
     def wait_until_complete(self, upto: int, timeout: float = 120) -> None:
-        """Until every seq from the first received to ``upto`` arrived (or the timeout)."""
+        """Until every seq from the first received to ``upto`` arrived; fails at the timeout."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             seqs = set(self.seqs())
-            if (
-                seqs
-                and max(seqs) >= upto
-                and len(seqs & set(range(min(seqs), upto + 1))) == (upto + 1 - min(seqs))
-            ):
+            missing = set(range(min(seqs, default=0), upto + 1)) - seqs
+            if seqs and not missing:
                 return
+            if time.monotonic() > deadline:
+                first = sorted(missing)[:10]
+                raise AssertionError(f"{len(missing)} seqs up to {upto} missing: {first}")
             time.sleep(0.5)
 
     def close(self) -> None:
@@ -84,7 +85,7 @@ def test_a_60_s_broker_outage_at_1000_readings_per_s_loses_nothing(workdir: Path
     try:
         line.collector.wait_for(lambda r: r["seq"] > 3000, timeout=30)
         line.broker.stop()
-        time.sleep(60)  # ~60,000 readings are read meanwhile: they wait in the buffer
+        wait_buffered(workdir, 60_000, timeout=120)  # ~60 s: 60,000 readings wait
         line.broker.start()
         # The backlog is replayed while live values keep flowing; wait until all is there.
         resumed = time.monotonic()
@@ -124,10 +125,10 @@ def test_kill_9_at_random_moments_loses_nothing(workdir: Path) -> None:
     try:
         line.collector.wait_for(lambda r: r["seq"] > 200, timeout=30)
         for _ in range(4):
-            time.sleep(rng.uniform(0.3, 2.5))
+            # A random moment: after 60 to 500 more readings (0.3 to 2.5 s at 200 a second).
+            line.wait_until_delivered(max(line.seqs()) + rng.randint(60, 500), timeout=30)
             line.gateway.kill()
             line.gateway = line.start_gateway()
-        time.sleep(2)
         upto = max(line.seqs()) + 400  # well past the last kill's replay
         line.wait_until_complete(upto)
         logs = [(workdir / f"gw{n}.log").read_text() for n in range(1, line.runs + 1)]
@@ -152,7 +153,11 @@ def test_a_full_buffer_drops_the_oldest_and_counts_exactly_what_is_missing(
     try:
         line.collector.wait_for(lambda r: r["seq"] > 100, timeout=30)
         line.broker.stop()
-        time.sleep(5)  # ~1,000 readings for room for ~150
+        # Room for ~150 readings: the outage lasts until the oldest are being dropped.
+        deadline = time.monotonic() + 30
+        while not _events(line.gateway.output(), "buffer full: dropping the oldest readings"):
+            assert time.monotonic() < deadline, "the buffer never filled"
+            time.sleep(0.1)
         line.broker.start()
         line.wait_until_delivered(max(line.seqs()) + 1000, timeout=60)
         assert line.gateway.stop() == 0

@@ -16,10 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.line import COUNTERS, LONG_TEXT, wait_event
+from tests.integration.line import COUNTERS, LONG_TEXT, wait_buffered, wait_event
 from tests.integration.line import events as _events
-
-OUTAGE = 3.0  # seconds a broker is down
 
 
 @pytest.mark.parametrize("version", [3, 5])
@@ -34,7 +32,7 @@ def test_qos_2_delivers_every_reading_through_a_broker_restart(
     line.collector.wait_for(lambda r: r["seq"] > 200, timeout=30)
     line.broker.stop()
     wait_event(gateway, "broker connection lost")
-    time.sleep(OUTAGE)  # the outage: ~300 readings wait in the buffer
+    wait_buffered(line.workdir, 300)  # the outage lasts until 300 readings wait
     line.broker.start()
     resumed_at = max(line.seqs())
     line.collector.wait_for(lambda r: r["seq"] > resumed_at + 500, timeout=30)
@@ -58,7 +56,7 @@ def test_qos_2_through_a_restart_of_a_broker_that_forgets_sessions(
     line.collector.wait_for(lambda r: r["seq"] > 200, timeout=30)
     line.broker.stop()
     wait_event(gateway, "broker connection lost")
-    time.sleep(OUTAGE)
+    wait_buffered(line.workdir, 300)
     line.broker.start()
     resumed_at = max(line.seqs())
     line.collector.wait_for(lambda r: r["seq"] > resumed_at + 500, timeout=30)

@@ -7,16 +7,13 @@ independent subscriber stay up while the gateway's connection goes.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from tests.helpers import Commander, Process, Proxy, free_port, wait_port
-from tests.integration.line import events, wait_event
+from tests.integration.line import events, wait_buffered, wait_event
 from tests.integration.plant import device, write_map
-
-OUTAGE = 3.0  # seconds the gateway cannot reach the broker
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
@@ -41,7 +38,7 @@ def test_an_outage_is_replayed_in_order_and_nothing_is_lost(make_line: Any) -> N
         proxy.cut()
         wait_event(gateway, "broker connection lost")
         cut_at = max(line.seqs())
-        time.sleep(OUTAGE)  # ~300 readings wait in the buffer
+        wait_buffered(line.workdir, 300)  # the outage lasts until 300 readings wait
         proxy.restore()
         line.collector.wait_for(lambda r: r["seq"] > cut_at + 500, timeout=60)
         seqs = line.wait_complete(cut_at + 450)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Collector, Mosquitto, Process, free_port, wait_port
+from tests.integration.line import wait_event
 
 # ruff: noqa: E501  (device-map YAML reads best one point per line)
 POINTS = """
@@ -111,10 +112,9 @@ def test_network_transports_with_two_units_on_one_link(
     )
     run = Run(workdir, broker, path, path)
     runs.append(run)
+    wait_event(run.sim, "simulating device")  # serving (UDP has nothing to connect to)
     if protocol != "modbus-udp":
         wait_port(port)
-    else:
-        time.sleep(1.0)  # nothing to connect to on UDP: give the simulator a moment
     run.start_gateway()
     run.assert_values("unit-1")
     run.assert_values("unit-2")
@@ -161,7 +161,7 @@ def test_rtu_over_a_serial_line_with_two_units(
     )
     run = Run(workdir, broker, sim_map, gw_map)
     runs.append(run)
-    time.sleep(1.5)  # the simulator opens its end of the line
+    wait_event(run.sim, "simulating device")  # its end of the line is open
     run.start_gateway()
     run.assert_values("rtu-1")
     run.assert_values("rtu-2")

@@ -54,6 +54,17 @@ def test_validate_command_accepts_the_example_maps() -> None:
     assert result.stdout.strip() == "ok"
 
 
+def test_validate_command_accepts_every_adapter_s_example() -> None:
+    """Each protocol folder carries an example map (docs by example); CI keeps it valid."""
+    examples = sorted(str(p) for p in (ROOT / "adapters").glob("*/example.yaml"))
+    assert len(examples) >= 2
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "validate", *examples], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def test_include_env_defaults_and_durations(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FG_TEST_BROKER", raising=False)
     monkeypatch.setenv("FG_TEST_USER", "operator")

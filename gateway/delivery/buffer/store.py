@@ -213,12 +213,10 @@ PAGE_SIZE = 16384
 
 
 def _use_large_pages(db: sqlite3.Connection) -> None:
-    """64 KiB pages instead of SQLite's 4 KiB: a device batch of 1,000 values is ~100 KB, and
-    with small pages SQLite writes it into the WAL and checkpoints it as 25 pages, each with a
-    system call of its own. Measured (insert, delete when acknowledged, commit): a 100 KB
-    batch 0.40 -> 0.17 ms of CPU; a 200-byte per-point record 2.9 -> 2.5 us. The size can
-    only be set on a new database, or an empty one converted (an older buffer that still
-    holds records keeps its pages)."""
+    """``PAGE_SIZE`` pages instead of SQLite's 4 KiB: a device batch goes into the WAL in few
+    pages, each a system call (figures: docs/performance.md). The size can only be set on a
+    new database, or an empty one converted (an older buffer that still holds records keeps
+    its pages)."""
     if db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE:
         return
     has_table = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'records'").fetchone()[
