@@ -33,8 +33,10 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
+# Two workers, a test file each at a time (a file's tests may share a plant): the suite is
+# mostly waiting on devices and brokers, so it takes about half the time on two cores.
 pytest: $(BIN)/.installed mosquitto
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test: lint typecheck pytest
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import Proxy
 from tests.integration.line import COUNTERS, LONG_TEXT, wait_buffered, wait_event
 from tests.integration.line import events as _events
 
@@ -52,18 +53,28 @@ def test_qos_2_through_a_restart_of_a_broker_that_forgets_sessions(
     """Without persistence the broker forgets the session and the QoS 2 messages it had not
     released; paho would complete them with a bare PUBREL. Each of those is sent again."""
     line = make_line(persistence=False)
-    gateway = line.gateway(f"version: {version}", qos=2)
-    line.collector.wait_for(lambda r: r["seq"] > 200, timeout=30)
-    line.broker.stop()
-    wait_event(gateway, "broker connection lost")
-    wait_buffered(line.workdir, 300)
-    line.broker.start()
-    resumed_at = max(line.seqs())
-    line.collector.wait_for(lambda r: r["seq"] > resumed_at + 500, timeout=30)
-    line.wait_complete(resumed_at + 450)
-    assert gateway.stop() == 0
-    (summary,) = _events(gateway, "delivery at shutdown")
-    assert summary["dropped"] == {}
+    # The gateway reaches the broker through a proxy, so that it comes back only after the
+    # collector has subscribed again: the broker forgets the collector's session too.
+    proxy = Proxy(line.broker.port)
+    try:
+        gateway = line.gateway(f"version: {version}", qos=2, port=proxy.port)
+        line.collector.wait_for(lambda r: r["seq"] > 200, timeout=30)
+        proxy.cut()
+        subscribed = line.collector.subscriptions
+        line.broker.stop()
+        wait_event(gateway, "broker connection lost")
+        wait_buffered(line.workdir, 300)
+        line.broker.start()
+        line.collector.wait_subscribed(more_than=subscribed)
+        proxy.restore()
+        resumed_at = max(line.seqs())
+        line.collector.wait_for(lambda r: r["seq"] > resumed_at + 500, timeout=30)
+        line.wait_complete(resumed_at + 450)
+        assert gateway.stop() == 0
+        (summary,) = _events(gateway, "delivery at shutdown")
+        assert summary["dropped"] == {}
+    finally:
+        proxy.cut()
     connected = _events(gateway, "broker connected")
     assert [e["session_present"] for e in connected] == [False, False]
 
