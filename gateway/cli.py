@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="factory-gateway",
-        description="Read Modbus/OPC UA devices described by a YAML device map; publish to MQTT.",
+        description="Read devices described by a YAML device map; publish to MQTT. Protocols: "
+        + ", ".join(key for adapter in registry.ADAPTERS for key in adapter.models),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(

@@ -5,6 +5,7 @@
     sentence) so a user fixes them all in one go.
   - ``DeviceError``: a southbound device failed (timeout, refused, garbage, protocol exception).
     Carries a short ``reason`` that becomes the reading's quality reason.
+    - ``DeviceTimeout``: no answer in time.
   - ``CommandError``: a command (an MQTT write request) is refused before it reaches a device:
     not writable, out of range, a wrong type... Its message is what the caller reads.
   - ``BrokerError``: the MQTT broker refused us (CONNACK, DISCONNECT) or a message; the
@@ -101,3 +102,10 @@ class DeviceError(GatewayError):
         self.reason = reason
         # False when the device answered (e.g. a Modbus exception): the connection is still fine.
         self.connection_lost = connection_lost
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer in time (the connection may still be fine: a retry may)."""
+
+    def __init__(self) -> None:
+        super().__init__("timeout")

@@ -252,25 +252,14 @@ class Commander:
         self.client.on_socket_open = no_delay  # as an application should: no 40 ms Nagle waits
         filters = [results] if isinstance(results, str) else results
         self.client.on_connect = lambda c, *_: c.subscribe([(f, 1) for f in filters])
-        self.subscriptions = 0  # how many times it has subscribed (once per connection)
-        self.client.on_subscribe = self._on_subscribe
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise TimeoutError("commander could not subscribe")
-
-    def _on_subscribe(self, *_: Any) -> None:
-        self.subscriptions += 1
-        self._subscribed.set()
-
-    def wait_subscribed(self, more_than: int, timeout: float = 15.0) -> None:
-        """Wait until it has subscribed more than ``more_than`` times (after a reconnect)."""
-        deadline = time.monotonic() + timeout
-        while self.subscriptions <= more_than:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the collector did not subscribe again in {timeout}s")
-            time.sleep(0.05)
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:

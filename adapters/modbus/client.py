@@ -24,7 +24,7 @@ from pymodbus.pdu import ModbusPDU
 from adapters.modbus.config import ModbusDevice, ModbusRtuDevice, ModbusTcpDevice
 from adapters.modbus.decode import registers_to_bytes
 from adapters.modbus.errors import ModbusExceptionAnswer
-from gateway.errors import DeviceError
+from gateway.errors import DeviceError, DeviceTimeout
 
 
 class ModbusClient(Protocol):
@@ -34,7 +34,8 @@ class ModbusClient(Protocol):
     def connected(self) -> bool: ...
 
     async def connect(self) -> None:
-        """Open the connection; ``DeviceError`` saying why it cannot be opened."""
+        """Open the connection; ``DeviceError`` saying why it cannot be opened (its reason may
+        be empty when the library does not say)."""
         ...
 
     def close(self) -> None: ...
@@ -66,10 +67,10 @@ class PymodbusClient:
     async def connect(self) -> None:
         try:
             ok = await self._client.connect()
-        except OSError as exc:  # a serial port that cannot be opened (pyserial's is an OSError)
-            raise DeviceError(f"cannot open: {exc.strerror or exc}") from None
-        if not ok:
-            raise DeviceError("cannot connect")
+        except (OSError, ValueError, ModbusException) as exc:  # a port pyserial cannot open
+            raise DeviceError(str(exc)) from None
+        if not ok:  # pymodbus says no more than that
+            raise DeviceError("")
 
     def close(self) -> None:
         self._client.close()
@@ -108,9 +109,9 @@ class PymodbusClient:
             async with asyncio.timeout(self._timeout * 2 + 1):  # a guard: pymodbus times out
                 response = await request()
         except TimeoutError:
-            raise DeviceError("timeout") from None
+            raise DeviceTimeout from None
         except ModbusIOException:  # no (usable) answer within the timeout
-            raise DeviceError("timeout") from None
+            raise DeviceTimeout from None
         except ConnectionException:
             raise DeviceError("connection lost") from None
         except ModbusException as exc:

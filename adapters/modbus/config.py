@@ -1,4 +1,4 @@
-"""Device-map schema of Modbus devices and points (see docs/device-map.md)."""
+"""Device-map schema of Modbus devices and points (keys: README.md beside this file)."""
 
 from __future__ import annotations
 
@@ -244,7 +244,7 @@ class ModbusDevice(DeviceConfig):
 
     @property
     def gap(self) -> int:
-        """Unused registers worth reading to save a request (see docs/device-map.md)."""
+        """Unused registers worth reading to save a request (README.md, the read planner)."""
         return self.max_gap if self.max_gap is not None else self.default_gap
 
     @property

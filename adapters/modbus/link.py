@@ -17,7 +17,7 @@ import structlog
 from adapters.modbus.client import ModbusClient, make_client
 from adapters.modbus.config import BIT_TABLES, ModbusDevice, ModbusRtuDevice
 from gateway.backoff import Backoff
-from gateway.errors import DeviceError
+from gateway.errors import DeviceError, DeviceTimeout
 
 log = structlog.get_logger("adapters.modbus")
 
@@ -65,7 +65,7 @@ class ModbusLink:
         except (TimeoutError, DeviceError) as exc:
             client.close()
             why = exc.reason if isinstance(exc, DeviceError) else "timeout"
-            self.last_error = f"cannot connect to {self.name}: {why}"
+            self.last_error = f"cannot connect to {self.name}" + (f": {why}" if why else "")
             self.retry_at = loop.time() + self.backoff.next_delay()
             raise DeviceError(self.last_error) from None
         self._client = client
@@ -105,7 +105,7 @@ class ModbusLink:
                 )
                 return values
             except DeviceError as exc:
-                if exc.reason != "timeout" or attempt == retries:
+                if not isinstance(exc, DeviceTimeout) or attempt == retries:
                     raise
         raise AssertionError("unreachable")
 

@@ -20,7 +20,7 @@ import struct
 from typing import cast
 
 from adapters.modbus.errors import ModbusExceptionAnswer
-from gateway.errors import DeviceError
+from gateway.errors import DeviceError, DeviceTimeout
 
 READ_FUNCTIONS = {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}
 
@@ -55,8 +55,8 @@ class TcpClient(asyncio.Protocol):
         loop = self._loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(lambda: self, self.host, self.port)
-        except OSError as exc:
-            raise DeviceError(f"cannot connect: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:  # refused, unreachable; a host name that is not one
+            raise DeviceError(str(exc)) from None
 
     def close(self) -> None:
         transport, self._transport = self._transport, None
@@ -131,7 +131,9 @@ class TcpClient(asyncio.Protocol):
             waiting = self._waiting
             if waiting is None or waiting[0] != tid or waiting[2].done():
                 continue  # the answer to a request that timed out already: dropped
-            if unit != waiting[1]:  # another unit's answer (a confused Modbus gateway)
+            # Another unit's answer (a confused Modbus gateway). Units 0 and 248-255 address
+            # the TCP device itself, which may answer with any id (pymodbus skips 0 too).
+            if unit != waiting[1] and 1 <= waiting[1] <= 247:
                 error = DeviceError(
                     f"garbled answer: from unit {unit}, asked unit {waiting[1]}",
                     connection_lost=False,
@@ -167,4 +169,4 @@ def write_pdu(table: str, address: int, values: list[int] | bool) -> bytes:
 
 def _expire(future: asyncio.Future[bytes]) -> None:
     if not future.done():
-        future.set_exception(DeviceError("timeout"))
+        future.set_exception(DeviceTimeout())

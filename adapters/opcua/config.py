@@ -1,4 +1,4 @@
-"""Device-map schema of OPC UA devices and points (see docs/device-map.md)."""
+"""Device-map schema of OPC UA devices and points (keys: README.md beside this file)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from adapters.opcua.convert import convert
 from adapters.opcua.nodes import read_value_id, resolve
 from adapters.opcua.write import expected_value, to_variant, variant_type
 from gateway.backoff import Backoff
-from gateway.errors import DeviceError
+from gateway.errors import DeviceError, DeviceTimeout
 from gateway.model import BAD, Reading, Scalar, bad_readings
 from gateway.source import CONNECTED, DISCONNECTED, ERROR, WriteOutcome, raise_if_cancelling
 
@@ -472,7 +472,7 @@ def translate_errors(device: OpcUaDevice) -> Any:
     except DeviceError:
         raise
     except TimeoutError:
-        raise DeviceError("timeout") from None
+        raise DeviceTimeout from None
     except ua.UaStatusCodeError as exc:
         name = ua.StatusCode(exc.code).name
         if name.startswith("BadCertificate") or name == "BadSecurityChecksFailed":

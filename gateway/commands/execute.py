@@ -19,7 +19,7 @@ import structlog
 from gateway.commands.request import CommandId, check_limits
 from gateway.config.schema import DeviceConfig
 from gateway.delivery.encode_json import iso_time
-from gateway.errors import CommandError, DeviceError
+from gateway.errors import CommandError, DeviceError, DeviceTimeout
 from gateway.model import GOOD, Reading, Scalar, Value
 from gateway.source import CONNECTED, Writable
 
@@ -100,8 +100,8 @@ async def execute(
         result.outcome, result.error = REFUSED, str(exc)
         return result, None
     except (DeviceError, TimeoutError) as exc:
-        why = exc.reason if isinstance(exc, DeviceError) else "timeout"
-        result.error = "device timeout" if why == "timeout" else f"device error: {why}"
+        timed_out = isinstance(exc, DeviceTimeout | TimeoutError)
+        result.error = "device timeout" if timed_out else f"device error: {exc}"
         return result, None
     except Exception:  # a bug must cost one command, never the gateway
         audit_log.exception("command failed unexpectedly", device=device.id, point=point)

@@ -182,7 +182,7 @@ def test_mqtt5_device_batches_and_device_states(workdir: Path, broker: Mosquitto
     )
     batches = V5Subscriber(broker.port, "acme/plant-1/assembly/line-1/plc-5")
     states = Collector(broker.port, "acme/plant-1/assembly/line-1/plc-5/_status")
-    states_v5 = V5Subscriber(broker.port, "acme/plant-1/assembly/+/+/_status")
+    states_v5 = V5Subscriber(broker.port, "acme/plant-1/assembly/line-1/plc-5/_status")
     sim = Process("simulate", str(sim_map), log=workdir / "sim.log")
     wait_port(port)
     gateway = Process("run", str(path), log=workdir / "gw.log")
@@ -216,7 +216,7 @@ def test_mqtt5_device_batches_and_device_states(workdir: Path, broker: Mosquitto
         for _, payload, _ in states.snapshot():
             jsonschema.validate(payload, DEVICE_STATUS_SCHEMA)
         # The state is retained: a subscriber arriving now gets the last one at once.
-        late = Collector(broker.port, "acme/plant-1/assembly/+/+/_status")
+        late = Collector(broker.port, "acme/plant-1/assembly/line-1/plc-5/_status")
         try:
             late.wait_for_message(lambda topic, payload: True, timeout=10)
             ((_, payload, retained),) = late.snapshot()

@@ -7,12 +7,17 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from pymodbus.exceptions import ConnectionException, ModbusIOException
 
+from adapters.modbus.client import PymodbusClient
 from adapters.modbus.errors import ModbusExceptionAnswer
 from adapters.modbus.tcp import TcpClient, write_pdu
-from gateway.errors import DeviceError
+from gateway.errors import DeviceError, DeviceTimeout
+from gateway.model import Reading
+from gateway.registry import create_sources, load_config
 
 Reply = Callable[[int, bytes], list[bytes]]  # (transaction id, request PDU) -> frames to send
 
@@ -179,3 +184,78 @@ def test_writes_send_the_standard_function_codes() -> None:
     assert write_pdu("coil", 7, True) == bytes([5, 0, 7, 0xFF, 0])
     assert write_pdu("holding", 2, [0x1234]) == bytes([6, 0, 2, 0x12, 0x34])
     assert write_pdu("holding", 2, [1, 2]) == bytes([16, 0, 2, 0, 2, 4, 0, 1, 0, 2])
+
+
+class _Pymodbus:
+    """Stands in for a pymodbus client: each call raises or returns what the test says."""
+
+    connected = True
+
+    def __init__(self, outcome: object) -> None:
+        self.outcome = outcome
+
+    async def read_holding_registers(self, address: int, *, count: int, device_id: int) -> object:
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+class _Answer:
+    def __init__(self, registers: list[int], error: int | None = None) -> None:
+        self.registers = registers
+        self.exception_code = error
+
+    def isError(self) -> bool:
+        return self.exception_code is not None
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error", "reason", "lost"),
+    [
+        (ModbusIOException("no response"), DeviceTimeout, "timeout", True),
+        (ConnectionException("closed"), DeviceError, "connection lost", True),
+        (ConnectionRefusedError(111, "refused"), DeviceError, "connection error: refused", True),
+        (_Answer([], error=2), ModbusExceptionAnswer, "illegal data address", False),
+        (_Answer([1]), DeviceError, "short response", False),
+    ],
+)
+def test_pymodbus_errors_are_translated_by_type(
+    outcome: object, error: type[DeviceError], reason: str, lost: bool
+) -> None:
+    client = PymodbusClient(_Pymodbus(outcome), timeout=0.5)  # type: ignore[arg-type]
+    with pytest.raises(error) as caught:
+        asyncio.run(client.read_registers("holding", 0, 2, 1))
+    assert (caught.value.reason, caught.value.connection_lost) == (reason, lost)
+    good = PymodbusClient(_Pymodbus(_Answer([0x0102, 0x0304])), timeout=0.5)  # type: ignore[arg-type]
+    assert asyncio.run(good.read_registers("holding", 0, 2, 1)) == bytes([1, 2, 3, 4])
+
+
+def test_a_device_that_cannot_be_opened_is_bad_not_fatal(tmp_path: Path) -> None:
+    """A serial URL pyserial does not know, a host name that cannot be one, a refused port:
+    bad readings with the reason, never an exception out of the source."""
+    path = tmp_path / "map.yaml"
+    path.write_text(
+        "gateway: {id: gw, hierarchy: {enterprise: e, site: s, area: a}}\ndevices:\n"
+        + "".join(
+            f"  - {{id: d{n}, line: l1, {where}, points: [{{name: p, table: coil, address: 0}}]}}\n"
+            for n, where in enumerate(
+                [
+                    'protocol: modbus-rtu, port: "foo://x"',
+                    f"protocol: modbus-tcp, host: {'a' * 70}.example",
+                    "protocol: modbus-tcp, host: 127.0.0.1, port: 1",
+                ]
+            )
+        )
+    )
+
+    async def first_batches() -> list[tuple[str, str | None]]:
+        out = []
+        for source in create_sources(load_config([path]).devices):
+            batch = await asyncio.wait_for(anext(aiter(source.readings())), 10)
+            out.extend((r.quality, r.reason) for r in batch if isinstance(r, Reading))
+            await source.close()
+        return out
+
+    got = asyncio.run(first_batches())
+    assert [q for q, _ in got] == ["bad"] * 3
+    assert all(reason and reason.startswith("cannot connect to ") for _, reason in got), got
