@@ -29,7 +29,7 @@ from gateway.commands.intake import Intake
 from gateway.commands.request import MAX_PAYLOAD, Incoming, check_limits, parse
 from gateway.commands.router import CommandRouter, RateLimit
 from gateway.config.schema import GatewaySection, Hierarchy, PointConfig
-from gateway.errors import CommandError, DeviceError
+from gateway.errors import CommandError, DeviceError, DeviceTimeout
 from gateway.logging import Tally
 from gateway.model import GOOD, Reading, Scalar
 from gateway.mqtt.client import Settings
@@ -378,7 +378,7 @@ class Failing(Recorder):
 @pytest.mark.parametrize(
     ("source", "error"),
     [
-        (Failing(DeviceError("timeout")), "device timeout"),
+        (Failing(DeviceTimeout()), "device timeout"),
         (Failing(DeviceError("illegal data address", connection_lost=False)),
          "device error: illegal data address"),
         (Failing(TimeoutError()), "device timeout"),

@@ -1,4 +1,5 @@
-"""The read planner, case by case: each tests/cases/planner/*.yaml holds points in, requests out."""
+"""The Modbus read planner, case by case: each tests/cases/modbus_planner/*.yaml holds points
+in, requests out."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 from adapters.modbus.config import ModbusTcpDevice
 from adapters.modbus.plan import plan_device
 
-CASES = sorted((Path(__file__).resolve().parent.parent / "cases" / "planner").glob("*.yaml"))
+CASES = sorted((Path(__file__).resolve().parent.parent / "cases" / "modbus_planner").glob("*.yaml"))
 
 
 def _device(case: dict[str, Any]) -> ModbusTcpDevice:
