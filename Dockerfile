@@ -22,5 +22,8 @@ RUN pip install '.[fast]' \
 
 USER gateway
 VOLUME ["/data"]
+# /healthz of the map's http listener (default 127.0.0.1:9108, inside the container).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]
 ENTRYPOINT ["factory-gateway"]
 CMD ["run", "/config/gateway.yaml"]

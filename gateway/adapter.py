@@ -57,3 +57,11 @@ class Adapter:
     # The simulator of the family's devices; the Path is the map's folder.
     simulator: Callable[[Sequence[Any], Path], Simulator] | None = None
     tools: tuple[Tool, ...] = ()
+    # How often a healthy device delivers a reading (None: only on change, by exception);
+    # not given: its poll_interval. /readyz calls a device stalled after three of them.
+    reading_interval: Callable[[Any], float | None] | None = None
+
+    def interval_of(self, device: DeviceConfig) -> float | None:
+        if self.reading_interval is None:
+            return device.poll_interval
+        return self.reading_interval(device)

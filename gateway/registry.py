@@ -39,3 +39,8 @@ def create_sources(devices: Sequence[DeviceConfig]) -> list[Source]:
         if members:
             sources.extend(adapter.create_sources(members))
     return sources
+
+
+def reading_intervals(devices: Sequence[DeviceConfig]) -> dict[str, float | None]:
+    """How often each device delivers a reading when healthy (None: by exception)."""
+    return {d.id: adapter_of(d.protocol).interval_of(d) for d in devices}

@@ -24,11 +24,13 @@ from gateway.config.load import Config
 from gateway.delivery.buffer import Buffer, open_store
 from gateway.delivery.encode_json import JsonEncoder, iso_time, kept_json
 from gateway.delivery.forwarder import OFFLINE, Forwarder
+from gateway.health import Health
+from gateway.http_listener import HttpListener
 from gateway.model import Reading, expand
 from gateway.mqtt.client import Will
 from gateway.mqtt.settings import command_session, data_session
 from gateway.pipeline import Deadband, Transform
-from gateway.registry import create_sources
+from gateway.registry import create_sources, reading_intervals
 from gateway.source import Source, Writable
 from gateway.topics import Topics
 
@@ -79,6 +81,15 @@ class Gateway:
             config.commands.max_age,
         )
         self.intake = Intake(config.commands.rate, config.commands.queue)
+        http = config.http
+        self.health = Health(
+            reading_intervals(config.devices),
+            http.stale_after if http else None,
+            lambda: self.forwarder.broker_connected,
+            lambda: self.buffer.bytes,
+            int(http.buffer_alarm) if http and http.buffer_alarm is not None else None,
+        )
+        self.listener = HttpListener(http.host, http.port, self.health) if http else None
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -89,8 +100,11 @@ class Gateway:
             points=sum(len(d.points) for d in self.config.devices),
             broker=self.config.mqtt.url,
         )
+        self.health.running = True
         try:
             async with asyncio.TaskGroup() as tasks:
+                if self.listener is not None:
+                    tasks.create_task(self.listener.run(), name="http")
                 tasks.create_task(self.forwarder.run(), name="mqtt-forwarder")
                 if self.commands is not None:
                     tasks.create_task(self.intake.run(self.router.handle), name="command-intake")
@@ -98,6 +112,7 @@ class Gateway:
                 for source in self.sources:
                     tasks.create_task(self._pump(source), name=f"device:{source.device_id}")
         finally:
+            self.health.running = False
             self.router.cancel()
             log.info("gateway stopped", published=self.forwarder.published)
 
@@ -114,8 +129,10 @@ class Gateway:
         published_state: tuple[str, str | None] | None = None
         # Blocks of values go to the sink as they are unless a transform must see readings.
         transforms = [t for t in self.transforms if t.covers(source.device_id)]
+        seen = self.health.seen
         try:
             async for batch in source.readings():
+                seen(source.device_id, source.state, batch)
                 if source.state != published_state:
                     published_state = source.state
                     self.forwarder.set_retained(status_topic, _device_state(*published_state))

@@ -43,4 +43,5 @@ MODBUS = Adapter(
     check_devices=shared_links,
     describe_plan=describe,
     simulator=_simulator,
+    reading_interval=lambda device: min(device.interval_of(p) for p in device.points),
 )

@@ -30,4 +30,6 @@ OPCUA = Adapter(
     create_sources=_sources,
     simulator=_simulator,
     tools=(BROWSE,),
+    # A subscription reports changes only: its liveness is its connection (keep-alives).
+    reading_interval=lambda device: device.interval if device.mode == "poll" else None,
 )

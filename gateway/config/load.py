@@ -27,6 +27,7 @@ from gateway.config.schema import (
     CommandsSection,
     DeviceConfig,
     GatewaySection,
+    HttpSection,
     MqttSection,
     RootSection,
 )
@@ -47,6 +48,7 @@ class Config:
     files: list[str]
     buffer: BufferSection = field(default_factory=BufferSection)
     commands: CommandsSection = field(default_factory=CommandsSection)
+    http: HttpSection | None = field(default_factory=HttpSection)
 
 
 def read_map(paths: Sequence[str | Path], adapters: Sequence[Adapter]) -> Config:
@@ -100,7 +102,7 @@ def read_map(paths: Sequence[str | Path], adapters: Sequence[Adapter]) -> Config
     # The buffer folder is relative to the map's folder, like every path in a map.
     buffer = root.buffer.relative_to(files[0].parent)
     files_read = [str(f) for f in files]
-    return Config(root.gateway, root.mqtt, devices, files_read, buffer, root.commands)
+    return Config(root.gateway, root.mqtt, devices, files_read, buffer, root.commands, root.http)
 
 
 # Keys whose values are secrets wherever they appear in a map.

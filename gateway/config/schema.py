@@ -200,6 +200,33 @@ class BufferSection(StrictModel):
         return self.model_copy(update={"path": base / self.path})
 
 
+class HttpSection(StrictModel):
+    """The operations listener: /healthz and /readyz (docs/operations.md)."""
+
+    listen: str = "127.0.0.1:9108"
+    # A polling device is stalled after this long without a good reading (default: three of
+    # its intervals). A device that reports by exception is stalled only when disconnected.
+    stale_after: Duration | None = None
+    # Not ready while the buffer holds more than this (default: never for that reason).
+    buffer_alarm: ByteSize | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, listen: str) -> str:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{listen!r}: write it as host:port, e.g. 127.0.0.1:9108")
+        return listen
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class CommandsSection(StrictModel):
     """Limits on command messages, all devices together (docs/security.md)."""
 
@@ -264,7 +291,13 @@ class RootSection(StrictModel):
     mqtt: MqttSection = MqttSection()
     buffer: BufferSection = BufferSection()
     commands: CommandsSection = CommandsSection()
+    http: HttpSection | None = HttpSection()  # `http: false`: no listener
     devices: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("http", mode="before")
+    @classmethod
+    def _http_off(cls, http: Any) -> Any:
+        return None if http is False else ({} if http is True else http)
 
     @model_validator(mode="after")
     def _response_prefix_apart(self) -> RootSection:

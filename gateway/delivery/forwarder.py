@@ -186,6 +186,10 @@ class Forwarder:
 
     # -- what the transport reports ----------------------------------------------------------
 
+    @property
+    def broker_connected(self) -> bool:
+        return self._connected.is_set()
+
     def connected(self, broker: Broker) -> None:
         receive_maximum = broker.receive_maximum or WINDOW
         if self.settings.version != 5 and self.qos == 2:

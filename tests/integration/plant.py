@@ -72,6 +72,8 @@ def write_map(
     """``mqtt``: more keys of the mqtt section (``version: 5``); ``sections``: more top-level
     sections (``buffer: {mode: memory}``)."""
     more_mqtt = "".join(f"  {line}\n" for line in mqtt.splitlines())
+    if "http:" not in sections:  # many gateways run at once: no listener unless asked for
+        sections += "\nhttp: false"
     path.write_text(
         f"""gateway:
   id: gw-test
