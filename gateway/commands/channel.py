@@ -39,14 +39,13 @@ class CommandChannel:
         self._client: MqttClient | None = None
         self._handle: Callable[[Incoming], None] | None = None
         self._unacknowledged: set[int] = set()
-        self.answers_dropped: Tally | None = None
+        self.answers_dropped = Tally(
+            log, "command answers dropped: the broker does not acknowledge them", limit=MAX_ANSWERS
+        )
 
     async def run(self, handle: Callable[[Incoming], None]) -> None:
         """Receive commands for ``handle`` (on the event loop) until cancelled."""
         self._handle = handle
-        self.answers_dropped = Tally(
-            log, "command answers dropped: the broker does not acknowledge them", limit=MAX_ANSWERS
-        )
         try:
             async with MqttClient(self.settings, self) as client:
                 self._client = client
@@ -60,8 +59,7 @@ class CommandChannel:
         if client is None or not client.connected:
             return
         if len(self._unacknowledged) >= MAX_ANSWERS:
-            if self.answers_dropped is not None:
-                self.answers_dropped.add()
+            self.answers_dropped.add()
             return
         try:
             self._unacknowledged.add(client.publish(topic, payload, 1, correlation=correlation))

@@ -70,10 +70,7 @@ def test_readyz_names_the_device_that_stopped_and_healthz_stays_up(
         assert set(report["devices"]) == {"plc-a", "plc-b"}
 
         sims["plc-b"].kill()
-        killed = time.monotonic()
         report = _wait_ready(http, False)
-        # Within stale_after (three 200 ms polls), or at once as the device is disconnected.
-        assert time.monotonic() - killed < 5
         b, a = report["devices"]["plc-b"], report["devices"]["plc-a"]
         assert b["ready"] is False and b["reason"], b
         assert a["ready"] is True and a["reason"] is None, a
