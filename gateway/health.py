@@ -20,8 +20,7 @@ STALE_INTERVALS = 3
 
 @dataclass
 class DeviceHealth:
-    interval: float | None  # how often a good reading is expected; None: by exception
-    stale_after: float | None
+    stale_after: float | None  # None: the device reports by exception
     last_good: float | None = None  # monotonic time of the last good reading
     state: tuple[str, str | None] = ("disconnected", "not connected yet")
 
@@ -39,8 +38,7 @@ class Health:
         ``stale_after``: one bound for every polling device instead of three intervals."""
         self.devices = {
             device: DeviceHealth(
-                interval,
-                None if interval is None else (stale_after or STALE_INTERVALS * interval),
+                None if interval is None else (stale_after or STALE_INTERVALS * interval)
             )
             for device, interval in intervals.items()
         }

@@ -30,14 +30,18 @@ def load_config(paths: Sequence[str | Path]) -> Config:
     return read_map(paths, ADAPTERS)
 
 
+def families(devices: Sequence[DeviceConfig]) -> list[tuple[Adapter, list[DeviceConfig]]]:
+    """The devices grouped by their protocol's adapter (adapters without devices left out)."""
+    grouped = [(a, [d for d in devices if d.protocol in a.models]) for a in ADAPTERS]
+    return [(adapter, members) for adapter, members in grouped if members]
+
+
 def create_sources(devices: Sequence[DeviceConfig]) -> list[Source]:
     """Every device's source, built by its protocol family's factory (all at once, so devices
     of one family may share a connection)."""
     sources: list[Source] = []
-    for adapter in ADAPTERS:
-        members = [d for d in devices if d.protocol in adapter.models]
-        if members:
-            sources.extend(adapter.create_sources(members))
+    for adapter, members in families(devices):
+        sources.extend(adapter.create_sources(members))
     return sources
 
 

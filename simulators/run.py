@@ -24,9 +24,8 @@ async def start_simulators(config: Config) -> Simulators:
     base_dir = Path(config.files[0]).parent if config.files else Path()
     started = Simulators([])
     try:
-        for adapter in registry.ADAPTERS:
-            members = [d for d in config.devices if d.protocol in adapter.models]
-            if members and adapter.simulator is not None:
+        for adapter, members in registry.families(config.devices):
+            if adapter.simulator is not None:
                 simulator = adapter.simulator(members, base_dir)
                 await simulator.start()
                 started.running.append(simulator)

@@ -24,9 +24,8 @@ from gateway.errors import DeviceError, DeviceTimeout
 
 READ_FUNCTIONS = {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}
 
-_header = struct.Struct(">HHHB")  # transaction id, protocol 0, length, unit
+_header = struct.Struct(">HHHB")  # MBAP: transaction id, protocol 0, length, unit
 _read_pdu = struct.Struct(">BHH")  # function, address, count
-_answer_header = struct.Struct(">HHHB")  # transaction id, protocol, length, unit
 
 
 class TcpClient(asyncio.Protocol):
@@ -120,7 +119,7 @@ class TcpClient(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         while len(buffer) >= 8:
-            tid, protocol, length, unit = _answer_header.unpack_from(buffer)
+            tid, protocol, length, unit = _header.unpack_from(buffer)
             if protocol != 0 or not 2 <= length <= 254:
                 self._fail("garbled answer: bad MBAP header")
                 return
