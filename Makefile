@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench mosquitto mosquitto-clients clean
+.PHONY: demo test lint typecheck pytest bench test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,17 +14,15 @@ demo: $(BIN)/.installed
 	$(BIN)/factory-gateway demo
 
 # The integration tests need Debian's mosquitto (they start it on a free port), its clients
-# (a flood of commands is sent with mosquitto_pub) and socat.
-mosquitto:
+# (a flood of commands is sent with mosquitto_pub), socat, Prometheus and promtool (they scrape
+# /metrics) and systemd-analyze (it verifies the unit; systemd itself need not run).
+test-tools:
 	@(command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto) && \
-	  command -v mosquitto_pub >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 || \
+	  command -v mosquitto_pub >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 && \
+	  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && \
+	  command -v systemd-analyze >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    mosquitto mosquitto-clients socat)
-
-# The benchmark counts messages with mosquitto_sub (C), independent of the gateway.
-mosquitto-clients:
-	@command -v mosquitto_sub >/dev/null 2>&1 || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients)
+	    mosquitto mosquitto-clients socat prometheus systemd)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -35,14 +33,15 @@ typecheck: $(BIN)/.installed
 
 # Two workers, a test file each at a time (a file's tests may share a plant): the suite is
 # mostly waiting on devices and brokers, so it takes about half the time on two cores.
-pytest: $(BIN)/.installed mosquitto
+pytest: $(BIN)/.installed test-tools
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test: lint typecheck pytest
 
-# make bench SCENARIO=modbus-1000dev
+# make bench SCENARIO=modbus-1000dev (it counts messages with mosquitto_sub, independent of
+# the gateway)
 SCENARIO ?= hot-path
-bench: $(BIN)/.installed mosquitto mosquitto-clients
+bench: $(BIN)/.installed test-tools
 	$(BIN)/python -m bench $(SCENARIO)
 
 clean:

@@ -30,6 +30,13 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=None, help="seconds; default: the scenario's")
     parser.add_argument("--buffer", choices=("disk", "memory"), default="disk")
     parser.add_argument("--batch", choices=("point", "device"), default=None)
+    parser.add_argument(
+        "--http",
+        choices=("off", "on", "scrape"),
+        default="on",
+        help="Modbus scenarios: the HTTP listener off, on (the default of a map), or on and "
+        "/metrics scraped every second",
+    )
     parser.add_argument("--items", type=int, default=1000, help="OPC UA monitored items")
     parser.add_argument("--rate", type=float, default=1000.0, help="OPC UA changes per second")
     parser.add_argument("--commands", type=int, default=500, help="commands per device")

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,29 @@ class Requester:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class Scraper:
+    """Prometheus in miniature: GET /metrics every ``every`` seconds, on a thread of its own."""
+
+    def __init__(self, port: int, every: float = 1.0) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.every = every
+        self.scrapes = 0
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            with urllib.request.urlopen(self.url, timeout=10) as answer:
+                self.bytes += len(answer.read())
+            self.scrapes += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def start_gateway(path: Path, counter: Counter, minimum: int = 1) -> tuple[Any, float]:

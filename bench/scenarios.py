@@ -17,6 +17,7 @@ from bench.harness import (
     Broker,
     Counter,
     Requester,
+    Scraper,
     cpu_seconds,
     free_port_block,
     gateway_process,
@@ -30,7 +31,7 @@ from gateway.config.schema import GatewaySection
 from gateway.delivery.encode_json import JsonEncoder, encode_batch, iso_time
 from gateway.model import Sample
 from gateway.topics import Topics
-from tests.mosquitto import wait_port
+from tests.mosquitto import free_port, wait_port
 
 
 def hot_path(_args: Any) -> dict[str, Any]:
@@ -246,11 +247,13 @@ def _lean_modbus(
     work = Path(tempfile.mkdtemp(prefix="bench-modbus-"))
     broker = Broker()
     base = free_port_block(devices)
+    http_port = free_port()
     rng = random.Random(7)
     lines = [
         "gateway: {id: bench, hierarchy: {enterprise: bench, site: s1, area: a1}}",
         f"mqtt: {{url: 'mqtt://127.0.0.1:{broker.port}', qos: {args.qos}, batch: {batch}}}",
         f"buffer: {{mode: {args.buffer}}}",
+        "http: false" if args.http == "off" else f"http: {{listen: '127.0.0.1:{http_port}'}}",
         "devices:",
     ]
     for d in range(devices):
@@ -287,9 +290,12 @@ def _lean_modbus(
         start_cpu, start = cpu_seconds(gateway.pid), time.monotonic()
         sim_cpu = cpu_seconds(simulator.pid)
         rss = [rss_mb(gateway.pid)]
+        scraper = Scraper(http_port) if args.http == "scrape" else None
         while time.monotonic() - start < args.duration:
             time.sleep(5)
             rss.append(rss_mb(gateway.pid))
+        if scraper is not None:
+            scraper.stop()
         threads_end = threads(gateway.pid)
         elapsed = time.monotonic() - start
         cpu = cpu_seconds(gateway.pid) - start_cpu
@@ -322,6 +328,8 @@ def _lean_modbus(
             "simulator_cpu_per_s": round((cpu_seconds(simulator.pid) - sim_cpu) / elapsed, 3),
             "lost_seq": counter.lost(),
             "duplicate_seq": counter.duplicates,
+            "http": args.http,
+            "metrics_scrapes_bytes": [scraper.scrapes, scraper.bytes] if scraper else None,
         }
     finally:
         stop_all(counter, gateway, [simulator], broker)

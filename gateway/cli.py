@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the gateway")
     run.add_argument("file", type=Path, metavar="FILE")
+    run.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload when the map or a file it includes changes (SIGHUP reloads either way)",
+    )
     run.set_defaults(handler=_run)
 
     plan = commands.add_parser(
@@ -133,16 +138,20 @@ def _run(args: argparse.Namespace) -> int:
     config = _load([args.file])
     if config is None:
         return 1
+    from gateway.reload import Reloader
     from gateway.runtime import Gateway
+    from gateway.systemd import Notifier
 
     def start() -> Awaitable[None]:
-        gateway = Gateway(config)
+        gateway = Gateway(config, Notifier.from_environment())
+        reloader = Reloader([args.file], registry.load_config, gateway.apply, args.watch)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.request)
         # The map and everything built from it live as long as the process: frozen, the
         # collector stops walking them, instead of stalling every device while it walks every
         # object of a big map (docs/performance.md, step 9).
         gc.collect()
         gc.freeze()
-        return gateway.run()
+        return gateway.run(reloader)
 
     return _run_until_signal(start, args.loop)
 

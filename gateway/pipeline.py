@@ -32,10 +32,16 @@ class Deadband:
     """
 
     def __init__(self, devices: Iterable[DeviceConfig]) -> None:
+        self._last: dict[tuple[str, str], tuple[Value | None, str, str | None]] = {}
+        self.track(devices)
+
+    def track(self, devices: Iterable[DeviceConfig], keep: Iterable[str] = ()) -> None:
+        """Follow these devices (after a reload): those in ``keep`` keep their last values."""
         self._deadband: dict[tuple[str, str], float] = {
             (d.id, p.name): p.deadband for d in devices for p in d.points if p.deadband is not None
         }
-        self._last: dict[tuple[str, str], tuple[Value | None, str, str | None]] = {}
+        kept = set(keep)
+        self._last = {key: last for key, last in self._last.items() if key[0] in kept}
         self._devices = {device for device, _ in self._deadband}
 
     def covers(self, device_id: str) -> bool:

@@ -7,7 +7,8 @@
     as a reading, into the encoder)
 
 Every device runs in its own task, so a slow or dead device never delays another. The pump of
-each device also publishes the device's connection state when it changes.
+each device also publishes the device's connection state when it changes. A reload (``apply``)
+stops and starts device tasks one by one; everything else carries over.
 """
 
 from __future__ import annotations
@@ -20,29 +21,33 @@ import structlog
 from gateway.commands import CommandRouter
 from gateway.commands.channel import CommandChannel
 from gateway.commands.intake import Intake
+from gateway.commands.request import Incoming
 from gateway.config.load import Config
 from gateway.delivery.buffer import Buffer, open_store
 from gateway.delivery.encode_json import JsonEncoder, iso_time, kept_json
 from gateway.delivery.forwarder import OFFLINE, Forwarder
-from gateway.health import Health
-from gateway.http_listener import HttpListener
+from gateway.http.health import Health
+from gateway.http.listener import HttpListener
+from gateway.http.metrics import Metrics, Observed
 from gateway.model import Reading, expand
-from gateway.mqtt.client import Will
+from gateway.mqtt.client import Settings, Will
 from gateway.mqtt.settings import command_session, data_session
 from gateway.pipeline import Deadband, Transform
 from gateway.registry import create_sources, reading_intervals
+from gateway.reload import Reloader, diff
 from gateway.source import Source, Writable
+from gateway.stats import DeviceStats
+from gateway.systemd import Notifier
 from gateway.topics import Topics
 
 log = structlog.get_logger("gateway")
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
-        self.topics = Topics(
-            config.mqtt.topic, config.gateway, config.devices, config.mqtt.batch_topic
-        )
+        self.notifier = notifier or Notifier(None, None)
+        self.topics = self._topics(config)
         settings = config.buffer
         self.buffer = Buffer(
             open_store(settings.mode, settings.path, settings.max_size),
@@ -51,36 +56,21 @@ class Gateway:
             settings.replay_rate,
         )
         mqtt = config.mqtt
-        will = Will(self.topics.status, OFFLINE, min(mqtt.qos, 1), mqtt.retain)
-        session = data_session(mqtt, mqtt.client_id or config.gateway.id, will)
         self.encoder = JsonEncoder(self.topics, self.buffer, batch=mqtt.batch == "device")
         self.forwarder = Forwarder(
-            session,
+            self._data_session(config),
             self.buffer,
             mqtt.qos,
             self.topics.status,
             settings.sync_interval,
         )
-        self.sources: list[Source] = create_sources(config.devices)
+        self.sources: dict[str, Source] = {s.device_id: s for s in create_sources(config.devices)}
         self.deadband = Deadband(config.devices)
         self.transforms: list[Transform] = [self.deadband]
-        writers = {s.device_id: s for s in self.sources if isinstance(s, Writable)}
-        # Commands have a session of their own, when the map has a writable point.
-        self.commands = (
-            CommandChannel(command_session(session), self.topics.command_filter())
-            if any(d.writable for d in config.devices)
-            else None
-        )
-        self.router = CommandRouter(
-            config.devices,
-            writers,
-            self.topics,
-            self.commands.answer if self.commands is not None else _no_answer,
-            self._publish_now,
-            mqtt.response_prefix,
-            config.commands.max_age,
-        )
+        self.router = self._router(config)
         self.intake = Intake(config.commands.rate, config.commands.queue)
+        # Commands have a session of their own while the map has a writable point.
+        self.commands: CommandChannel | None = None
         http = config.http
         self.health = Health(
             reading_intervals(config.devices),
@@ -89,10 +79,28 @@ class Gateway:
             lambda: self.buffer.bytes,
             int(http.buffer_alarm) if http and http.buffer_alarm is not None else None,
         )
-        self.listener = HttpListener(http.host, http.port, self.health) if http else None
+        self.metrics = Metrics(
+            Observed(
+                config.gateway.id,
+                self._device_stats,
+                self.health,
+                self.buffer,
+                lambda: self.encoder.readings,
+                lambda: self.forwarder.broker_connected,
+                lambda: self.forwarder.connections,
+                self.forwarder.ack_age,
+                self._command_outcomes,
+            )
+        )
+        self.listener = (
+            HttpListener(http.host, http.port, self.health, self.metrics) if http else None
+        )
+        self._tasks: asyncio.TaskGroup | None = None
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._commands_task: asyncio.Task[None] | None = None
 
-    async def run(self) -> None:
-        """Run until cancelled."""
+    async def run(self, reloader: Reloader | None = None) -> None:
+        """Run until cancelled; ``reloader`` applies new maps (SIGHUP, ``run --watch``)."""
         log.info(
             "gateway starting",
             gateway=self.config.gateway.id,
@@ -103,18 +111,142 @@ class Gateway:
         self.health.running = True
         try:
             async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
                 if self.listener is not None:
                     tasks.create_task(self.listener.run(), name="http")
                 tasks.create_task(self.forwarder.run(), name="mqtt-forwarder")
-                if self.commands is not None:
-                    tasks.create_task(self.intake.run(self.router.handle), name="command-intake")
-                    tasks.create_task(self.commands.run(self.intake.offer), name="commands")
-                for source in self.sources:
-                    tasks.create_task(self._pump(source), name=f"device:{source.device_id}")
+                tasks.create_task(self.intake.run(self._command), name="command-intake")
+                self._follow_commands()
+                for source in self.sources.values():
+                    self._start(source)
+                if reloader is not None:
+                    reloader.watching(self.config.sources)
+                    tasks.create_task(reloader.run(), name="reload")
+                if self.listener is not None:  # a probe may follow READY at once
+                    await self.listener.started.wait()
+                self.notifier.ready()
+                tasks.create_task(self.notifier.feed_watchdog(), name="watchdog")
         finally:
+            self.notifier.stopping()
             self.health.running = False
             self.router.cancel()
             log.info("gateway stopped", published=self.forwarder.published)
+
+    async def apply(self, config: Config) -> None:
+        """Run a new, validated map: only what changed restarts (gateway/reload.py)."""
+        change = diff(self.config, config)
+        if change.pending:
+            log.warning(
+                "these settings changed and apply at the next restart",
+                sections=change.pending,
+            )
+        if change.empty:
+            log.info("map reloaded: no device or broker setting changed")
+            self.config = change.config
+            return
+        self.notifier.reloading()
+        log.info(
+            "map reloaded",
+            added=[d.id for d in change.added],
+            removed=change.removed,
+            restarted=[d.id for d in change.restarted],
+            unchanged=len(change.unchanged),
+            broker="reconnecting" if change.mqtt else "unchanged",
+        )
+        new = change.config
+        stopping = [*change.removed, *(d.id for d in change.restarted)]
+        await self._stop(stopping)
+        for device in change.removed:
+            self.forwarder.set_retained(
+                self.topics.device_status(device),
+                _device_state("removed", "removed from the device map"),
+            )
+        self.config = new
+        self.topics = self.encoder.topics = self._topics(new)
+        self.deadband.track(new.devices, keep=change.unchanged)
+        self.health.track(reading_intervals(new.devices), keep=change.unchanged)
+        fresh = create_sources([*change.restarted, *change.added])
+        self.sources.update((s.device_id, s) for s in fresh)
+        router, self.router = self.router, self._router(new)
+        self.router.take_over(router, change.unchanged)
+        if change.mqtt:
+            self.forwarder.switch(self._data_session(new), new.mqtt.qos)
+            await self._stop_commands()
+        self._follow_commands()
+        for source in fresh:
+            self._start(source)
+        self.notifier.ready()
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def _topics(self, config: Config) -> Topics:
+        return Topics(config.mqtt.topic, config.gateway, config.devices, config.mqtt.batch_topic)
+
+    def _data_session(self, config: Config) -> Settings:
+        mqtt = config.mqtt
+        will = Will(self.topics.status, OFFLINE, min(mqtt.qos, 1), mqtt.retain)
+        return data_session(mqtt, mqtt.client_id or config.gateway.id, will)
+
+    def _router(self, config: Config) -> CommandRouter:
+        writers = {i: s for i, s in self.sources.items() if isinstance(s, Writable)}
+        return CommandRouter(
+            config.devices,
+            writers,
+            self.topics,
+            self._answer,
+            self._publish_now,
+            config.mqtt.response_prefix,
+            config.commands.max_age,
+        )
+
+    def _start(self, source: Source) -> None:
+        assert self._tasks is not None
+        name = f"device:{source.device_id}"
+        self._pumps[source.device_id] = self._tasks.create_task(self._pump(source), name=name)
+
+    async def _stop(self, devices: list[str]) -> None:
+        """Stop these devices' pumps and wait until their connections are closed."""
+        pumps = [self._pumps.pop(d) for d in devices if d in self._pumps]
+        for pump in pumps:
+            pump.cancel()
+        if pumps:
+            await asyncio.wait(pumps)
+        for device in devices:
+            self.sources.pop(device, None)
+
+    def _follow_commands(self) -> None:
+        """A command session while a point is writable (after a reload too)."""
+        writable = any(d.writable for d in self.config.devices)
+        if writable and self._commands_task is None:
+            assert self._tasks is not None
+            session = command_session(self._data_session(self.config))
+            self.commands = CommandChannel(session, self.topics.command_filter())
+            self._commands_task = self._tasks.create_task(
+                self.commands.run(self.intake.offer), name="commands"
+            )
+        elif not writable and self._commands_task is not None:
+            self._commands_task.cancel()
+            self._commands_task, self.commands = None, None
+
+    async def _stop_commands(self) -> None:
+        task, self._commands_task, self.commands = self._commands_task, None, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
+    def _command(self, message: Incoming) -> None:
+        self.router.handle(message)
+
+    def _answer(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
+        if self.commands is not None:
+            self.commands.answer(topic, payload, correlation)
+
+    def _device_stats(self) -> dict[str, tuple[str, DeviceStats]]:
+        protocols = {d.id: d.protocol for d in self.config.devices}
+        return {i: (protocols.get(i, ""), s.stats) for i, s in self.sources.items()}
+
+    def _command_outcomes(self) -> dict[str, int]:
+        return {**self.router.outcomes, "dropped": self.intake.dropped.total}
 
     def _publish_now(self, reading: Reading) -> None:
         """A value read back after a command: published at once, whatever the deadband (it
@@ -147,10 +279,6 @@ class Gateway:
                     await self.buffer.wait_for_room()
         finally:
             await source.close()
-
-
-def _no_answer(topic: str, payload: bytes, correlation: bytes | None) -> None:
-    """No writable point, no command session: nothing to answer."""
 
 
 def _device_state(state: str, reason: str | None) -> bytes:

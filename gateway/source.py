@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from gateway.model import Reading, Sample, Scalar, Value
+from gateway.stats import DeviceStats
 
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"  # the device does not answer (timeout, refused, lost)
@@ -25,6 +26,7 @@ class Source(Protocol):
     device_id: str
     # (state, reason): one of the three above; the runtime publishes it, retained, on change.
     state: tuple[str, str | None]
+    stats: DeviceStats  # counted by the source, read by /metrics
 
     def readings(self) -> AsyncIterator[Sequence[Sample]]:
         """Batches of readings (or blocks of values: ``gateway.model.Block``), forever; cancel

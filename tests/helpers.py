@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -33,8 +33,23 @@ __all__ = [
     "Process",
     "Proxy",
     "free_port",
+    "until",
     "wait_port",
 ]
+
+T = TypeVar("T")
+
+
+def until(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
+    """The first truthy result of ``check()``, polled every 0.1 s; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(0.1)
 
 
 class Amqtt:
@@ -198,7 +213,8 @@ class Collector:
 class Process:
     """``factory-gateway ...`` in a subprocess, output kept in a file for failure reports."""
 
-    def __init__(self, *args: str, log: Path) -> None:
+    def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None) -> None:
+        """``env``: more environment variables."""
         self.log = log
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
@@ -206,6 +222,7 @@ class Process:
             stdout=self._out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            env={**os.environ, **env} if env else None,
         )
 
     def kill(self) -> None:

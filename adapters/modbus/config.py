@@ -252,11 +252,6 @@ class ModbusDevice(DeviceConfig):
         return 16
 
     @property
-    def link_key(self) -> tuple[str, ...]:
-        """Devices with the same key share one connection (units behind one gateway or bus)."""
-        raise NotImplementedError
-
-    @property
     def endpoint(self) -> str:
         """Where the device is, for logs and reports: ``host:port`` or the serial line."""
         raise NotImplementedError

@@ -18,6 +18,7 @@ import math
 import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
+from time import perf_counter
 from typing import Any
 
 import structlog
@@ -32,6 +33,7 @@ from adapters.modbus.write import write_point
 from gateway.errors import DeviceError
 from gateway.model import BAD, UNCERTAIN, Reading, Sample, Scalar, bad_readings
 from gateway.source import CONNECTED, DISCONNECTED, WriteOutcome, raise_if_cancelling
+from gateway.stats import DeviceStats
 
 log = structlog.get_logger("adapters.modbus")
 
@@ -95,6 +97,7 @@ class ModbusSource:
         self._plan(plan_device(device))
         self._log = log.bind(device=device.id, link=link.name)
         self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
+        self.stats = DeviceStats()
 
     def _plan(self, groups: list[PollGroup]) -> None:
         """Adopt a plan: its requests, each with its decoder (staleness is tracked afresh)."""
@@ -121,6 +124,7 @@ class ModbusSource:
                 await asyncio.sleep(next_due - now)
                 now = loop.time()
             groups = [g for g in self._schedule if due[g[0].interval] <= now]
+            self.stats.polls += 1
             poll = asyncio.ensure_future(self._connect_and_poll(groups))
             try:
                 # While the poll runs (a slow device, a busy shared bus), points whose value is
@@ -132,6 +136,7 @@ class ModbusSource:
                 batch = poll.result()
             except DeviceError as exc:
                 raise_if_cancelling()
+                self.stats.failed(exc)
                 if exc.connection_lost and link.connected:
                     link.failed(exc.reason)
                 if exc.reason != outage:
@@ -197,14 +202,18 @@ class ModbusSource:
         self, decoder: RequestDecoder, batch: list[Sample], task: asyncio.Task[Any] | None
     ) -> bool:
         """Read one request into ``batch``; True when it taught the device a hole."""
-        device, request = self.device, decoder.request
+        device, request, stats = self.device, decoder.request, self.stats
+        stats.requests += 1
         try:
             async with self.link.lock:
+                started = perf_counter()
                 values = await self.link.read(
                     request.table, request.start, request.count, device.unit_id, device.retries
                 )
+                stats.read_seconds.observe(perf_counter() - started)
             raise_if_cancelling(task)
         except ModbusExceptionAnswer as exc:
+            stats.failed(exc)
             decoder.forget()
             splittable = request.unused or len({s.address for s in request.slots}) > 1
             if exc.code == 2 and splittable:  # flags of one register cannot be split further

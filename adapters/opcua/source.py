@@ -38,6 +38,7 @@ from gateway.backoff import Backoff
 from gateway.errors import DeviceError, DeviceTimeout
 from gateway.model import BAD, Reading, Scalar, bad_readings
 from gateway.source import CONNECTED, DISCONNECTED, ERROR, WriteOutcome, raise_if_cancelling
+from gateway.stats import DeviceStats
 
 log = structlog.get_logger("adapters.opcua")
 
@@ -69,6 +70,7 @@ class OpcUaSource:
         self._session_file = _state_dir() / f"{device.id}.session.json"
         self._subscription_id: int | None = None
         self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
+        self.stats = DeviceStats()  # polls: poll cycles, or a subscription's notification batches
         self._nodes: dict[str, ua.NodeId] = {}  # resolved points
         self._variant_types: dict[str, ua.VariantType] = {}  # built-in type of written points
         # Poll reads and writes take turns on the session (a write's read-back is its own).
@@ -81,6 +83,7 @@ class OpcUaSource:
             session = self._poll() if self.device.mode == "poll" else self._subscribe()
             try:
                 async for batch in session:
+                    self.stats.polls += 1
                     backoff.reset()
                     self.state = (CONNECTED, None)
                     if outage is not None:
@@ -90,6 +93,7 @@ class OpcUaSource:
                         yield batch
             except DeviceError as exc:
                 raise_if_cancelling()
+                self.stats.failed(exc)
                 if exc.reason != outage:
                     detail = getattr(exc, "detail", None)
                     self._log.warning("device unreachable", reason=exc.reason, detail=detail)
@@ -401,7 +405,10 @@ class OpcUaSource:
             for start in range(0, len(reads), ITEMS_PER_REQUEST):
                 with translate_errors(device):
                     async with self._requests:
+                        self.stats.requests += 1
+                        started = time.perf_counter()
                         results = await _read(client, reads[start : start + ITEMS_PER_REQUEST])
+                        self.stats.read_seconds.observe(time.perf_counter() - started)
                 raise_if_cancelling()
                 received = time.time()
                 for name, data in zip(

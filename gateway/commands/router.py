@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
@@ -79,6 +80,18 @@ class CommandRouter:
         self.locks = {d.id: asyncio.Lock() for d in devices}
         self.tasks: set[asyncio.Task[None]] = set()
         self.answered = 0
+        self.outcomes: Counter[str] = Counter()  # written | refused | failed (for /metrics)
+
+    def take_over(self, old: CommandRouter, keep: Iterable[str]) -> None:
+        """After a reload: commands still running finish and are answered; the devices in
+        ``keep`` (unchanged) keep their write lock and rate limit; the counts go on."""
+        self.tasks = old.tasks
+        self.answered = old.answered
+        self.outcomes = old.outcomes
+        for device in keep:
+            if device in old.locks and device in self.locks:
+                self.locks[device] = old.locks[device]
+                self.limits[device] = old.limits[device]
 
     @property
     def subscription(self) -> str:
@@ -142,6 +155,7 @@ class CommandRouter:
 
     def _answer(self, message: Incoming, result: Result) -> None:
         result.audit(message.client)
+        self.outcomes[result.outcome] += 1
         topic, prefix = message.response_topic, self.response_prefix
         if (
             not topic

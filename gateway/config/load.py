@@ -49,6 +49,8 @@ class Config:
     buffer: BufferSection = field(default_factory=BufferSection)
     commands: CommandsSection = field(default_factory=CommandsSection)
     http: HttpSection | None = field(default_factory=HttpSection)
+    # Every file read: the map, included device lists, secret files (``run --watch`` looks here).
+    sources: tuple[str, ...] = ()
 
 
 def read_map(paths: Sequence[str | Path], adapters: Sequence[Adapter]) -> Config:
@@ -102,7 +104,16 @@ def read_map(paths: Sequence[str | Path], adapters: Sequence[Adapter]) -> Config
     # The buffer folder is relative to the map's folder, like every path in a map.
     buffer = root.buffer.relative_to(files[0].parent)
     files_read = [str(f) for f in files]
-    return Config(root.gateway, root.mqtt, devices, files_read, buffer, root.commands, root.http)
+    return Config(
+        root.gateway,
+        root.mqtt,
+        devices,
+        files_read,
+        buffer,
+        root.commands,
+        root.http,
+        tuple(dict.fromkeys(source_map.files)),
+    )
 
 
 # Keys whose values are secrets wherever they appear in a map.

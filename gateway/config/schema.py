@@ -283,6 +283,11 @@ class DeviceConfig(StrictModel):
     def writable(self) -> bool:
         return any(p.writable for p in self.points)
 
+    @property
+    def link_key(self) -> tuple[str, ...]:
+        """Devices with the same key share one connection; by default a device has its own."""
+        return (self.protocol, self.id)
+
 
 class RootSection(StrictModel):
     """The top level; devices are validated one by one by their protocol's model."""

@@ -60,10 +60,12 @@ class SourceMap:
         positions: dict[Loc, Position] | None = None,
         build: Callable[[], dict[Loc, Position]] | None = None,
         secrets: set[str] | None = None,
+        files: list[str] | None = None,
     ) -> None:
         self._positions = positions if positions is not None else {}
         self._build = build
         self.secrets: set[str] = secrets if secrets is not None else set()  # never printed
+        self.files: list[str] = files if files is not None else []  # every file read
 
     @property
     def positions(self) -> dict[Loc, Position]:
@@ -121,12 +123,13 @@ class _Loader:
         self.issues: list[ConfigIssue] = []
         self.source_map = SourceMap()
         self.constructor = yaml.constructor.SafeConstructor()
-        self.expander = Expander(base, self.source_map.secrets)
+        self.expander = Expander(base, self.source_map.secrets, self.source_map.files)
         self.seen: set[int] = set()  # nodes flattened (an alias shares its anchor's node)
         self.copied = 0  # nodes flattened again, or merged, through an alias
         self.expanded: dict[int, str] = {}  # a scalar node's text after ${...}, once per node
 
     def load_file(self, path: Path) -> yaml.Node | None:
+        self.source_map.files.append(str(path))
         try:
             if path.stat().st_size > MAX_FILE:
                 message = f"the file is larger than {MAX_FILE // 1024 // 1024} MiB"
@@ -268,9 +271,10 @@ class Expander:
     folder; the file's text without its final newline, as Docker secrets and systemd
     credentials hold it). Secret values are added to ``secrets``."""
 
-    def __init__(self, base: Path, secrets: set[str]) -> None:
+    def __init__(self, base: Path, secrets: set[str], files: list[str]) -> None:
         self.base = base
         self.secrets = secrets
+        self.files = files  # secret files read are added
 
     def expand(self, text: str, unset: Callable[[str], str]) -> str:
         """``unset(message)`` for a variable with neither a value nor a default (an empty value
@@ -296,6 +300,7 @@ class Expander:
 
     def _file(self, path: str, unset: Callable[[str], str]) -> str:
         file = self.base / os.path.expandvars(path)
+        self.files.append(str(file))
         try:
             with file.open("rb") as opened:
                 data = opened.read(MAX_SECRET_FILE + 1)
@@ -327,13 +332,16 @@ def load_yaml(paths: list[Path]) -> tuple[dict[str, Any], SourceMap, list[Config
     surprise and it is read carefully, which reports the problem where it is.
     """
     secrets: set[str] = set()
-    expander = Expander(paths[0].parent, secrets)
+    files: list[str] = []
+    expander = Expander(paths[0].parent, secrets, files)
+    read: list[Path] = []
     data = load_quickly(
-        paths, _YamlLoader, lambda text: expander.expand(text, _give_up), _quick_includes
+        paths, _YamlLoader, lambda text: expander.expand(text, _give_up), _quick_includes, read
     )
     if data is not None:
         build = lambda: _load_carefully(paths)[1].positions  # noqa: E731
-        return data, SourceMap(build=build, secrets=secrets), []
+        files += map(str, read)
+        return data, SourceMap(build=build, secrets=secrets, files=files), []
     return _load_carefully(paths)
 
 

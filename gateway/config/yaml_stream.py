@@ -152,13 +152,16 @@ def load_quickly(
     loader_class: type[Any],
     expand: Callable[[str], str],
     include_files: Callable[[Path, Any, Any], list[Path] | None],
+    read: list[Path],
 ) -> dict[str, Any] | None:
     """The whole device map (main file plus included device lists), or ``None`` if unusual.
 
     ``expand(text)`` expands ``${VAR}``; ``include_files(main, include, include_folders)``
-    lists included files (``None`` when the include entry is wrong).
+    lists included files (``None`` when the include entry is wrong). ``read`` gets every file
+    read.
     """
     try:
+        read.append(paths[0])
         data = read_quickly(paths[0], loader_class, expand)
         if not isinstance(data, dict):
             return None
@@ -171,6 +174,7 @@ def load_quickly(
         if extra and data.get("devices") is None:
             data["devices"] = []
         for path in extra:
+            read.append(path)
             included = read_quickly(path, loader_class, expand)
             if isinstance(included, dict) and list(included) == ["devices"]:
                 included = included["devices"]

@@ -33,6 +33,7 @@ class JsonEncoder:
         self.topics = topics
         self.out = out
         self.batch = batch
+        self.readings = 0  # values encoded (for /metrics)
         self._point_templates: WeakKeyDictionary[Points, list[tuple[str, bytes]]] = (
             WeakKeyDictionary()
         )
@@ -43,30 +44,35 @@ class JsonEncoder:
         gw_ts = iso_time(now)
         out, topics = self.out, self.topics
         if self.batch:
+            self.readings += sum(len(s.values) if isinstance(s, Block) else 1 for s in batch)
             for group in split_by_point(batch):
                 seq = out.take_seq()
                 payload = encode_batch(group, seq, gw_ts)
-                out.add(Record(seq, topics.device(group[0].device), payload, now))
+                sampled = min(sample.ts for sample in group)
+                out.add(Record(seq, topics.device(group[0].device), payload, now, sampled))
             return
         gw_bytes = gw_ts.encode()
         for sample in batch:
             if isinstance(sample, Block):
                 self._send_block(sample, gw_bytes, now)
                 continue
+            self.readings += 1
             seq = out.take_seq()
             payload = encode_reading(sample, seq, gw_ts)
-            out.add(Record(seq, topics.point(sample.device, sample.point), payload, now))
+            out.add(Record(seq, topics.point(sample.device, sample.point), payload, now, sample.ts))
 
     def _send_block(self, block: Block, gw_ts: bytes, now: float) -> None:
         """One message per value of a block, from templates rendered once per set of points."""
         templates = self._point_templates.get(block.points)
         if templates is None:
             templates = self._point_templates[block.points] = point_templates(block, self.topics)
-        ts = iso_time(block.ts).encode()
+        sampled = block.ts
+        self.readings += len(block.values)
+        ts = iso_time(sampled).encode()
         take_seq, add = self.out.take_seq, self.out.add
         for (topic, template), value in zip(templates, block_values(block), strict=True):
             seq = take_seq()
-            add(Record(seq, topic, template % (value, ts, gw_ts, seq), now))
+            add(Record(seq, topic, template % (value, ts, gw_ts, seq), now, sampled))
 
 
 _second_cache: tuple[int, str] = (-1, "")

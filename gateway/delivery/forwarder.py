@@ -24,6 +24,7 @@ from gateway.delivery.buffer import Buffer, Record
 from gateway.delivery.encode_json import iso_time, mark_replayed
 from gateway.errors import BrokerError, MessageTooLarge, NotConnected
 from gateway.mqtt.client import Broker, Message, MqttClient, Settings
+from gateway.stats import AGE_SECONDS, Histogram
 
 log = structlog.get_logger("gateway.mqtt")
 
@@ -74,6 +75,11 @@ class Forwarder:
         self._suspect: tuple[int, int] | None = None  # (seq, connections it ended alone)
         self._stopping = False
         self._refusals: set[tuple[str, str]] = set()  # (kind, reason) logged already
+        self.connections = 0  # sessions the broker accepted (for /metrics: reconnects)
+        self._switch = asyncio.Event()  # new settings: end this session, start another
+        # Seconds from a message's oldest source timestamp to the broker's acknowledgement.
+        self.ack_age = Histogram(AGE_SECONDS)
+        self._sampled: list[float] = []  # source timestamps acknowledged this loop turn
 
     @property
     def published(self) -> int:
@@ -86,17 +92,33 @@ class Forwarder:
 
     # -- the run ---------------------------------------------------------------------------
 
+    def switch(self, settings: Settings, qos: int) -> None:
+        """Connect with new settings (a reloaded map): the current session ends cleanly,
+        what it had in flight goes back to the buffer and is sent on the new one."""
+        self.settings, self.qos = settings, qos
+        self._switch.set()
+
     async def run(self) -> None:
         try:
-            async with MqttClient(self.settings, self) as client:
-                self._client = client
-                try:
-                    async with asyncio.TaskGroup() as tasks:
-                        tasks.create_task(self._sync(), name="buffer-sync")
-                        tasks.create_task(self._report(), name="gateway-status")
-                        await self._drain_forever(client)
-                finally:
-                    await self._shutdown(client)
+            while True:
+                self._switch.clear()
+                async with MqttClient(self.settings, self) as client:
+                    self._client = client
+                    try:
+                        async with asyncio.TaskGroup() as tasks:
+                            jobs = [
+                                tasks.create_task(self._sync(), name="buffer-sync"),
+                                tasks.create_task(self._report(), name="gateway-status"),
+                                tasks.create_task(self._drain_forever(client), name="drain"),
+                            ]
+                            await self._switch.wait()
+                            for job in jobs:
+                                job.cancel()
+                    finally:
+                        await self._shutdown(client)
+                self._give_back()
+                self._stopping = False
+                log.info("reconnecting with the new broker settings")
         finally:
             self._collect()
             stats = self.buffer.stats()
@@ -209,6 +231,7 @@ class Forwarder:
             log.warning("the broker keeps no retained messages: states are sent plain")
         self._retain = retain and broker.retain_available
         self._connected_at = time.monotonic()
+        self.connections += 1
         self.buffer.connected()
         self._states = {self.status_topic: self._status(), **self.retained}
         self._connected.set()
@@ -226,7 +249,11 @@ class Forwarder:
             return  # not ours (a resend after a reset)
         entry = inflight.pop(mid)
         if entry is not None:
-            self._acked.append(entry[0].seq)
+            record = entry[0]
+            self._acked.append(record.seq)
+            if not self._sampled:
+                asyncio.get_running_loop().call_soon(self._measure_age)
+            self._sampled.append(record.sampled or record.created)
         self._made_room()
 
     def refused(self, mid: int, reason: str) -> None:
@@ -294,6 +321,26 @@ class Forwarder:
         )
         self._restart_session(client, [])
         self._refused([record.seq], "kills_connection", "the broker closed the connection")
+
+    def _measure_age(self) -> None:
+        """The acknowledgements of one loop turn, aged at one clock reading: messages of one
+        poll share their source timestamp, so a run of them is one histogram step."""
+        now = time.time()
+        sampled, self._sampled = self._sampled, []
+        run_ts, run = sampled[0], 0
+        for ts in sampled:
+            if ts != run_ts:
+                self.ack_age.observe(now - run_ts, run)
+                run_ts, run = ts, 0
+            run += 1
+        self.ack_age.observe(now - run_ts, run)
+
+    def _give_back(self) -> None:
+        """A session ended for good: what it had in flight goes back to the buffer."""
+        entries = [e for e in self.inflight.values() if e is not None]
+        self.inflight.clear()
+        for record, replayed in reversed(entries):
+            self.buffer.returned(record, replayed)
 
     def _restart_session(self, client: MqttClient, resend: list[tuple[Record, bool]]) -> None:
         """A new session (paho forgets what it holds); ``resend`` goes back to the buffer."""

@@ -22,6 +22,7 @@ from gateway.model import GOOD, Reading, Sample, bad_readings
 from gateway.plan_report import DevicePlan
 from gateway.runtime import Gateway
 from gateway.source import CONNECTED, DISCONNECTED
+from gateway.stats import DeviceStats
 from tests.helpers import Collector, Mosquitto, free_port
 from tests.integration.plant import write_map
 
@@ -37,6 +38,7 @@ class ToySource:
         self.device = device
         self.device_id = device.id
         self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
+        self.stats = DeviceStats()
 
     async def readings(self) -> AsyncIterator[Sequence[Sample]]:
         device = self.device

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.health import Health
+from gateway.http.health import Health
 from gateway.model import BAD, GOOD, Block, Points, Reading
 from gateway.source import CONNECTED, DISCONNECTED
 

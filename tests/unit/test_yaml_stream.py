@@ -37,9 +37,9 @@ YAML_PROBLEMS = {
 
 
 def _quick(path: Path) -> object:
-    expander = Expander(path.parent, set())
+    expander = Expander(path.parent, set(), [])
     return load_quickly(
-        [path], _YamlLoader, lambda text: expander.expand(text, _give_up), _quick_includes
+        [path], _YamlLoader, lambda text: expander.expand(text, _give_up), _quick_includes, []
     )
 
 

@@ -11,6 +11,9 @@ class Record:
     topic: str
     payload: bytes
     created: float  # epoch seconds: when the gateway took the reading(s) in
+    # The oldest source timestamp of its readings (0: not known, read back from disk: use
+    # ``created``); the age at the broker's acknowledgement is measured from it. Not stored.
+    sampled: float = 0.0
 
     @property
     def size(self) -> int:

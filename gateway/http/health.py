@@ -9,7 +9,7 @@ connected: a value that does not change is not stalled, only missing readings ar
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.model import GOOD, Block, Reading, Sample
@@ -36,16 +36,25 @@ class Health:
     ) -> None:
         """``intervals``: each device's expected reading interval (None: by exception);
         ``stale_after``: one bound for every polling device instead of three intervals."""
-        self.devices = {
-            device: DeviceHealth(
-                None if interval is None else (stale_after or STALE_INTERVALS * interval)
-            )
-            for device, interval in intervals.items()
-        }
+        self.stale_after = stale_after
+        self.devices: dict[str, DeviceHealth] = {}
+        self.track(intervals)
         self.broker_connected = broker_connected
         self.buffer_bytes = buffer_bytes
         self.buffer_alarm = buffer_alarm
         self.running = False
+
+    def track(self, intervals: Mapping[str, float | None], keep: Iterable[str] = ()) -> None:
+        """Follow these devices (after a reload): those in ``keep`` carry their state over."""
+        kept = {d: self.devices[d] for d in keep if d in self.devices}
+        stale_after = self.stale_after
+        self.devices = {
+            device: kept.get(device)
+            or DeviceHealth(
+                None if interval is None else (stale_after or STALE_INTERVALS * interval)
+            )
+            for device, interval in intervals.items()
+        }
 
     def seen(self, device: str, state: tuple[str, str | None], batch: Sequence[Sample]) -> None:
         """A batch of the device's samples, before any transform (the pump calls it)."""

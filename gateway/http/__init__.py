@@ -1,0 +1,1 @@
+"""The operations listener: health, readiness, metrics (and, next, the status page)."""

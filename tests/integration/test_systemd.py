@@ -1,0 +1,118 @@
+"""The systemd unit and the notify protocol, tested without systemd: the test owns the
+``NOTIFY_SOCKET`` the gateway writes to, as systemd would."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.helpers import ROOT, Mosquitto, Process, free_port, until, wait_port
+from tests.integration.plant import device, write_map
+
+UNIT = ROOT / "deploy" / "factory-gateway.service"
+COUNTER = (
+    "\n      - {name: c, table: holding, address: 0, type: uint16, "
+    "sim: {counter: {interval: 100ms}}}"
+)
+
+
+class NotifySocket:
+    """A datagram socket in the place of systemd's; keeps every message received."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="notify-"))  # a short path (108 bytes max)
+        self.path = self.folder / "notify"
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(self.path))
+        self.socket.settimeout(0.1)
+        self.messages: list[dict[str, str]] = []
+
+    def receive(self) -> list[dict[str, str]]:
+        """Everything received so far, each message as its ``KEY=value`` fields."""
+        while True:
+            try:
+                data = self.socket.recv(4096)
+            except TimeoutError:
+                return self.messages
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.messages.append(fields)
+
+    def count(self, key: str) -> int:
+        return sum(1 for m in self.receive() if key in m)
+
+    def close(self) -> None:
+        self.socket.close()
+        shutil.rmtree(self.folder)
+
+
+def test_ready_watchdog_reload_and_stopping_reach_the_notify_socket(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    ports = {"plc-a": free_port(), "plc-b": free_port()}
+    devices = [device(name, port, COUNTER) for name, port in ports.items()]
+    sim = Process(
+        "simulate", str(write_map(workdir / "sim.yaml", broker.port, devices)),
+        log=workdir / "sim.log",
+    )  # fmt: skip
+    http = free_port()
+    sections = f"http: {{listen: 127.0.0.1:{http}}}"
+    path = write_map(workdir / "gw.yaml", broker.port, devices[:1], sections=sections)
+    notify = NotifySocket()
+    gateway = None
+    try:
+        for port in ports.values():
+            wait_port(port)
+        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
+        gateway = Process("run", str(path), log=workdir / "gw.log", env=env)
+        until(lambda: notify.count("READY"), "READY=1")
+        first = notify.receive()[0]
+        assert first == {"READY": "1", "STATUS": "running"}
+        # Ready means the probes answer: the listener is up before READY=1 goes out.
+        socket.create_connection(("127.0.0.1", http), timeout=5).close()
+        # The watchdog is fed from the event loop, every half period (0.2 s here).
+        until(lambda: notify.count("WATCHDOG") >= 5, "five WATCHDOG=1")
+
+        write_map(path, broker.port, devices, sections=sections)
+        gateway.proc.send_signal(signal.SIGHUP)
+        until(lambda: notify.count("READY") == 2, "READY=1 after the reload")
+        states = [m for m in notify.receive() if "WATCHDOG" not in m]
+        reloading = states[1]
+        assert reloading["RELOADING"] == "1" and int(reloading["MONOTONIC_USEC"]) > 0
+        assert states[2] == first
+
+        assert gateway.stop() == 0
+        assert notify.receive()[-1] == {"STOPPING": "1"}
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        sim.stop()
+        notify.close()
+
+
+def test_the_unit_passes_systemd_analyze_verify(workdir: Path) -> None:
+    """``systemd-analyze verify`` checks the unit's syntax and that ExecStart exists: the
+    installed path is swapped for this environment's own command."""
+    command = Path(sys.executable).parent / "factory-gateway"
+    assert command.exists()
+    unit = workdir / UNIT.name
+    text = UNIT.read_text()
+    assert "ExecStart=/opt/factory-gateway/bin/factory-gateway run " in text
+    unit.write_text(text.replace("/opt/factory-gateway/bin/factory-gateway", str(command)))
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    settings = (
+        "Type=notify", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID",
+        "User=factory-gateway", "StateDirectory=factory-gateway", "ProtectSystem=strict",
+        "NoNewPrivileges=true", "Restart=on-failure",
+    )  # fmt: skip
+    for setting in settings:
+        assert f"\n{setting}" in text
+    installer = subprocess.run(["sh", "-n", str(ROOT / "deploy" / "install.sh")])
+    assert installer.returncode == 0
