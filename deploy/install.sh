@@ -31,7 +31,8 @@ install -d -m 0700 -o "$USER" -g "$USER" "$CONFIG/pki"
 if [ ! -e "$CONFIG/gateway.yaml" ]; then
     install -m 0640 -o root -g "$USER" "$SOURCE/configs/example.yaml" "$CONFIG/gateway.yaml"
 fi
-"$PREFIX/bin/factory-gateway" validate "$CONFIG/gateway.yaml"
+# A map reading systemd credentials (${file:$CREDENTIALS_DIRECTORY/...}) finds them beside it.
+CREDENTIALS_DIRECTORY="$CONFIG" "$PREFIX/bin/factory-gateway" validate "$CONFIG/gateway.yaml"
 
 install -m 0644 "$SOURCE/deploy/factory-gateway.service" /etc/systemd/system/
 if [ -d /run/systemd/system ]; then

@@ -135,6 +135,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # A reload asked for while the map is first read has nothing to reload yet (SIGHUP would
+    # end the process); from the start of the loop on, SIGHUP reloads.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = _load([args.file])
     if config is None:
         return 1

@@ -20,7 +20,7 @@ import structlog
 
 from gateway.config.load import Config
 from gateway.config.schema import DeviceConfig
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 
 log = structlog.get_logger("gateway.reload")
 
@@ -101,22 +101,25 @@ class Reloader:
         self._files = list(files)
 
     async def run(self) -> None:
-        seen = self._fingerprint() if self.watch else None
+        seen = self._fingerprint() if self.watch else {}
         while True:
             if self.watch:
                 try:
                     await asyncio.wait_for(self._requested.wait(), WATCH_EVERY)
                 except TimeoutError:
-                    now = self._fingerprint()
-                    if now == seen:
+                    if self._fingerprint() == seen:
                         continue
                     log.info("the device map changed on disk: reloading")
             else:
                 await self._requested.wait()
             self._requested.clear()
+            before = self._fingerprint() if self.watch else {}
             await self._reload()
             if self.watch:
-                seen = self._fingerprint()
+                # The files as they were before reading: one changed while the map was read (an
+                # editor still writing it) looks changed, and is read again. Files the new map
+                # names for the first time, as they are now.
+                seen = {name: before.get(name, mark) for name, mark in self._fingerprint().items()}
 
     async def _reload(self) -> None:
         try:
@@ -133,18 +136,26 @@ class Reloader:
         except OSError as exc:
             log.error("the device map cannot be read: the running one stays", reason=str(exc))
             return
-        await self.apply(config)
+        try:
+            await self.apply(config)
+        except GatewayError as exc:  # e.g. a TLS file that cannot be loaded: nothing was changed
+            log.error(
+                "the new device map cannot be applied: the running one stays", reason=str(exc)
+            )
+            return
         self.watching(config.sources)
 
-    def _fingerprint(self) -> list[tuple[str, int, int] | None]:
+    def _fingerprint(self) -> dict[str, tuple[int, int, int, int] | None]:
+        """What the files and their folders look like now: a file replaced (a new inode), one
+        written (mtime, ctime, size), a file added to or removed from a folder."""
         names = self._files or [str(p) for p in self.paths]
         folders = sorted({os.path.dirname(os.path.abspath(f)) for f in names})
-        marks: list[tuple[str, int, int] | None] = []
+        marks: dict[str, tuple[int, int, int, int] | None] = {}
         for name in [*names, *folders]:
             try:
                 info = os.stat(name)
             except OSError:
-                marks.append(None)
+                marks[name] = None
             else:
-                marks.append((name, info.st_mtime_ns, info.st_size))
+                marks[name] = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
         return marks

@@ -14,6 +14,7 @@ stops and starts device tasks one by one; everything else carries over.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import structlog
@@ -116,7 +117,7 @@ class Gateway:
                     tasks.create_task(self.listener.run(), name="http")
                 tasks.create_task(self.forwarder.run(), name="mqtt-forwarder")
                 tasks.create_task(self.intake.run(self._command), name="command-intake")
-                self._follow_commands()
+                self._follow_commands(self.forwarder.settings)
                 for source in self.sources.values():
                     self._start(source)
                 if reloader is not None:
@@ -125,25 +126,33 @@ class Gateway:
                 if self.listener is not None:  # a probe may follow READY at once
                     await self.listener.started.wait()
                 self.notifier.ready()
-                tasks.create_task(self.notifier.feed_watchdog(), name="watchdog")
+                log.info("gateway running")
+                tasks.create_task(self.notifier.run(), name="systemd")
         finally:
-            self.notifier.stopping()
             self.health.running = False
             self.router.cancel()
             log.info("gateway stopped", published=self.forwarder.published)
 
     async def apply(self, config: Config) -> None:
-        """Run a new, validated map: only what changed restarts (gateway/reload.py)."""
-        change = diff(self.config, config)
+        """Run a new, validated map: only what changed restarts (gateway/reload.py).
+
+        Everything that can fail (the broker session's TLS files, the new sources) is built
+        before anything running is touched: a ``GatewayError`` leaves the running map as it is.
+        """
+        # Comparing two big maps takes a while: the devices keep polling meanwhile.
+        change = await asyncio.to_thread(diff, self.config, config)
         if change.pending:
             log.warning(
                 "these settings changed and apply at the next restart",
                 sections=change.pending,
             )
+        new = change.config
         if change.empty:
             log.info("map reloaded: no device or broker setting changed")
-            self.config = change.config
+            self.config = new
             return
+        session = self._data_session(new) if change.mqtt else self.forwarder.settings
+        fresh = create_sources([*change.restarted, *change.added])
         self.notifier.reloading()
         log.info(
             "map reloaded",
@@ -153,8 +162,8 @@ class Gateway:
             unchanged=len(change.unchanged),
             broker="reconnecting" if change.mqtt else "unchanged",
         )
-        new = change.config
         stopping = [*change.removed, *(d.id for d in change.restarted)]
+        await self.router.retire(stopping)  # commands on them finish first
         await self._stop(stopping)
         for device in change.removed:
             self.forwarder.set_retained(
@@ -165,16 +174,20 @@ class Gateway:
         self.topics = self.encoder.topics = self._topics(new)
         self.deadband.track(new.devices, keep=change.unchanged)
         self.health.track(reading_intervals(new.devices), keep=change.unchanged)
-        fresh = create_sources([*change.restarted, *change.added])
         self.sources.update((s.device_id, s) for s in fresh)
         router, self.router = self.router, self._router(new)
         self.router.take_over(router, change.unchanged)
         if change.mqtt:
-            self.forwarder.switch(self._data_session(new), new.mqtt.qos)
+            self.forwarder.switch(session, new.mqtt.qos)
             await self._stop_commands()
-        self._follow_commands()
+        self._follow_commands(session)
         for source in fresh:
             self._start(source)
+        # What the old map built is garbage now, the new map lives as long as the process:
+        # collect once, freeze again (see cli.run: docs/performance.md, step 9).
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         self.notifier.ready()
 
     # -- wiring --------------------------------------------------------------------------------
@@ -214,12 +227,12 @@ class Gateway:
         for device in devices:
             self.sources.pop(device, None)
 
-    def _follow_commands(self) -> None:
-        """A command session while a point is writable (after a reload too)."""
+    def _follow_commands(self, data: Settings) -> None:
+        """A command session beside ``data`` while a point is writable (after a reload too)."""
         writable = any(d.writable for d in self.config.devices)
         if writable and self._commands_task is None:
             assert self._tasks is not None
-            session = command_session(self._data_session(self.config))
+            session = command_session(data)
             self.commands = CommandChannel(session, self.topics.command_filter())
             self._commands_task = self._tasks.create_task(
                 self.commands.run(self.intake.offer), name="commands"
@@ -240,6 +253,8 @@ class Gateway:
     def _answer(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
         if self.commands is not None:
             self.commands.answer(topic, payload, correlation)
+        else:  # the command session is being replaced (a reload changed the broker)
+            log.warning("command answer dropped: the command session is reconnecting", topic=topic)
 
     def _device_stats(self) -> dict[str, tuple[str, DeviceStats]]:
         protocols = {d.id: d.protocol for d in self.config.devices}

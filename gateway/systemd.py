@@ -23,6 +23,7 @@ class Notifier:
         self.address = address
         self.watchdog = watchdog_usec / 1e6 if watchdog_usec else None
         self._socket: socket.socket | None = None
+        self._failing = False  # a failure is logged once, until a send works again
         if address:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._socket.setblocking(False)
@@ -49,7 +50,11 @@ class Notifier:
         try:
             self._socket.sendto("\n".join(fields).encode(), address)
         except OSError as exc:
-            log.warning("cannot notify systemd", socket=self.address, reason=exc.strerror)
+            if not self._failing:
+                log.warning("cannot notify systemd", socket=self.address, reason=exc.strerror)
+            self._failing = True
+        else:
+            self._failing = False
 
     def ready(self) -> None:
         self.send("READY=1", "STATUS=running")
@@ -60,13 +65,19 @@ class Notifier:
     def stopping(self) -> None:
         self.send("STOPPING=1")
 
-    async def feed_watchdog(self) -> None:
-        """Until cancelled: ``WATCHDOG=1`` every half watchdog period (nothing without one)."""
-        if self.watchdog is None or self._socket is None:
-            return
-        while True:
-            self.send("WATCHDOG=1")
-            await asyncio.sleep(self.watchdog / 2)
+    async def run(self) -> None:
+        """Until cancelled: ``WATCHDOG=1`` every half watchdog period (when systemd asks for
+        it); cancelled, ``STOPPING=1`` at once, as the gateway starts to stop."""
+        try:
+            period = self.watchdog
+            if period is None:
+                await asyncio.get_running_loop().create_future()
+                return
+            while True:
+                self.send("WATCHDOG=1")
+                await asyncio.sleep(period / 2)
+        finally:
+            self.stopping()
 
     def close(self) -> None:
         if self._socket is not None:

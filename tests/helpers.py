@@ -119,6 +119,11 @@ class Proxy:
             self.proc.wait()
         self.proc = None
 
+    def freeze(self) -> None:
+        """Connections stay open but nothing passes: a broker that hangs. ``cut`` ends it."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
 
 class Collector:
     """Subscribes like any consumer would and keeps every message, decoded."""

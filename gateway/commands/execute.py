@@ -93,8 +93,7 @@ async def execute(
         result.error = f"device {state}: {reason}" if reason else f"device {state}"
         return result, None
     try:
-        # Each request of the write has the device's timeout; this bounds the whole sequence.
-        async with asyncio.timeout(3 * device.timeout + 0.5):
+        async with asyncio.timeout(write_bound(device)):
             outcome = await source.write(point, value)
     except CommandError as exc:
         result.outcome, result.error = REFUSED, str(exc)
@@ -116,6 +115,12 @@ async def execute(
     else:
         result.outcome = WRITTEN
     return result, reading
+
+
+def write_bound(device: DeviceConfig) -> float:
+    """Seconds a write may take: each request of it (read, write, read back) has the device's
+    timeout; this bounds the whole sequence."""
+    return 3 * device.timeout + 0.5
 
 
 def check_command(device: DeviceConfig, point: str, value: Scalar) -> None:

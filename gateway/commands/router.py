@@ -20,7 +20,14 @@ from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
-from gateway.commands.execute import REFUSED, Result, check_command, execute
+from gateway.commands.execute import (
+    FAILED,
+    REFUSED,
+    Result,
+    check_command,
+    execute,
+    write_bound,
+)
 from gateway.commands.request import CommandId, Incoming, check_age, parse
 from gateway.config.schema import DeviceConfig
 from gateway.errors import CommandError
@@ -79,19 +86,40 @@ class CommandRouter:
         self.limits = {d.id: RateLimit(d.write_rate_limit) for d in devices}
         self.locks = {d.id: asyncio.Lock() for d in devices}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.device_of: dict[asyncio.Task[None], str] = {}  # a running command's device
+        self.retiring: set[str] = set()  # devices a reload is about to stop
         self.answered = 0
         self.outcomes: Counter[str] = Counter()  # written | refused | failed (for /metrics)
 
     def take_over(self, old: CommandRouter, keep: Iterable[str]) -> None:
         """After a reload: commands still running finish and are answered; the devices in
         ``keep`` (unchanged) keep their write lock and rate limit; the counts go on."""
-        self.tasks = old.tasks
+        self.tasks, self.device_of = old.tasks, old.device_of
         self.answered = old.answered
         self.outcomes = old.outcomes
         for device in keep:
             if device in old.locks and device in self.locks:
                 self.locks[device] = old.locks[device]
                 self.limits[device] = old.limits[device]
+
+    async def retire(self, devices: Iterable[str]) -> None:
+        """These devices are about to stop (a reload): new commands for them are refused, the
+        running finish (within a write's time bound), and any still unfinished then (waiting
+        behind it, say) is cancelled and answered ``failed``."""
+        retiring = {d for d in devices if d in self.devices}
+        if not retiring:
+            return
+        self.retiring |= retiring
+        running = [t for t, d in self.device_of.items() if d in retiring]
+        if not running:
+            return
+        # A second beyond the write's own bound: a write that times out is answered as such.
+        bound = max(write_bound(self.devices[d]) for d in retiring) + 1.0
+        _, late = await asyncio.wait(running, timeout=bound)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
     @property
     def subscription(self) -> str:
@@ -119,6 +147,8 @@ class CommandRouter:
             check_command(self.devices[device_id], point, value)
             if device_id not in self.sources:
                 raise CommandError("this device's protocol cannot write")
+            if device_id in self.retiring:
+                raise CommandError("the device is restarting for a map reload: send it again")
             if not self.limits[device_id].take():
                 rate = self.devices[device_id].write_rate_limit
                 raise CommandError(f"rate limit exceeded ({rate:g} commands/s for this device)")
@@ -133,16 +163,27 @@ class CommandRouter:
             self._run(message, device_id, point, value, command_id)
         )
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.device_of[task] = device_id
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.device_of.pop(task, None)
 
     async def _run(
         self, message: Incoming, device_id: str, point: str, value: Scalar, command_id: CommandId
     ) -> None:
         device = self.devices[device_id]
-        async with self.locks[device_id]:
-            result, reading = await execute(
-                device, self.sources[device_id], point, value, command_id
-            )
+        try:
+            async with self.locks[device_id]:
+                result, reading = await execute(
+                    device, self.sources[device_id], point, value, command_id
+                )
+        except asyncio.CancelledError:
+            if device_id in self.retiring:  # not shutting down: the caller is owed an answer
+                error = "cancelled: the device restarted for a map reload; read the point back"
+                self._answer(message, Result(command_id, device_id, point, value, FAILED, error))
+            raise
         if reading is not None:
             self.publish_reading(reading)
         self._answer(message, result)

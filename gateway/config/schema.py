@@ -87,6 +87,10 @@ class MqttSection(StrictModel):
         if self.message_expiry is not None and self.version != 5:
             raise FieldError("message_expiry", "message_expiry needs mqtt.version: 5")
         relative_to_map(self, ("ca", "cert", "key"), info)
+        for name in ("ca", "cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise FieldError(name, f"{path}: no such file")
         return self
 
     @field_validator("url")

@@ -77,6 +77,7 @@ class Forwarder:
         self._refusals: set[tuple[str, str]] = set()  # (kind, reason) logged already
         self.connections = 0  # sessions the broker accepted (for /metrics: reconnects)
         self._switch = asyncio.Event()  # new settings: end this session, start another
+        self._leaving = True  # the new settings name another broker
         # Seconds from a message's oldest source timestamp to the broker's acknowledgement.
         self.ack_age = Histogram(AGE_SECONDS)
         self._sampled: list[float] = []  # source timestamps acknowledged this loop turn
@@ -94,7 +95,11 @@ class Forwarder:
 
     def switch(self, settings: Settings, qos: int) -> None:
         """Connect with new settings (a reloaded map): the current session ends cleanly,
-        what it had in flight goes back to the buffer and is sent on the new one."""
+        what it had in flight goes back to the buffer and is sent on the new one. The status
+        says "offline" on the broker the gateway leaves, not when it stays on the same one
+        (new credentials, say)."""
+        old = self.settings
+        self._leaving = (old.host, old.port) != (settings.host, settings.port)
         self.settings, self.qos = settings, qos
         self._switch.set()
 
@@ -102,6 +107,7 @@ class Forwarder:
         try:
             while True:
                 self._switch.clear()
+                switching = False
                 async with MqttClient(self.settings, self) as client:
                     self._client = client
                     try:
@@ -112,10 +118,15 @@ class Forwarder:
                                 tasks.create_task(self._drain_forever(client), name="drain"),
                             ]
                             await self._switch.wait()
+                            switching = True
                             for job in jobs:
                                 job.cancel()
                     finally:
-                        await self._shutdown(client)
+                        await self._shutdown(client, offline=self._leaving or not switching)
+                # The session is over, whether or not the broker saw it end.
+                self._connected.clear()
+                self._room.set()
+                self._probing, self._suspect = False, None
                 self._give_back()
                 self._stopping = False
                 log.info("reconnecting with the new broker settings")
@@ -327,13 +338,14 @@ class Forwarder:
         poll share their source timestamp, so a run of them is one histogram step."""
         now = time.time()
         sampled, self._sampled = self._sampled, []
+        # A device clock ahead of the gateway's would make ages negative: counted as 0.
         run_ts, run = sampled[0], 0
         for ts in sampled:
             if ts != run_ts:
-                self.ack_age.observe(now - run_ts, run)
+                self.ack_age.observe(max(now - run_ts, 0.0), run)
                 run_ts, run = ts, 0
             run += 1
-        self.ack_age.observe(now - run_ts, run)
+        self.ack_age.observe(max(now - run_ts, 0.0), run)
 
     def _give_back(self) -> None:
         """A session ended for good: what it had in flight goes back to the buffer."""
@@ -395,8 +407,9 @@ class Forwarder:
             }
         )
 
-    async def _shutdown(self, client: MqttClient) -> None:
-        """Commit, give what is in flight a moment, say offline; the client then disconnects.
+    async def _shutdown(self, client: MqttClient, offline: bool = True) -> None:
+        """Commit, give what is in flight a moment, say offline (unless ``offline`` is false:
+        a new session on the same broker follows); the client then disconnects.
 
         Nothing is lost by stopping: what is not acknowledged stays in the buffer (on disk, or
         for ``buffer.mode: memory`` it is flushed for up to 2 s first).
@@ -413,6 +426,9 @@ class Forwarder:
                         await self._drain(client)
                         await asyncio.sleep(0.01)
                 await self._wait_for_room(0)
+        if not offline:
+            self._collect()
+            return
         # "offline" goes out whatever the window: a clean DISCONNECT follows, so the broker
         # will not publish the will, and the retained status must not stay "online".
         self._states = {self.status_topic: OFFLINE}

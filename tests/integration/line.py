@@ -114,10 +114,21 @@ def wait_buffered(workdir: Path, count: int, timeout: float = 60) -> int:
     raise AssertionError(f"{held} records buffered after {timeout}s, waited for {count}")
 
 
+def log_events(process: Process) -> list[dict[str, Any]]:
+    """Every JSON log event of the gateway, in order."""
+    return [json.loads(x) for x in process.output().splitlines() if x.startswith("{")]
+
+
+def buffered_seqs(workdir: Path) -> set[int]:
+    """The seqs waiting in the gateway's disk buffer (``workdir/data/buffer``), read-only."""
+    database = workdir / "data" / "buffer" / "buffer.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return {seq for (seq,) in db.execute("SELECT seq FROM records")}
+
+
 def events(process: Process, event: str) -> list[dict[str, Any]]:
     """The gateway's JSON log events named ``event``."""
-    lines = (json.loads(x) for x in process.output().splitlines() if x.startswith("{"))
-    return [e for e in lines if e.get("event") == event]
+    return [e for e in log_events(process) if e.get("event") == event]
 
 
 def wait_event(process: Process, event: str, timeout: float = 20) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from typing import Any
 
 import jsonschema
 
-from tests.helpers import ROOT, Collector, Mosquitto, Process, free_port, until, wait_port
+from tests.helpers import ROOT, Collector, Mosquitto, Process, Proxy, free_port, until, wait_port
+from tests.integration.line import buffered_seqs, events, log_events, wait_buffered, wait_event
 from tests.integration.plant import device, write_map
 
 COUNTER = (
@@ -23,14 +24,6 @@ COUNTER = (
 MORE = "\n      - {name: d, table: holding, address: 1, type: int16, unit: bar, sim: {constant: 7}}"
 TOPIC = "acme/plant-1/assembly/line-1"
 STATUS_SCHEMA = json.loads((ROOT / "docs/schemas/device-status.schema.json").read_text())
-
-
-def _events(gateway: Process, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in gateway.output().splitlines():
-        if line.startswith("{") and f'"{event}' in line:
-            found.append(json.loads(line))
-    return found
 
 
 def _seqs_have_no_gap(collector: Collector) -> list[int]:
@@ -73,7 +66,7 @@ def test_sighup_applies_a_new_map_device_by_device(workdir: Path, broker: Mosqui
         final = until(lambda: _statuses(collector, "gone")[-1:], "gone's final state")[-1]
         assert final["state"] == "removed" and final["reason"] == "removed from the device map"
         jsonschema.validate(final, STATUS_SCHEMA)
-        (change,) = until(lambda: _events(gateway, "map reloaded"), "the reload logged")
+        (change,) = until(lambda: events(gateway, "map reloaded"), "the reload logged")
         assert change["added"] == ["new"] and change["removed"] == ["gone"]
         assert change["restarted"] == ["edit"] and change["unchanged"] == 1
 
@@ -97,12 +90,25 @@ def test_sighup_applies_a_new_map_device_by_device(workdir: Path, broker: Mosqui
         ).stderr.splitlines()[:-1]  # fmt: skip
         assert len(expected) == 2 and all(re.match(rf"{path}:\d+:\d+: ", e) for e in expected)
         gateway.proc.send_signal(signal.SIGHUP)
-        until(lambda: _events(gateway, "the new device map is not valid"), "the refusal logged")
-        logged = [e["event"] for e in _events(gateway, str(path))]
+        wait_event(gateway, "the new device map is not valid: the running one stays")
+        logged = [e["event"] for e in log_events(gateway) if e["event"].startswith(f"{path}:")]
         assert logged == expected
         after = len(collector.readings())
         for name in ("keep", "edit", "new"):
             collector.wait_for(lambda r, n=name: r["device"] == n, since=after)
+
+        # A map that validates but cannot be used (a CA file that is not a certificate): the
+        # running map stays, on the same broker, with every device.
+        (workdir / "ca.pem").write_text("not a certificate\n")
+        write_map(path, broker.port, [keep, edited, new], mqtt="ca: ca.pem")
+        path.write_text(path.read_text().replace("mqtt://", "mqtts://"))
+        gateway.proc.send_signal(signal.SIGHUP)
+        refusal = wait_event(gateway, "the new device map cannot be applied: the running one stays")
+        assert "TLS" in refusal["reason"]
+        after = len(collector.readings())
+        for name in ("keep", "edit", "new"):
+            collector.wait_for(lambda r, n=name: r["device"] == n, since=after)
+        assert len(events(gateway, "map reloaded")) == 1
         assert gateway.proc.poll() is None
     finally:
         if gateway is not None:
@@ -115,9 +121,14 @@ def test_sighup_applies_a_new_map_device_by_device(workdir: Path, broker: Mosqui
     collector.close()
 
 
-def test_watch_follows_included_files_and_the_broker(workdir: Path, broker: Mosquitto) -> None:
+def test_watch_follows_included_files_and_a_new_broker(workdir: Path, broker: Mosquitto) -> None:
+    """The gateway reaches its first broker through a relay; the relay freezes (the broker
+    hangs: what was sent is never acknowledged, readings pile up in the buffer), and the map is
+    changed to another broker: what was in flight, the backlog and the live readings go there,
+    and the two brokers together saw every seq."""
     (workdir / "other").mkdir()
     other = Mosquitto(workdir / "other")
+    relay = Proxy(broker.port)
     ports = {"a": free_port(), "b": free_port()}
     devices = {n: device(n, p, COUNTER, poll="200ms") for n, p in ports.items()}
     sim = Process(
@@ -126,7 +137,7 @@ def test_watch_follows_included_files_and_the_broker(workdir: Path, broker: Mosq
     )  # fmt: skip
     (workdir / "lines").mkdir()
     (workdir / "lines" / "a.yaml").write_text(f"devices:{devices['a']}\n")
-    path = write_map(workdir / "gw.yaml", broker.port, [], sections="include: lines/*.yaml")
+    path = write_map(workdir / "gw.yaml", relay.port, [], sections="include: lines/*.yaml")
     first, second = Collector(broker.port, "acme/#"), Collector(other.port, "acme/#")
     gateway = None
     try:
@@ -135,24 +146,41 @@ def test_watch_follows_included_files_and_the_broker(workdir: Path, broker: Mosq
         gateway = Process("run", "--watch", str(path), log=workdir / "gw.log")
         first.wait_for(lambda r: r["device"] == "a")
 
-        # A new file in the included folder: its device starts.
+        # A new file in the included folder: its device starts, the other is left alone.
         (workdir / "lines" / "b.yaml").write_text(f"devices:{devices['b']}\n")
         first.wait_for(lambda r: r["device"] == "b")
-        (change,) = until(lambda: _events(gateway, "map reloaded"), "the reload logged")
+        (change,) = until(lambda: events(gateway, "map reloaded"), "the reload logged")
         assert change["added"] == ["b"] and change["unchanged"] == 1
 
-        # Another broker: the gateway moves there; the devices are not restarted.
-        path.write_text(path.read_text().replace(f":{broker.port}", f":{other.port}"))
-        second.wait_for(lambda r: r["device"] == "a")
-        second.wait_for(lambda r: r["device"] == "b")
-        moved = until(lambda: _events(gateway, "map reloaded")[1:], "the second reload")[0]
+        # The first broker hangs: it acknowledges nothing, readings wait in flight and in the
+        # buffer.
+        relay.freeze()
+        wait_buffered(workdir, 300)
+        waiting = buffered_seqs(workdir)
+        # Another broker in the map: the gateway moves there, the devices are not restarted.
+        path.write_text(path.read_text().replace(f":{relay.port}", f":{other.port}"))
+        moved = until(lambda: events(gateway, "map reloaded")[1:], "the second reload")[0]
         assert moved["broker"] == "reconnecting" and moved["restarted"] == []
+        # Everything that waited (in flight to the hung broker, or in the buffer) gets there.
+        until(
+            lambda: waiting <= {r["seq"] for c in (first, second) for r in c.readings()},
+            "every reading that waited reached a broker",
+        )
+        replayed = second.wait_for(lambda r: r.get("replayed") is True)
+        assert replayed["device"] in ("a", "b")
+        after = len(second.readings())
+        for name in ("a", "b"):
+            second.wait_for(lambda r, n=name: r["device"] == n and "replayed" not in r, since=after)
     finally:
         if gateway is not None:
             assert gateway.stop() == 0
         sim.stop()
-    # Nothing lost in the move: the two brokers together saw every seq.
-    seqs = sorted({r["seq"] for c in (first, second) for r in c.readings()})
+        relay.cut()
+    # Nothing lost in the move: every seq reached one of the brokers, or waits in the buffer
+    # for the next start.
+    seqs = sorted(
+        {r["seq"] for c in (first, second) for r in c.readings()} | buffered_seqs(workdir)
+    )
     assert seqs == list(range(seqs[0], seqs[-1] + 1))
     for collector in (first, second):
         collector.close()

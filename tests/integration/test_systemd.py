@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from tests.helpers import ROOT, Mosquitto, Process, free_port, until, wait_port
+from tests.integration.line import log_events
 from tests.integration.plant import device, write_map
 
 UNIT = ROOT / "deploy" / "factory-gateway.service"
@@ -72,7 +73,9 @@ def test_ready_watchdog_reload_and_stopping_reach_the_notify_socket(
         until(lambda: notify.count("READY"), "READY=1")
         first = notify.receive()[0]
         assert first == {"READY": "1", "STATUS": "running"}
-        # Ready means the probes answer: the listener is up before READY=1 goes out.
+        # Ready means the probes answer: the listener was up before READY=1 went out.
+        order = [e["event"] for e in log_events(gateway)]
+        assert order.index("HTTP listener started") < order.index("gateway running")
         socket.create_connection(("127.0.0.1", http), timeout=5).close()
         # The watchdog is fed from the event loop, every half period (0.2 s here).
         until(lambda: notify.count("WATCHDOG") >= 5, "five WATCHDOG=1")

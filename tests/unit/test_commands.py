@@ -620,3 +620,77 @@ def test_answers_in_flight_are_capped() -> None:
     asyncio.run(answer())
     assert len(transport.sent) == MAX_ANSWERS + 1
     assert channel.answers_dropped.total == 51
+
+
+class Slow(Recorder):
+    """Writes that take until ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def write(self, point: str, value: Scalar) -> WriteOutcome:
+        await self.go.wait()
+        return await super().write(point, value)
+
+
+def test_a_reload_lets_the_running_command_finish_and_answers_the_others() -> None:
+    """Commands on a device a reload stops: the one running finishes and is answered, the one
+    waiting behind it (past the write's time bound) is cancelled and answered, a new one is
+    refused; nothing is left unanswered."""
+    harness = Harness()
+    quick = DEVICE.model_copy(update={"timeout": 0.05})  # the bound: 3 x 0.05 + 0.5 s
+    source = Slow()
+
+    async def scenario() -> list[dict[str, object]]:
+        router = CommandRouter(
+            [quick], {"plc": source}, harness.topics,
+            lambda t, p, c: harness.answers.append((t, p, c)), harness.published.append,
+        )  # fmt: skip
+        router.handle(Incoming(f"{PREFIX}/plc/sp/set", b'{"value": 1, "id": "running"}'))
+        router.handle(Incoming(f"{PREFIX}/plc/sp/set", b'{"value": 2, "id": "waiting"}'))
+        await asyncio.sleep(0)  # both started: one writes, one waits for the device's lock
+        retiring = asyncio.create_task(router.retire(["plc"]))
+        await asyncio.sleep(0)
+        router.handle(Incoming(f"{PREFIX}/plc/sp/set", b'{"value": 3, "id": "late"}'))
+        source.go.set()
+        await retiring
+        assert not router.tasks
+        return [json.loads(p) for _, p, _ in harness.answers]
+
+    answers = {a["id"]: a for a in asyncio.run(scenario())}
+    assert answers["late"]["ok"] is False
+    assert answers["late"]["error"] == "the device is restarting for a map reload: send it again"
+    assert answers["running"]["ok"] is True and answers["running"]["value"] == 1.0
+    # The second write started once the first was done, and was quick enough to finish too.
+    assert answers["waiting"]["ok"] is True
+    assert source.writes == [("sp", 1.0), ("sp", 2.0)]
+
+
+def test_a_reload_cancels_a_command_that_outlasts_the_bound() -> None:
+    harness = Harness()
+    quick = DEVICE.model_copy(update={"timeout": 0.05})
+    source = Slow()  # never set: the write hangs past the bound (the device's own timeout
+    # would end it; here only the reload's bound does)
+
+    async def scenario() -> list[dict[str, object]]:
+        router = CommandRouter(
+            [quick], {"plc": source}, harness.topics,
+            lambda t, p, c: harness.answers.append((t, p, c)), harness.published.append,
+        )  # fmt: skip
+        for n in range(5):
+            router.handle(Incoming(f"{PREFIX}/plc/sp/set", b'{"value": %d, "id": %d}' % (n, n)))
+        await asyncio.sleep(0)
+        await router.retire(["plc"])
+        assert not router.tasks
+        return [json.loads(p) for _, p, _ in harness.answers]
+
+    answers = {a["id"]: a for a in asyncio.run(scenario())}
+    # Every command is answered: the first ran into its write's own bound (a device timeout);
+    # the last, still waiting in line when the reload's bound passed, was cancelled.
+    assert sorted(answers) == [0, 1, 2, 3, 4]
+    assert answers[0]["error"] == "device timeout"
+    cancelled = "cancelled: the device restarted for a map reload; read the point back"
+    assert answers[4]["error"] == cancelled
+    assert all(a["ok"] is False for a in answers.values())
+    assert source.writes == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config.load import Config
@@ -94,3 +95,34 @@ def test_the_watcher_sees_included_and_secret_files(tmp_path: Path) -> None:
 
 async def _never(_config: Config) -> None:
     raise AssertionError("not applied in this test")
+
+
+def test_a_file_changed_while_the_map_is_read_is_read_again(tmp_path: Path) -> None:
+    """An editor still writing the map when the watcher reads it: the first read sees the
+    half-written file, and the change that lands meanwhile is read too."""
+    path = tmp_path / "map.yaml"
+    path.write_text(HEAD.format(port=1883, mqtt="", more="") + _device("a", 502))
+    versions: list[list[str]] = []
+
+    def load(paths: Sequence[str | Path]) -> Config:
+        config = load_config(paths)
+        if not versions:  # the editor writes again while this first read goes on
+            path.write_text(path.read_text() + _device("b", 503))
+        versions.append([d.id for d in config.devices])
+        return config
+
+    async def watch() -> None:
+        applied = asyncio.Event()
+
+        async def apply(config: Config) -> None:
+            if len(versions) == 2:
+                applied.set()
+
+        reloader = Reloader([path], load, apply, watch=True)
+        task = asyncio.create_task(reloader.run())
+        reloader.request()
+        await asyncio.wait_for(applied.wait(), 10)
+        task.cancel()
+
+    asyncio.run(watch())
+    assert versions == [["a"], ["a", "b"]]
