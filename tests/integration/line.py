@@ -7,6 +7,7 @@ import contextlib
 import json
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,45 @@ def wait_event(process: Process, event: str, timeout: float = 20) -> dict[str, A
             return found[0]
         time.sleep(0.1)
     raise AssertionError(f"no {event!r} within {timeout}s: {process.output()[-3000:]}")
+
+
+@dataclass
+class Plcs:
+    """Devices of ``points``, each simulated by a process of its own (so one can be killed),
+    and a gateway map listing them all with the HTTP listener on ``http``."""
+
+    ports: dict[str, int]
+    sims: dict[str, Process]
+    http: int
+    path: Path
+
+    def wait(self) -> None:
+        for port in self.ports.values():
+            wait_port(port)
+
+    def stop(self) -> None:
+        for sim in self.sims.values():
+            sim.stop()
+
+
+def simulated_plcs(
+    workdir: Path, broker_port: int, points: str, names: tuple[str, ...] = ("plc-a", "plc-b")
+) -> Plcs:
+    ports = {name: free_port() for name in names}
+    devices = {name: device(name, port, points, poll="200ms") for name, port in ports.items()}
+    http = free_port()
+    path = write_map(
+        workdir / "gw.yaml",
+        broker_port,
+        list(devices.values()),
+        sections=f"http: {{listen: 127.0.0.1:{http}}}",
+    )
+    sims = {
+        name: Process(
+            "simulate",
+            str(write_map(workdir / f"{name}.yaml", broker_port, [devices[name]])),
+            log=workdir / f"{name}.log",
+        )
+        for name in devices
+    }
+    return Plcs(ports, sims, http, path)

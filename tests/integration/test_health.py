@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import Mosquitto, Process, free_port, wait_port
-from tests.integration.plant import device, write_map
+from tests.helpers import Mosquitto, Process, wait_port
+from tests.integration.line import simulated_plcs
 
 POINTS = (
     "\n      - {name: c, table: holding, address: 0, type: uint16, "
@@ -42,28 +42,12 @@ def _wait_ready(port: int, ready: bool, timeout: float = 20) -> dict[str, Any]:
 def test_readyz_names_the_device_that_stopped_and_healthz_stays_up(
     workdir: Path, broker: Mosquitto
 ) -> None:
-    ports = {"plc-a": free_port(), "plc-b": free_port()}
-    devices = {name: device(name, port, POINTS, poll="200ms") for name, port in ports.items()}
-    http = free_port()
-    path = write_map(
-        workdir / "gw.yaml",
-        broker.port,
-        list(devices.values()),
-        sections=f"http: {{listen: 127.0.0.1:{http}}}",
-    )
-    sims = {
-        name: Process(
-            "simulate",
-            str(write_map(workdir / f"{name}.yaml", broker.port, [devices[name]])),
-            log=workdir / f"{name}.log",
-        )
-        for name in devices
-    }
+    plant = simulated_plcs(workdir, broker.port, POINTS)
+    http, sims = plant.http, plant.sims
     gateway = None
     try:
-        for port in ports.values():
-            wait_port(port)
-        gateway = Process("run", str(path), log=workdir / "gw.log")
+        plant.wait()
+        gateway = Process("run", str(plant.path), log=workdir / "gw.log")
         wait_port(http)
         report = _wait_ready(http, True)
         assert report["broker"] == {"connected": True}
@@ -78,13 +62,12 @@ def test_readyz_names_the_device_that_stopped_and_healthz_stays_up(
         sims["plc-b"] = Process(
             "simulate", str(workdir / "plc-b.yaml"), log=workdir / "plc-b-2.log"
         )
-        wait_port(ports["plc-b"])
+        wait_port(plant.ports["plc-b"])
         _wait_ready(http, True, timeout=30)
     finally:
         if gateway is not None:
             assert gateway.stop() == 0
-        for sim in sims.values():
-            sim.stop()
+        plant.stop()
     # Stopped: nothing answers any more.
     try:
         _get(http, "/healthz")

@@ -15,6 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import ROOT, Collector, Mosquitto, Process, free_port, until, wait_port
+from tests.integration.line import simulated_plcs
 from tests.integration.plant import device, write_map
 
 POINTS = (
@@ -47,29 +48,13 @@ def _device(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name:
 
 
 def test_metrics_pass_promtool_and_follow_the_devices(workdir: Path, broker: Mosquitto) -> None:
-    ports = {"plc-a": free_port(), "plc-b": free_port()}
-    devices = {name: device(name, port, POINTS, poll="200ms") for name, port in ports.items()}
-    http = free_port()
-    path = write_map(
-        workdir / "gw.yaml",
-        broker.port,
-        list(devices.values()),
-        sections=f"http: {{listen: 127.0.0.1:{http}}}",
-    )
-    sims = {
-        name: Process(
-            "simulate",
-            str(write_map(workdir / f"{name}.yaml", broker.port, [devices[name]])),
-            log=workdir / f"{name}.log",
-        )
-        for name in devices
-    }
+    plant = simulated_plcs(workdir, broker.port, POINTS)
+    http, sims, devices = plant.http, plant.sims, plant.ports
     collector = Collector(broker.port, "acme/#")
     gateway = None
     try:
-        for port in ports.values():
-            wait_port(port)
-        gateway = Process("run", str(path), log=workdir / "gw.log")
+        plant.wait()
+        gateway = Process("run", str(plant.path), log=workdir / "gw.log")
         wait_port(http)
         # The temperature reached the subscriber: the gateway has read and delivered.
         collector.wait_for(lambda r: r["value"] == 21.5 and r["unit"] == "degC")
@@ -137,8 +122,7 @@ def test_metrics_pass_promtool_and_follow_the_devices(workdir: Path, broker: Mos
         collector.close()
         if gateway is not None:
             assert gateway.stop() == 0
-        for sim in sims.values():
-            sim.stop()
+        plant.stop()
 
 
 def test_a_real_prometheus_scrapes_the_gateway(workdir: Path, broker: Mosquitto) -> None:
