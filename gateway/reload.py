@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ class Change:
     added: list[DeviceConfig]
     removed: list[str]
     restarted: list[DeviceConfig]  # changed, or sharing a connection with a device that did
+    sharing: list[str]  # restarted only because they share a connection with one that changed
     unchanged: list[str]
     mqtt: bool  # the broker connection changed: reconnect
     pending: list[str]  # changed sections that need a restart
@@ -69,6 +71,7 @@ def diff(running: Config, new: Config) -> Change:
         added,
         removed,
         [fresh[i] for i in fresh if i in restart],
+        [i for i in fresh if i in restart and i not in changed],
         [i for i in fresh if i in old and i not in restart],
         mqtt != running.mqtt,
         pending,
@@ -91,14 +94,21 @@ class Reloader:
         self.watch = watch
         self._requested = asyncio.Event()
         self._files: list[str] = []
+        self._folders: list[str] = []
+        self.outcomes: Counter[str] = Counter()  # applied | refused (for /metrics)
 
     def request(self) -> None:
         """Reload soon (a signal handler calls it)."""
         self._requested.set()
 
-    def watching(self, files: Sequence[str]) -> None:
-        """The files the running map was read from (and their folders: a new included file)."""
-        self._files = list(files)
+    def watching(self, config: Config) -> None:
+        """The files the running map was read from, and the folders of the files it includes
+        (a new file there may match an include pattern). The map's own folder is not watched:
+        a log file or an editor's swap file appearing there is no reason to read the map."""
+        self._files = list(config.sources)
+        own = {os.path.dirname(os.path.abspath(f)) for f in config.files}
+        every = {os.path.dirname(os.path.abspath(f)) for f in config.sources}
+        self._folders = sorted(every - own)
 
     async def run(self) -> None:
         seen = self._fingerprint() if self.watch else {}
@@ -125,6 +135,7 @@ class Reloader:
         try:
             # Reading a big map takes a while: the devices keep polling meanwhile.
             config = await asyncio.to_thread(self.load, self.paths)
+            await self.apply(config)
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error(str(issue))
@@ -132,26 +143,24 @@ class Reloader:
                 "the new device map is not valid: the running one stays",
                 errors=len(exc.issues),
             )
-            return
         except OSError as exc:
             log.error("the device map cannot be read: the running one stays", reason=str(exc))
-            return
-        try:
-            await self.apply(config)
         except GatewayError as exc:  # e.g. a TLS file that cannot be loaded: nothing was changed
             log.error(
                 "the new device map cannot be applied: the running one stays", reason=str(exc)
             )
+        else:
+            self.outcomes["applied"] += 1
+            self.watching(config)
             return
-        self.watching(config.sources)
+        self.outcomes["refused"] += 1
 
     def _fingerprint(self) -> dict[str, tuple[int, int, int, int] | None]:
         """What the files and their folders look like now: a file replaced (a new inode), one
         written (mtime, ctime, size), a file added to or removed from a folder."""
         names = self._files or [str(p) for p in self.paths]
-        folders = sorted({os.path.dirname(os.path.abspath(f)) for f in names})
         marks: dict[str, tuple[int, int, int, int] | None] = {}
-        for name in [*names, *folders]:
+        for name in [*names, *self._folders]:
             try:
                 info = os.stat(name)
             except OSError:

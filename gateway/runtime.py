@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Mapping
 
 import structlog
 
@@ -79,6 +80,7 @@ class Gateway:
             lambda: self.forwarder.broker_connected,
             lambda: self.buffer.bytes,
             int(http.buffer_alarm) if http and http.buffer_alarm is not None else None,
+            self._last_error,
         )
         self.metrics = Metrics(
             Observed(
@@ -91,6 +93,7 @@ class Gateway:
                 lambda: self.forwarder.connections,
                 self.forwarder.ack_age,
                 self._command_outcomes,
+                lambda: self.reloads,
             )
         )
         self.listener = (
@@ -99,6 +102,7 @@ class Gateway:
         self._tasks: asyncio.TaskGroup | None = None
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._commands_task: asyncio.Task[None] | None = None
+        self.reloads: Mapping[str, int] = {}  # applied | refused, from the reloader
 
     async def run(self, reloader: Reloader | None = None) -> None:
         """Run until cancelled; ``reloader`` applies new maps (SIGHUP, ``run --watch``)."""
@@ -121,7 +125,8 @@ class Gateway:
                 for source in self.sources.values():
                     self._start(source)
                 if reloader is not None:
-                    reloader.watching(self.config.sources)
+                    reloader.watching(self.config)
+                    self.reloads = reloader.outcomes
                     tasks.create_task(reloader.run(), name="reload")
                 if self.listener is not None:  # a probe may follow READY at once
                     await self.listener.started.wait()
@@ -153,12 +158,14 @@ class Gateway:
             return
         session = self._data_session(new) if change.mqtt else self.forwarder.settings
         fresh = create_sources([*change.restarted, *change.added])
+        topics = self._topics(new)
         self.notifier.reloading()
         log.info(
             "map reloaded",
             added=[d.id for d in change.added],
             removed=change.removed,
             restarted=[d.id for d in change.restarted],
+            sharing_a_connection=change.sharing,
             unchanged=len(change.unchanged),
             broker="reconnecting" if change.mqtt else "unchanged",
         )
@@ -170,8 +177,12 @@ class Gateway:
                 self.topics.device_status(device),
                 _device_state("removed", "removed from the device map"),
             )
+        for moved in change.restarted:  # moved to another line: its old state must not stay
+            old, now = self.topics.device_status(moved.id), topics.device_status(moved.id)
+            if old != now:
+                self.forwarder.set_retained(old, _device_state("removed", f"moved to {now}"))
         self.config = new
-        self.topics = self.encoder.topics = self._topics(new)
+        self.topics = self.encoder.topics = topics
         self.deadband.track(new.devices, keep=change.unchanged)
         self.health.track(reading_intervals(new.devices), keep=change.unchanged)
         self.sources.update((s.device_id, s) for s in fresh)
@@ -259,6 +270,10 @@ class Gateway:
     def _device_stats(self) -> dict[str, tuple[str, DeviceStats]]:
         protocols = {d.id: d.protocol for d in self.config.devices}
         return {i: (protocols.get(i, ""), s.stats) for i, s in self.sources.items()}
+
+    def _last_error(self, device: str) -> str | None:
+        source = self.sources.get(device)
+        return source.stats.last_error if source is not None else None
 
     def _command_outcomes(self) -> dict[str, int]:
         return {**self.router.outcomes, "dropped": self.intake.dropped.total}

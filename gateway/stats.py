@@ -53,13 +53,15 @@ def error_kind(error: DeviceError) -> str:
 class DeviceStats:
     """What a source counts of its device: poll cycles, requests, errors, read durations."""
 
-    __slots__ = ("errors", "polls", "read_seconds", "requests")
+    __slots__ = ("errors", "last_error", "polls", "read_seconds", "requests")
 
     def __init__(self) -> None:
         self.polls = 0
         self.requests = 0
         self.errors: Counter[str] = Counter()
+        self.last_error: str | None = None  # the reason of the latest (for /readyz)
         self.read_seconds = Histogram(READ_SECONDS)
 
     def failed(self, error: DeviceError) -> None:
         self.errors[error_kind(error)] += 1
+        self.last_error = error.reason

@@ -98,6 +98,7 @@ class ModbusSource:
         self._log = log.bind(device=device.id, link=link.name)
         self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
         self.stats = DeviceStats()
+        self._refusals: set[str] = set()  # exception answers logged already
 
     def _plan(self, groups: list[PollGroup]) -> None:
         """Adopt a plan: its requests, each with its decoder (staleness is tracked afresh)."""
@@ -218,6 +219,15 @@ class ModbusSource:
             splittable = request.unused or len({s.address for s in request.slots}) > 1
             if exc.code == 2 and splittable:  # flags of one register cannot be split further
                 return await self._learn_and_split(decoder, batch, task)
+            if exc.reason not in self._refusals:  # said once per reason; the points say each
+                self._refusals.add(exc.reason)
+                self._log.warning(
+                    "the device refuses a request: its points are bad",
+                    reason=exc.reason,
+                    table=request.table,
+                    addresses=f"{request.start}..{request.start + request.count - 1}",
+                    points=[s.point.name for s in request.slots][:10],
+                )
             now = time.time()
             batch.extend(
                 Reading(device.id, s.point.name, None, BAD, now, s.point.unit, exc.reason)

@@ -33,6 +33,7 @@ class Health:
         broker_connected: Callable[[], bool],
         buffer_bytes: Callable[[], int],
         buffer_alarm: int | None,
+        last_error: Callable[[str], str | None] = lambda _device: None,
     ) -> None:
         """``intervals``: each device's expected reading interval (None: by exception);
         ``stale_after``: one bound for every polling device instead of three intervals."""
@@ -42,6 +43,7 @@ class Health:
         self.broker_connected = broker_connected
         self.buffer_bytes = buffer_bytes
         self.buffer_alarm = buffer_alarm
+        self.last_error = last_error  # a device's latest error, to say why it stalls
         self.running = False
 
     def track(self, intervals: Mapping[str, float | None], keep: Iterable[str] = ()) -> None:
@@ -80,6 +82,8 @@ class Health:
                 why = f"{state}: {reason}" if reason else state
             elif health.stale_after is not None and (age is None or age > health.stale_after):
                 why = f"stalled: no good reading for {health.stale_after:g} s"
+                if (error := self.last_error(device)) is not None:
+                    why += f" (last error: {error})"
             devices[device] = {
                 "ready": why is None,
                 "state": state,

@@ -54,6 +54,7 @@ class Observed:
     connections: Callable[[], int]
     ack_age: Histogram
     commands: Callable[[], Mapping[str, int]]  # outcome -> count (dropped included)
+    reloads: Callable[[], Mapping[str, int]]  # applied | refused -> count
 
 
 class GatewayCollector(Collector):
@@ -131,6 +132,15 @@ class GatewayCollector(Collector):
         for outcome in ("written", "refused", "failed", "dropped"):
             commands.add_metric([outcome], counts.get(outcome, 0))
         yield commands
+        reloads = CounterMetricFamily(
+            f"{PREFIX}_reloads",
+            "Map reloads: applied, or refused (invalid, or unusable: the running map stayed).",
+            labels=["outcome"],
+        )
+        done = seen.reloads()
+        for outcome in ("applied", "refused"):
+            reloads.add_metric([outcome], done.get(outcome, 0))
+        yield reloads
 
     def _devices(self) -> Iterable[Metric]:
         devices = self.observed.devices()

@@ -57,6 +57,13 @@ def test_exception_2_hole_is_learned_and_avoided(workdir: Path, broker: Mosquitt
             ("bad", "illegal data address")
         }, name
     assert "learned unreadable addresses" in gateway.output()
+    # Refused again at every poll, said once in the log (the readings say it every time).
+    told = [
+        e
+        for e in map(json.loads, (x for x in gateway.output().splitlines() if x.startswith("{")))
+        if e.get("event") == "the device refuses a request: its points are bad"
+    ]
+    assert [(e["reason"], e["table"]) for e in told] == [("illegal data address", "holding")]
 
     # What the simulator saw: the merged request 0..8 hit the range, then its split 5..6 (the
     # refused register and the flags' register, with no gap to blame); from then on only the

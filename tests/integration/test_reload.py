@@ -56,19 +56,37 @@ def test_sighup_applies_a_new_map_device_by_device(workdir: Path, broker: Mosqui
             collector.wait_for(lambda r, n=name: r["device"] == n and r["quality"] == "good")
         until(lambda: _statuses(collector, "keep"), "keep's state published")
 
+        # "edit" gets a point more, and moves to another line.
         edited = device("edit", ports["edit"], COUNTER + MORE, poll="200ms")
+        edited = edited.replace("line: line-1", "line: line-2")
         write_map(path, broker.port, [keep, edited, new])
         gateway.proc.send_signal(signal.SIGHUP)
 
         collector.wait_for(lambda r: r["device"] == "new" and r["quality"] == "good")
         reading = collector.wait_for(lambda r: r["device"] == "edit" and r["point"] == "d")
         assert (reading["value"], reading["unit"], reading["quality"]) == (7, "bar", "good")
-        final = until(lambda: _statuses(collector, "gone")[-1:], "gone's final state")[-1]
-        assert final["state"] == "removed" and final["reason"] == "removed from the device map"
+        final = until(
+            lambda: [p for p in _statuses(collector, "gone") if p["state"] == "removed"],
+            "gone's final state",
+        )[-1]
+        assert final["reason"] == "removed from the device map"
         jsonschema.validate(final, STATUS_SCHEMA)
         (change,) = until(lambda: events(gateway, "map reloaded"), "the reload logged")
         assert change["added"] == ["new"] and change["removed"] == ["gone"]
         assert change["restarted"] == ["edit"] and change["unchanged"] == 1
+        # Its state on the old line's topic says where it went; the new one says connected.
+        moved = until(
+            lambda: [p for p in _statuses(collector, "edit") if p["state"] == "removed"],
+            "edit's old state",
+        )[-1]
+        assert moved["reason"] == "moved to acme/plant-1/assembly/line-2/edit/_status"
+        here = f"{TOPIC.replace('line-1', 'line-2')}/edit/_status"
+        until(
+            lambda: [
+                p for t, p, _ in collector.snapshot() if t == here and p["state"] == "connected"
+            ],
+            "edit's state on its new line",
+        )
 
         # The untouched device went on as if nothing happened: never restarted (its state was
         # published once, at its start), never bad.
@@ -117,6 +135,7 @@ def test_sighup_applies_a_new_map_device_by_device(workdir: Path, broker: Mosqui
     # Everything the gateway read arrived, the removed device's readings ended at its removal.
     seqs = _seqs_have_no_gap(collector)
     assert all(r["seq"] <= last_gone for r in collector.readings() if r["device"] == "gone")
+    assert _statuses(collector, "gone")[-1]["state"] == "removed"
     assert seqs[-1] > last_gone
     collector.close()
 

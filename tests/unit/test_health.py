@@ -36,6 +36,12 @@ def test_a_polling_device_is_stalled_without_good_readings_a_subscriber_is_not()
     assert ready is False
     poller = report["devices"]["poller"]  # type: ignore[index]
     assert poller["reason"] == "stalled: no good reading for 1.5 s"
+    # With the device's latest error, the reason says it.
+    health.last_error = lambda device: "illegal data address" if device == "poller" else None
+    poller = health.ready()[1]["devices"]["poller"]  # type: ignore[index]
+    assert (
+        poller["reason"] == "stalled: no good reading for 1.5 s (last error: illegal data address)"
+    )
     health.seen("poller", UP, [Reading("poller", "a", 2.0, GOOD, 0.0)])
     assert health.ready()[0] is True
     health.seen("subscriber", (DISCONNECTED, "connection lost"), [])

@@ -40,7 +40,7 @@ def test_only_changed_devices_and_those_sharing_their_connection_restart(tmp_pat
     old = _map(tmp_path, _device("a", 502) + _device("b", 503, 1) + _device("c", 503, 2))
     new = _map(tmp_path, _device("a", 502) + _device("b", 503, 1, address=5) + _device("c", 503, 2))
     change = diff(old, new)
-    assert [d.id for d in change.restarted] == ["b", "c"]
+    assert [d.id for d in change.restarted] == ["b", "c"] and change.sharing == ["c"]
     assert change.unchanged == ["a"] and not change.added and not change.removed
     assert not change.mqtt and not change.pending and not change.empty
 
@@ -82,15 +82,17 @@ def test_the_watcher_sees_included_and_secret_files(tmp_path: Path) -> None:
 
     async def changes() -> list[bool]:
         reloader = Reloader([path], load_config, _never, watch=True)
-        reloader.watching(config.sources)
+        reloader.watching(config)
         seen = [reloader._fingerprint()]
         (tmp_path / "pass").write_text("other-secret\n")
         seen.append(reloader._fingerprint())
         (tmp_path / "lines" / "two.yaml").write_text("devices:\n" + _device("b", 503))
         seen.append(reloader._fingerprint())
+        (tmp_path / "gateway.log").write_text("a log beside the map is no reason to read it\n")
+        seen.append(reloader._fingerprint())
         return [a != b for a, b in itertools.pairwise(seen)]
 
-    assert asyncio.run(changes()) == [True, True]
+    assert asyncio.run(changes()) == [True, True, False]
 
 
 async def _never(_config: Config) -> None:
@@ -123,6 +125,7 @@ def test_a_file_changed_while_the_map_is_read_is_read_again(tmp_path: Path) -> N
         reloader.request()
         await asyncio.wait_for(applied.wait(), 10)
         task.cancel()
+        assert reloader.outcomes == {"applied": 2}
 
     asyncio.run(watch())
     assert versions == [["a"], ["a", "b"]]
