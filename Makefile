@@ -3,26 +3,38 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench test-tools clean
+.PHONY: demo test lint typecheck pytest bench test-tools proto clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,demo]'
+	# The tests' independent Sparkplug decoder; its client pins paho-mqtt<2, which the tests
+	# never use (they decode payloads only), so it comes without its dependencies.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps 'pysparkplug>=0.6'
 	touch $@
+
+# The Sparkplug B payload module, from Eclipse Tahu's sparkplug_b.proto (Debian's protoc).
+SPARKPLUG := gateway/delivery/sparkplug
+proto:
+	@command -v protoc >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler)
+	protoc --proto_path=$(SPARKPLUG) --python_out=$(SPARKPLUG) --pyi_out=$(SPARKPLUG) \
+	  $(SPARKPLUG)/sparkplug_b.proto
 
 demo: $(BIN)/.installed
 	$(BIN)/factory-gateway demo
 
 # The integration tests need Debian's mosquitto (they start it on a free port), its clients
 # (a flood of commands is sent with mosquitto_pub), socat, Prometheus and promtool (they scrape
-# /metrics) and systemd-analyze (it verifies the unit; systemd itself need not run).
+# /metrics), systemd-analyze (it verifies the unit; systemd itself need not run) and protoc (the
+# Sparkplug module must be what `make proto` makes).
 test-tools:
 	@(command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto) && \
 	  command -v mosquitto_pub >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 && \
 	  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && \
-	  command -v systemd-analyze >/dev/null 2>&1 || \
+	  command -v systemd-analyze >/dev/null 2>&1 && command -v protoc >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    mosquitto mosquitto-clients socat prometheus systemd)
+	    mosquitto mosquitto-clients socat prometheus systemd protobuf-compiler)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

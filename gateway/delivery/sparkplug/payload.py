@@ -1,0 +1,358 @@
+"""Sparkplug B 3.0 payloads: readings -> protobuf bytes (``sparkplug_b.proto``, Eclipse Tahu).
+
+What the specification fixes is done here; what a session does with it (bdSeq, seq, births,
+STATE) is the session's. The metric types come from the information model's value types
+(``VALUE_TYPES``), or from a value when the map does not say (an OPC UA variable). Quality goes
+into the ``Quality`` property as Ignition reads it (Ignition 8 quality codes, Int32): 192 good,
+``Uncertain`` / ``Uncertain_LastKnownValue`` (a stale value), ``Bad``; absent means good, as
+Cirrus Link's modules publish it, so a DATA message carries it only when it is not good or was
+not good the last time.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
+from gateway.model import GOOD, UNCERTAIN, Reading, Value
+
+Payload = pb.Payload
+Metric = pb.Payload.Metric
+
+# The information model's value types -> Sparkplug datatypes.
+VALUE_TYPES: dict[str, int] = {
+    "bool": pb.Boolean,
+    "int8": pb.Int8,
+    "int16": pb.Int16,
+    "int32": pb.Int32,
+    "int64": pb.Int64,
+    "uint8": pb.UInt8,
+    "uint16": pb.UInt16,
+    "uint32": pb.UInt32,
+    "uint64": pb.UInt64,
+    "float32": pb.Float,
+    "float64": pb.Double,
+    "string": pb.String,
+    "bytes": pb.Bytes,
+    "datetime": pb.DateTime,
+    "bool[]": pb.BooleanArray,
+    "int8[]": pb.Int8Array,
+    "int16[]": pb.Int16Array,
+    "int32[]": pb.Int32Array,
+    "int64[]": pb.Int64Array,
+    "uint8[]": pb.UInt8Array,
+    "uint16[]": pb.UInt16Array,
+    "uint32[]": pb.UInt32Array,
+    "uint64[]": pb.UInt64Array,
+    "float32[]": pb.FloatArray,
+    "float64[]": pb.DoubleArray,
+    "string[]": pb.StringArray,
+}
+
+# Ignition 8 quality codes (the Quality property, Int32; Cirrus Link's table).
+QUALITY_GOOD = 192
+QUALITY_UNCERTAIN = 1073742080
+QUALITY_LAST_KNOWN = 1073742081  # Uncertain_LastKnownValue: a stale value
+QUALITY_BAD = -2147483136
+
+_SIGNED_32 = (pb.Int8, pb.Int16, pb.Int32)
+_UNSIGNED_32 = (pb.UInt8, pb.UInt16, pb.UInt32)
+# Array datatypes -> struct format of one element (little endian, as Sparkplug 3.0 packs them).
+_PACKED: dict[int, str] = {
+    pb.Int8Array: "b",
+    pb.Int16Array: "h",
+    pb.Int32Array: "i",
+    pb.Int64Array: "q",
+    pb.UInt8Array: "B",
+    pb.UInt16Array: "H",
+    pb.UInt32Array: "I",
+    pb.UInt64Array: "Q",
+    pb.FloatArray: "f",
+    pb.DoubleArray: "d",
+}
+
+
+def datatype_of(value: Value | None) -> int:
+    """The datatype for a value whose point has no declared type (decided by its first value)."""
+    if isinstance(value, bool):
+        return pb.Boolean
+    if isinstance(value, int):
+        return pb.Int64 if -(2**63) <= value < 2**63 else pb.UInt64
+    if isinstance(value, float):
+        return pb.Double
+    if isinstance(value, list):
+        first = next((v for v in value if v is not None), None)
+        if isinstance(first, bool):
+            return pb.BooleanArray
+        if isinstance(first, int):
+            return pb.Int64Array
+        if isinstance(first, float):
+            return pb.DoubleArray
+        return pb.StringArray
+    return pb.String
+
+
+def quality_code(reading: Reading) -> int:
+    if reading.quality == GOOD:
+        return QUALITY_GOOD
+    if reading.quality == UNCERTAIN:
+        return QUALITY_LAST_KNOWN if reading.reason == "stale" else QUALITY_UNCERTAIN
+    return QUALITY_BAD
+
+
+def set_value(metric: Metric, datatype: int, value: Value | None) -> bool:
+    """Put ``value`` into ``metric`` as ``datatype``; False (and ``is_null``) when it does not
+    fit (a value of another type than the point's)."""
+    if value is None:
+        metric.is_null = True
+        return True
+    try:
+        _set(metric, datatype, value)
+    except (TypeError, ValueError, OverflowError, struct.error):
+        metric.ClearField("value")
+        metric.is_null = True
+        return False
+    return True
+
+
+def _set(metric: Metric, datatype: int, value: Value) -> None:
+    if datatype == pb.Boolean:
+        metric.boolean_value = _bool(value)
+    elif datatype in _SIGNED_32 or datatype in _UNSIGNED_32:
+        number = _int(value)
+        low, high = _RANGES[datatype]
+        if not low <= number <= high:
+            raise OverflowError(number)
+        # Signed: two's complement at the type's own width, as Eclipse Tahu writes it.
+        metric.int_value = number & _MASKS[datatype]
+    elif datatype in (pb.Int64, pb.UInt64, pb.DateTime):
+        number = _int(value)
+        low, high = _RANGES.get(datatype, (0, 2**64 - 1))
+        if not low <= number <= high:
+            raise OverflowError(number)
+        metric.long_value = number & 0xFFFFFFFFFFFFFFFF
+    elif datatype == pb.Float:
+        metric.float_value = _float(value)
+    elif datatype == pb.Double:
+        metric.double_value = _float(value)
+    elif datatype in (pb.String, pb.Text):
+        metric.string_value = value if isinstance(value, str) else str(value)
+    elif datatype == pb.Bytes:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        metric.bytes_value = value.encode()
+    else:
+        metric.bytes_value = pack_array(datatype, value)
+
+
+_RANGES: dict[int, tuple[int, int]] = {
+    pb.Int8: (-(2**7), 2**7 - 1),
+    pb.Int16: (-(2**15), 2**15 - 1),
+    pb.Int32: (-(2**31), 2**31 - 1),
+    pb.Int64: (-(2**63), 2**63 - 1),
+    pb.UInt8: (0, 2**8 - 1),
+    pb.UInt16: (0, 2**16 - 1),
+    pb.UInt32: (0, 2**32 - 1),
+    pb.UInt64: (0, 2**64 - 1),
+}
+
+
+_MASKS: dict[int, int] = {
+    pb.Int8: 0xFF,
+    pb.Int16: 0xFFFF,
+    pb.Int32: 0xFFFFFFFF,
+    pb.UInt8: 0xFF,
+    pb.UInt16: 0xFFFF,
+    pb.UInt32: 0xFFFFFFFF,
+}
+
+
+def _bool(value: Value) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TypeError(value)
+
+
+def _int(value: Value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return value
+
+
+def _float(value: Value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(value)
+    number = float(value)
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError(value)
+    return number
+
+
+def pack_array(datatype: int, value: Value) -> bytes:
+    """An array metric's bytes as Sparkplug 3.0 packs them (little endian; booleans as a
+    4-byte count and packed bits, most significant first; strings NUL-terminated)."""
+    if not isinstance(value, list) or any(v is None for v in value):
+        raise TypeError(value)
+    if datatype == pb.BooleanArray:
+        bits = bytearray((len(value) + 7) // 8)
+        for i, flag in enumerate(value):
+            if flag is not None and _bool(flag):  # None was refused above
+                bits[i // 8] |= 0x80 >> (i % 8)
+        return struct.pack("<I", len(value)) + bytes(bits)
+    if datatype == pb.StringArray:
+        return b"".join((v if isinstance(v, str) else str(v)).encode() + b"\0" for v in value)
+    code = _PACKED.get(datatype)
+    if code is None:
+        raise TypeError(datatype)
+    convert = _float if code in "fd" else _int
+    return struct.pack(f"<{len(value)}{code}", *(convert(v) for v in value))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """A point as a metric: its name, alias and datatype (None: from its first value)."""
+
+    name: str
+    alias: int
+    datatype: int | None
+    unit: str | None = None
+
+
+def node_death(bd_seq: int) -> bytes:
+    """NDEATH (the MQTT will): only the bdSeq metric, no seq."""
+    payload = Payload()
+    payload.timestamp = _now_ms()
+    _bd_seq(payload, bd_seq)
+    return _serialized(payload)
+
+
+def node_birth(bd_seq: int, timestamp: int, extra: Sequence[tuple[str, int, Value]] = ()) -> bytes:
+    """NBIRTH: seq 0, bdSeq, ``Node Control/Rebirth`` and the node's own metrics
+    (``(name, datatype, value)``)."""
+    payload = Payload()
+    payload.timestamp = timestamp
+    payload.seq = 0
+    _bd_seq(payload, bd_seq)
+    rebirth = payload.metrics.add()
+    rebirth.name = "Node Control/Rebirth"
+    rebirth.datatype = pb.Boolean
+    rebirth.timestamp = timestamp
+    rebirth.boolean_value = False
+    for name, datatype, value in extra:
+        metric = payload.metrics.add()
+        metric.name, metric.datatype, metric.timestamp = name, datatype, timestamp
+        set_value(metric, datatype, value)
+    return _serialized(payload)
+
+
+def _bd_seq(payload: Payload, bd_seq: int) -> None:
+    metric = payload.metrics.add()
+    metric.name = "bdSeq"
+    metric.datatype = pb.Int64
+    metric.timestamp = payload.timestamp
+    metric.long_value = bd_seq
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DeviceMetrics:
+    """One device's metrics: their aliases and datatypes, and which were last sent not good
+    (a DATA message says ``Quality`` for those until they are good again)."""
+
+    def __init__(self, specs: Sequence[MetricSpec]) -> None:
+        self.specs = {s.name: s for s in specs}
+        self.datatypes: dict[str, int | None] = {s.name: s.datatype for s in specs}
+        self.not_good: set[str] = set()
+
+    def birth(self, seq: int, timestamp: int, last: dict[str, Reading]) -> bytes:
+        """DBIRTH: every metric with its name, alias, datatype, current value (null when
+        there is none yet), unit and quality."""
+        payload = Payload()
+        payload.timestamp, payload.seq = timestamp, seq
+        self.not_good.clear()
+        for name, spec in self.specs.items():
+            reading = last.get(name)
+            metric = payload.metrics.add()
+            metric.name, metric.alias = name, spec.alias
+            datatype = self._datatype(name, reading.value if reading else None)
+            metric.datatype = datatype
+            metric.timestamp = _ms(reading.ts) if reading else timestamp
+            ok = set_value(metric, datatype, reading.value if reading else None)
+            code = quality_code(reading) if reading and ok else QUALITY_BAD
+            properties = metric.properties
+            if spec.unit is not None:
+                properties.keys.append("engUnit")
+                unit = properties.values.add()
+                unit.type, unit.string_value = pb.String, spec.unit
+            _quality(properties, code)
+            if code != QUALITY_GOOD:
+                self.not_good.add(name)
+        return _serialized(payload)
+
+    def data(
+        self, seq: int, timestamp: int, readings: Sequence[Reading], historical: bool = False
+    ) -> bytes:
+        """DDATA: the readings by alias, each with its source timestamp."""
+        payload = Payload()
+        payload.timestamp, payload.seq = timestamp, seq
+        for reading in readings:
+            spec = self.specs.get(reading.point)
+            if spec is None:
+                continue
+            metric = payload.metrics.add()
+            metric.alias = spec.alias
+            # The birth said the datatype: a DATA message does not repeat it
+            # [tck-id-payloads-metric-datatype-not-req].
+            datatype = self._datatype(reading.point, reading.value)
+            metric.timestamp = _ms(reading.ts)
+            if historical:
+                metric.is_historical = True
+            ok = set_value(metric, datatype, reading.value)
+            code = quality_code(reading) if ok else QUALITY_BAD
+            if code != QUALITY_GOOD:
+                _quality(metric.properties, code)
+                self.not_good.add(reading.point)
+            elif reading.point in self.not_good:
+                _quality(metric.properties, code)
+                self.not_good.discard(reading.point)
+        return _serialized(payload)
+
+    def _datatype(self, name: str, value: Value | None) -> int:
+        datatype = self.datatypes.get(name)
+        if datatype is None:
+            datatype = datatype_of(value)
+            if value is not None:  # decided once, by the first value
+                self.datatypes[name] = datatype
+        return datatype
+
+
+def device_death(seq: int, timestamp: int) -> bytes:
+    payload = Payload()
+    payload.timestamp, payload.seq = timestamp, seq
+    return _serialized(payload)
+
+
+def _quality(properties: pb.Payload.PropertySet, code: int) -> None:
+    properties.keys.append("Quality")
+    value = properties.values.add()
+    value.type = pb.Int32
+    value.int_value = code & 0xFFFFFFFF
+
+
+def _serialized(payload: Payload) -> bytes:
+    data: bytes = payload.SerializeToString()
+    return data
+
+
+def _ms(ts: float) -> int:
+    return round(ts * 1000)

@@ -1,0 +1,158 @@
+"""Sparkplug B payloads, decoded by an independent implementation (pysparkplug): every type,
+aliases resolved through the birth, quality as Ignition reads it, NDEATH's bdSeq."""
+
+from __future__ import annotations
+
+import math
+
+import pysparkplug as ps
+import pytest
+
+from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
+from gateway.delivery.sparkplug.payload import (
+    QUALITY_BAD,
+    QUALITY_GOOD,
+    QUALITY_LAST_KNOWN,
+    VALUE_TYPES,
+    DeviceMetrics,
+    MetricSpec,
+    device_death,
+    node_birth,
+    node_death,
+)
+from gateway.model import BAD, GOOD, UNCERTAIN, Reading, Value
+
+T0 = 1_800_000_000.123  # seconds
+
+# (value type of the model, a value, what the independent decoder gives back)
+CASES: list[tuple[str, Value, object]] = [
+    ("bool", True, True),
+    ("int8", -100, -100),
+    ("int16", -32768, -32768),
+    ("int32", -2_000_000_000, -2_000_000_000),
+    ("int64", -9_000_000_000_000, -9_000_000_000_000),
+    ("uint8", 255, 255),
+    ("uint16", 65000, 65000),
+    ("uint32", 4_000_000_000, 4_000_000_000),
+    ("uint64", 12345678901234567890, 12345678901234567890),
+    ("float32", 21.5, 21.5),
+    ("float64", math.pi, math.pi),
+    ("string", "PRESS-A", "PRESS-A"),
+    ("int16[]", [-1, 2, 300], (-1, 2, 300)),
+    ("float64[]", [0.5, -2.25], (0.5, -2.25)),
+    (
+        "bool[]",
+        [True, False, True, True, False, False, False, False, True],
+        (True, False, True, True, False, False, False, False, True),
+    ),
+    ("string[]", ["a", "bc"], ("a", "bc")),
+]
+
+
+def _device(cases: list[tuple[str, Value, object]]) -> DeviceMetrics:
+    specs = [
+        MetricSpec(f"p{i}", 100 + i, VALUE_TYPES[kind], "bar" if i == 0 else None)
+        for i, (kind, _, _) in enumerate(cases)
+    ]
+    return DeviceMetrics(specs)
+
+
+def _properties(metric: pb.Payload.Metric) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in zip(metric.properties.keys, metric.properties.values, strict=True):
+        which = value.WhichOneof("value")
+        out[key] = getattr(value, which) if which else None
+    return out
+
+
+def _signed32(value: object) -> int:
+    assert isinstance(value, int)
+    return value - 2**32 if value >= 2**31 else value
+
+
+def test_every_type_survives_birth_and_data_decoded_by_another_implementation() -> None:
+    metrics = _device(CASES)
+    last = {f"p{i}": Reading("d", f"p{i}", v, GOOD, T0) for i, (_, v, _) in enumerate(CASES)}
+    birth = ps.DBirth.decode(metrics.birth(3, 1_800_000_000_500, last))
+    assert birth.seq == 3 and birth.timestamp == 1_800_000_000_500
+    by_name = {m.name: m for m in birth.metrics}
+    for i, (kind, _, expected) in enumerate(CASES):
+        metric = by_name[f"p{i}"]
+        assert metric.alias == 100 + i
+        assert int(metric.datatype) == VALUE_TYPES[kind], kind
+        assert metric.timestamp == 1_800_000_000_123
+        if expected is not None:
+            value = metric.value
+            assert (tuple(value) if isinstance(value, list | tuple) else value) == expected, kind
+
+    changed = [Reading("d", "p1", 7, GOOD, T0 + 1), Reading("d", "p9", -1.5, GOOD, T0 + 1)]
+    data = ps.DData.decode(metrics.data(4, 1_800_000_001_000, changed), birth=birth)
+    assert data.seq == 4
+    assert [(m.name, m.value, m.timestamp) for m in data.metrics] == [
+        ("p1", 7, 1_800_000_001_123),
+        ("p9", -1.5, 1_800_000_001_123),
+    ]
+
+
+def test_boolean_arrays_are_packed_as_the_specification_says() -> None:
+    # A 4-byte little-endian count, then the bits, most significant first.
+    metrics = DeviceMetrics([MetricSpec("flags", 1, pb.BooleanArray)])
+    flags: Value = [True, False, True, True, False, False, False, False, True]
+    payload = pb.Payload.FromString(metrics.data(0, 0, [Reading("d", "flags", flags, GOOD, T0)]))
+    assert payload.metrics[0].bytes_value == bytes([9, 0, 0, 0, 0b10110000, 0b10000000])
+
+
+def test_quality_is_a_property_in_ignitions_codes_sent_while_not_good() -> None:
+    metrics = DeviceMetrics([MetricSpec("t", 1, pb.Double, "degC")])
+    birth = pb.Payload.FromString(metrics.birth(0, 0, {}))  # no value yet: null, bad
+    (metric,) = birth.metrics
+    assert metric.is_null and _properties(metric) == {
+        "engUnit": "degC",
+        "Quality": QUALITY_BAD & 0xFFFFFFFF,
+    }
+    steps = [
+        (Reading("d", "t", 20.0, GOOD, T0), QUALITY_GOOD),  # was bad: good is said once
+        (Reading("d", "t", 20.5, GOOD, T0), None),  # good, and was good: nothing said
+        (Reading("d", "t", 20.5, UNCERTAIN, T0, None, "stale"), QUALITY_LAST_KNOWN),
+        (Reading("d", "t", None, BAD, T0, None, "timeout"), QUALITY_BAD),
+    ]
+    for reading, expected in steps:
+        (sent,) = pb.Payload.FromString(metrics.data(1, 0, [reading])).metrics
+        quality = _properties(sent).get("Quality")
+        assert (None if quality is None else _signed32(quality)) == expected
+    assert sent.is_null
+
+
+def test_a_value_of_another_type_than_the_points_is_null_and_bad() -> None:
+    metrics = DeviceMetrics([MetricSpec("n", 1, pb.Int16)])
+    for value in (70000, 1.5, "x"):
+        (metric,) = pb.Payload.FromString(
+            metrics.data(0, 0, [Reading("d", "n", value, GOOD, T0)])
+        ).metrics
+        assert metric.is_null and _signed32(_properties(metric)["Quality"]) == QUALITY_BAD
+
+
+def test_a_point_without_a_declared_type_takes_its_first_values() -> None:
+    metrics = DeviceMetrics([MetricSpec("v", 1, None)])
+    birth = pb.Payload.FromString(metrics.birth(0, 0, {"v": Reading("d", "v", 3, GOOD, T0)}))
+    # [tck-id-payloads-metric-datatype-req]: every birth metric has its datatype.
+    assert birth.metrics[0].datatype == pb.Int64
+    (later,) = pb.Payload.FromString(metrics.data(1, 0, [Reading("d", "v", 4, GOOD, T0)])).metrics
+    # DATA messages leave the datatype to the birth [tck-id-payloads-metric-datatype-not-req].
+    assert not later.HasField("datatype") and later.long_value == 4
+
+
+def test_node_birth_and_death_carry_the_same_bd_seq() -> None:
+    birth = ps.NBirth.decode(node_birth(7, 1_800_000_000_000))
+    death = ps.NDeath.decode(node_death(7))
+    assert birth.seq == 0
+    names = {m.name: m for m in birth.metrics}
+    assert names["bdSeq"].value == 7 and int(names["bdSeq"].datatype) == pb.Int64
+    assert names["Node Control/Rebirth"].value is False
+    assert death.bd_seq_metric.name == "bdSeq" and death.bd_seq_metric.value == 7
+    assert ps.DDeath.decode(device_death(9, 5)).seq == 9
+
+
+@pytest.mark.parametrize("kind", sorted(VALUE_TYPES))
+def test_every_value_type_has_a_sparkplug_datatype(kind: str) -> None:
+    assert pb.DataType.Name(VALUE_TYPES[kind])
