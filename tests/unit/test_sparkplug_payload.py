@@ -16,9 +16,11 @@ from gateway.delivery.sparkplug.payload import (
     VALUE_TYPES,
     DeviceMetrics,
     MetricSpec,
+    as_historical,
     device_death,
     node_birth,
     node_death,
+    with_seq,
 )
 from gateway.model import BAD, GOOD, UNCERTAIN, Reading, Value
 
@@ -156,3 +158,26 @@ def test_node_birth_and_death_carry_the_same_bd_seq() -> None:
 @pytest.mark.parametrize("kind", sorted(VALUE_TYPES))
 def test_every_value_type_has_a_sparkplug_datatype(kind: str) -> None:
     assert pb.DataType.Name(VALUE_TYPES[kind])
+
+
+def test_a_stored_data_message_gets_its_seq_when_sent() -> None:
+    metrics = DeviceMetrics([MetricSpec("t", 1, pb.Double)])
+    birth = ps.DBirth.decode(metrics.birth(0, 0, {"t": Reading("d", "t", 1.0, GOOD, T0)}))
+    stored = metrics.data(0, 5, [Reading("d", "t", 2.0, GOOD, T0)])
+    for seq in (1, 127, 128, 255):
+        assert ps.DData.decode(with_seq(stored, seq), birth=birth).seq == seq
+    # Sent again later (a new session): the last seq given wins.
+    assert ps.DData.decode(with_seq(with_seq(stored, 3), 4), birth=birth).seq == 4
+
+
+def test_a_backlog_message_is_historical_in_every_metric() -> None:
+    metrics = DeviceMetrics([MetricSpec("a", 1, pb.Double), MetricSpec("b", 2, pb.Int16)])
+    births = {n: Reading("d", n, 1, GOOD, T0) for n in ("a", "b")}
+    birth = ps.DBirth.decode(metrics.birth(0, 0, births))
+    stored = metrics.data(1, 5, [Reading("d", "a", 2.0, GOOD, T0), Reading("d", "b", 3, GOOD, T0)])
+    data = ps.DData.decode(with_seq(as_historical(stored), 9), birth=birth)
+    assert [(m.name, m.value, m.is_historical) for m in data.metrics] == [
+        ("a", 2.0, True),
+        ("b", 3, True),
+    ]
+    assert data.seq == 9

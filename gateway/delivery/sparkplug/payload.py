@@ -336,6 +336,34 @@ class DeviceMetrics:
         return datatype
 
 
+def with_seq(payload: bytes, seq: int) -> bytes:
+    """``payload`` with its ``seq`` set, without decoding it: a DATA message is stored in the
+    buffer before it has a place in the session's sequence, and gets one when it is sent.
+    Protobuf takes the last occurrence of a scalar field, so the field is appended."""
+    return payload + _SEQ_TAG + _varint(seq)
+
+
+_SEQ_TAG = bytes([3 << 3])  # field 3 (seq), wire type 0 (varint)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def as_historical(payload: bytes) -> bytes:
+    """A DATA message sent from the backlog: every metric marked ``is_historical``, so a host
+    stores it without taking it for the current value."""
+    message = Payload.FromString(payload)
+    for metric in message.metrics:
+        metric.is_historical = True
+    return _serialized(message)
+
+
 def device_death(seq: int, timestamp: int) -> bytes:
     payload = Payload()
     payload.timestamp, payload.seq = timestamp, seq
