@@ -1,9 +1,15 @@
-"""structlog set-up: human-readable on a terminal, JSON lines otherwise (for journald, Loki...)."""
+"""structlog set-up: human-readable on a terminal, JSON lines otherwise (for journald, Loki...).
+
+Under systemd, with stderr connected to the journal (``$JOURNAL_STREAM`` names it), each line
+starts with its syslog priority (``<3>`` for an error): journald files the line at that level,
+so ``journalctl -p err -u factory-gateway`` shows the gateway's errors.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -22,6 +28,9 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         if console
         else structlog.processors.JSONRenderer()  # JSON escapes control characters itself
     )
+    journal = to_journal()
+    if journal:
+        renderer = _Prioritized(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -38,9 +47,49 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     # Libraries that use stdlib logging: warnings and up, same stream.
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StdlibFormatter(journal))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+# structlog's method names and stdlib levels -> syslog priorities (sd-daemon(3)).
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3}
+
+
+def to_journal() -> bool:
+    """Whether stderr is the systemd journal's stream (``$JOURNAL_STREAM`` is its
+    ``device:inode``; a redirected stderr under systemd is not)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in stream.split(":"))
+        info = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
+class _Prioritized:
+    """A renderer whose lines start with their syslog priority."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        return f"<{_PRIORITIES.get(name, 2)}>{self.renderer(logger, name, event)}"
+
+
+class _StdlibFormatter(logging.Formatter):
+    def __init__(self, journal: bool) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if not self.journal:
+            return line
+        level = record.levelno
+        priority = 2 if level >= logging.CRITICAL else 3 if level >= logging.ERROR else 4
+        return f"<{priority if level >= logging.WARNING else 6}>{line}"
 
 
 # Terminal control characters (escape sequences can rewrite a terminal's screen or title) and

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import signal
 import socket
@@ -119,3 +121,31 @@ def test_the_unit_passes_systemd_analyze_verify(workdir: Path) -> None:
         assert f"\n{setting}" in text
     installer = subprocess.run(["sh", "-n", str(ROOT / "deploy" / "install.sh")])
     assert installer.returncode == 0
+
+
+def test_under_the_journal_each_line_says_its_priority(workdir: Path, broker: Mosquitto) -> None:
+    """With stderr on the journal ($JOURNAL_STREAM names it), lines start with their syslog
+    priority, so `journalctl -p warning` finds the warnings; elsewhere they do not."""
+    unreachable = device("plc-gone", free_port(), COUNTER)  # nothing listens: a warning
+    path = write_map(workdir / "gw.yaml", broker.port, [unreachable])
+    log = workdir / "journal.log"
+    log.touch()
+    info = log.stat()
+    gateway = Process(
+        "run", str(path), log=log, env={"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
+    )
+    try:
+        lines = until(
+            lambda: (
+                text.splitlines()
+                if "device unreachable" in (text := gateway.output()) and "gateway running" in text
+                else None
+            ),
+            "the gateway running, and the device unreachable",
+        )
+    finally:
+        assert gateway.stop() == 0
+    assert all(re.match(r"<[2-7]>\{", line) for line in lines), lines
+    by_event = {json.loads(line[3:])["event"]: line[:3] for line in lines}
+    assert by_event["gateway running"] == "<6>"
+    assert by_event["device unreachable"] == "<4>"
