@@ -60,6 +60,9 @@ class Adapter:
     # How often a healthy device delivers a reading (None: only on change, by exception);
     # not given: its poll_interval. /readyz calls a device stalled after three of them.
     reading_interval: Callable[[Any], float | None] | None = None
+    # The model's type of a point's values ("int16", "float64", "string", ...: the keys of
+    # gateway/delivery/sparkplug/payload.VALUE_TYPES); None, or not given: its first value's.
+    value_type: Callable[[Any], str | None] | None = None
 
     def interval_of(self, device: DeviceConfig) -> float | None:
         if self.reading_interval is None:

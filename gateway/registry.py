@@ -48,3 +48,9 @@ def create_sources(devices: Sequence[DeviceConfig]) -> list[Source]:
 def reading_intervals(devices: Sequence[DeviceConfig]) -> dict[str, float | None]:
     """How often each device delivers a reading when healthy (None: by exception)."""
     return {d.id: adapter_of(d.protocol).interval_of(d) for d in devices}
+
+
+def value_types(device: DeviceConfig) -> dict[str, str | None]:
+    """Each point's value type, as its adapter knows it (None: from its first value)."""
+    describe = adapter_of(device.protocol).value_type
+    return {p.name: describe(p) if describe else None for p in device.points}

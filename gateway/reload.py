@@ -27,8 +27,8 @@ log = structlog.get_logger("gateway.reload")
 
 WATCH_EVERY = 1.0  # seconds between two looks at the map's files (run --watch)
 # mqtt keys that name topics: what is buffered was encoded with them, so they wait for a restart.
-TOPIC_KEYS = ("topic", "batch", "batch_topic")
-RESTART_SECTIONS = ("gateway", "buffer", "http", "commands")
+TOPIC_KEYS = ("topic", "batch", "batch_topic", "format")
+RESTART_SECTIONS = ("gateway", "buffer", "http", "commands", "sparkplug")
 
 
 @dataclass(frozen=True)

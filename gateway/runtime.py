@@ -17,6 +17,7 @@ import asyncio
 import gc
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 import structlog
 
@@ -28,6 +29,9 @@ from gateway.config.load import Config
 from gateway.delivery.buffer import Buffer, open_store
 from gateway.delivery.encode_json import JsonEncoder, iso_time, kept_json
 from gateway.delivery.forwarder import OFFLINE, Forwarder
+from gateway.delivery.sparkplug.bdseq import BdSeq
+from gateway.delivery.sparkplug.session import EdgeNode, SparkplugEncoder
+from gateway.delivery.sparkplug.topics import SparkplugTopics
 from gateway.http.health import Health
 from gateway.http.listener import HttpListener
 from gateway.http.metrics import Metrics, Observed
@@ -35,9 +39,9 @@ from gateway.model import Reading, expand
 from gateway.mqtt.client import Settings, Will
 from gateway.mqtt.settings import command_session, data_session
 from gateway.pipeline import Deadband, Transform
-from gateway.registry import create_sources, reading_intervals
+from gateway.registry import create_sources, reading_intervals, value_types
 from gateway.reload import Reloader, diff
-from gateway.source import Source, Writable
+from gateway.source import CONNECTED, Source, Writable
 from gateway.stats import DeviceStats
 from gateway.systemd import Notifier
 from gateway.topics import Topics
@@ -58,13 +62,24 @@ class Gateway:
             settings.replay_rate,
         )
         mqtt = config.mqtt
-        self.encoder = JsonEncoder(self.topics, self.buffer, batch=mqtt.batch == "device")
+        self.encoder: JsonEncoder | SparkplugEncoder
+        self.edge: EdgeNode | None = None
+        if config.sparkplug is not None:  # mqtt.format: sparkplug
+            node = config.sparkplug.edge_node_id or config.gateway.id
+            spb_topics = SparkplugTopics(config.sparkplug.group_id, node)
+            self.encoder = SparkplugEncoder(
+                spb_topics, self.buffer, config.devices, _value_types(config)
+            )
+            self.edge = EdgeNode(spb_topics, self.encoder, BdSeq(settings.path / "bdseq"))
+        else:
+            self.encoder = JsonEncoder(self.topics, self.buffer, batch=mqtt.batch == "device")
         self.forwarder = Forwarder(
             self._data_session(config),
             self.buffer,
-            mqtt.qos,
+            0 if self.edge is not None else mqtt.qos,
             self.topics.status,
             settings.sync_interval,
+            self.edge,
         )
         self.sources: dict[str, Source] = {s.device_id: s for s in create_sources(config.devices)}
         self.deadband = Deadband(config.devices)
@@ -173,16 +188,23 @@ class Gateway:
         await self.router.retire(stopping)  # commands on them finish first
         await self._stop(stopping)
         for device in change.removed:
+            if self.edge is not None:
+                self.forwarder.send_control(*self.edge.removed(device))
+                continue
             self.forwarder.set_retained(
                 self.topics.device_status(device),
                 _device_state("removed", "removed from the device map"),
             )
         for moved in change.restarted:  # moved to another line: its old state must not stay
             old, now = self.topics.device_status(moved.id), topics.device_status(moved.id)
-            if old != now:
+            if old != now and self.edge is None:
                 self.forwarder.set_retained(old, _device_state("removed", f"moved to {now}"))
         self.config = new
-        self.topics = self.encoder.topics = topics
+        self.topics = topics
+        if isinstance(self.encoder, JsonEncoder):
+            self.encoder.topics = topics
+        else:
+            self.encoder.track(new.devices, _value_types(new), keep=change.unchanged)
         self.deadband.track(new.devices, keep=change.unchanged)
         self.health.track(reading_intervals(new.devices), keep=change.unchanged)
         self.sources.update((s.device_id, s) for s in fresh)
@@ -208,6 +230,9 @@ class Gateway:
 
     def _data_session(self, config: Config) -> Settings:
         mqtt = config.mqtt
+        if self.edge is not None:  # the NDEATH, with a new bdSeq for every CONNECT
+            session = data_session(mqtt, mqtt.client_id or config.gateway.id, None)
+            return replace(session, will_provider=self.edge.will)
         will = Will(self.topics.status, OFFLINE, min(mqtt.qos, 1), mqtt.retain)
         return data_session(mqtt, mqtt.client_id or config.gateway.id, will)
 
@@ -271,6 +296,14 @@ class Gateway:
         protocols = {d.id: d.protocol for d in self.config.devices}
         return {i: (protocols.get(i, ""), s.stats) for i, s in self.sources.items()}
 
+    def _announce(self, device: str, topic: str, state: tuple[str, str | None]) -> None:
+        """A device's new state: retained on its _status (JSON), or a Sparkplug DBIRTH or
+        DDEATH."""
+        if self.edge is None:
+            self.forwarder.set_retained(topic, _device_state(*state))
+        elif (message := self.edge.device_state(device, state[0] == CONNECTED)) is not None:
+            self.forwarder.send_control(*message)
+
     def _last_error(self, device: str) -> str | None:
         source = self.sources.get(device)
         return source.stats.last_error if source is not None else None
@@ -297,7 +330,9 @@ class Gateway:
                 seen(source.device_id, source.state, batch)
                 if source.state != published_state:
                     published_state = source.state
-                    self.forwarder.set_retained(status_topic, _device_state(*published_state))
+                    if isinstance(self.encoder, SparkplugEncoder):  # a DBIRTH has the values
+                        self.encoder.remember(batch)
+                    self._announce(source.device_id, status_topic, published_state)
                 if transforms:
                     readings = expand(batch)
                     for transform in transforms:
@@ -309,6 +344,10 @@ class Gateway:
                     await self.buffer.wait_for_room()
         finally:
             await source.close()
+
+
+def _value_types(config: Config) -> dict[str, dict[str, str | None]]:
+    return {d.id: value_types(d) for d in config.devices}
 
 
 def _device_state(state: str, reason: str | None) -> bytes:

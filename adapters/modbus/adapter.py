@@ -44,4 +44,5 @@ MODBUS = Adapter(
     describe_plan=describe,
     simulator=_simulator,
     reading_interval=lambda device: min(device.interval_of(p) for p in device.points),
+    value_type=lambda point: point.value_type,
 )

@@ -157,6 +157,16 @@ class ModbusPoint(PointConfig):
         return self.type
 
     @property
+    def value_type(self) -> str:
+        """The information model's type of its values (a Sparkplug birth declares it): scaled
+        values are float64, labels strings, BCD its unsigned width."""
+        if self.enum is not None:
+            return "string"
+        if self.linear != (1.0, 0.0):
+            return "float64"
+        return {"bcd16": "uint16", "bcd32": "uint32"}.get(self.data_type, self.data_type)
+
+    @property
     def width(self) -> int:
         """Registers (or bits, in bit tables) the point occupies."""
         if self.table in BIT_TABLES or self.bit is not None:

@@ -30,6 +30,7 @@ from gateway.config.schema import (
     HttpSection,
     MqttSection,
     RootSection,
+    SparkplugSection,
 )
 from gateway.config.yaml_source import Loc, SourceMap, load_yaml
 from gateway.errors import ConfigError, ConfigIssue
@@ -51,6 +52,7 @@ class Config:
     http: HttpSection | None = field(default_factory=HttpSection)
     # Every file read: the map, included device lists, secret files (``run --watch`` looks here).
     sources: tuple[str, ...] = ()
+    sparkplug: SparkplugSection | None = None
 
 
 def read_map(paths: Sequence[str | Path], adapters: Sequence[Adapter]) -> Config:
@@ -113,6 +115,7 @@ def read_map(paths: Sequence[str | Path], adapters: Sequence[Adapter]) -> Config
         root.commands,
         root.http,
         tuple(dict.fromkeys(source_map.files)),
+        root.sparkplug,
     )
 
 

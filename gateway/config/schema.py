@@ -68,6 +68,8 @@ class MqttSection(StrictModel):
     topic: str = DEFAULT_TOPIC
     # `device`: one message per device per poll cycle on `batch_topic`, instead of per point.
     batch: Literal["point", "device"] = "point"
+    # `sparkplug`: Sparkplug B 3.0 (births, aliases, bdSeq) instead of JSON; see `sparkplug:`.
+    format: Literal["json", "sparkplug"] = "json"
     batch_topic: str = DEFAULT_BATCH_TOPIC
     keepalive: Duration = 30.0
     session_expiry: Duration = 86_400.0  # MQTT 5: how long the broker keeps our session
@@ -204,6 +206,13 @@ class BufferSection(StrictModel):
         return self.model_copy(update={"path": base / self.path})
 
 
+class SparkplugSection(StrictModel):
+    """The Sparkplug B edge node (``mqtt.format: sparkplug``): its group and its id."""
+
+    group_id: Name
+    edge_node_id: Name | None = None  # default: gateway.id
+
+
 class HttpSection(StrictModel):
     """The operations listener: /healthz and /readyz (docs/operations.md)."""
 
@@ -301,7 +310,18 @@ class RootSection(StrictModel):
     buffer: BufferSection = BufferSection()
     commands: CommandsSection = CommandsSection()
     http: HttpSection | None = HttpSection()  # `http: false`: no listener
+    sparkplug: SparkplugSection | None = None
     devices: list[dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _sparkplug_with_its_format(self) -> RootSection:
+        if self.mqtt.format == "sparkplug" and self.sparkplug is None:
+            raise FieldError(
+                "mqtt", "mqtt.format: sparkplug needs a sparkplug: section with its group_id"
+            )
+        if self.sparkplug is not None and self.mqtt.format != "sparkplug":
+            raise FieldError("sparkplug", "sparkplug: is used with mqtt.format: sparkplug")
+        return self
 
     @field_validator("http", mode="before")
     @classmethod

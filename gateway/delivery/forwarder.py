@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
@@ -25,6 +27,9 @@ from gateway.delivery.encode_json import iso_time, mark_replayed
 from gateway.errors import BrokerError, MessageTooLarge, NotConnected
 from gateway.mqtt.client import Broker, Message, MqttClient, Settings
 from gateway.stats import AGE_SECONDS, Histogram
+
+if TYPE_CHECKING:
+    from gateway.delivery.sparkplug.session import EdgeNode
 
 log = structlog.get_logger("gateway.mqtt")
 
@@ -48,8 +53,12 @@ class Forwarder:
         qos: int,
         status_topic: str,
         sync_interval: float = 0.2,
+        sparkplug: EdgeNode | None = None,
     ) -> None:
+        """``sparkplug``: the edge node's session, for ``mqtt.format: sparkplug`` (births and
+        deaths instead of retained states, a seq on every message, QoS 0)."""
         self.settings = settings
+        self.sparkplug = sparkplug
         self.buffer = buffer
         self.qos = qos
         self.status_topic = status_topic
@@ -61,6 +70,7 @@ class Forwarder:
         self.window = WINDOW
         self._client: MqttClient | None = None
         self._states: dict[str, bytes] = {}  # retained states waiting for room
+        self._control: deque[tuple[str, bytes]] = deque()  # Sparkplug births and deaths, in order
         self._acked: list[int] = []  # seqs acknowledged since the last sync
         self._qos = qos
         # States (and the will) follow mqtt.qos up to 1, and mqtt.retain (Settings.will).
@@ -142,7 +152,7 @@ class Forwarder:
         buffer = self.buffer
         while True:
             await self._connected.wait()
-            if not buffer.pending() and not self._states:
+            if not buffer.pending() and not self._states and not self._control:
                 buffer.ready.clear()
                 await buffer.ready.wait()
                 continue
@@ -160,6 +170,9 @@ class Forwarder:
                 self._collect()
                 await self._wait_for_room(window // 2)
                 continue
+            if self._control:
+                self._send_control(client)
+                continue
             if self._states:
                 self._send_state(client)
                 continue
@@ -167,11 +180,17 @@ class Forwarder:
             if item is None:
                 return
             record, replayed = item
-            payload = mark_replayed(record.payload) if replayed else record.payload
+            edge = self.sparkplug
+            if edge is not None:
+                payload = edge.finish(record.topic, record.payload, replayed)
+            else:
+                payload = mark_replayed(record.payload) if replayed else record.payload
             buffer.handed(record)
             try:
                 mid = client.publish(record.topic, payload, qos, expires=True)
             except MessageTooLarge as exc:
+                if edge is not None:
+                    edge.unsent()
                 self._refused([record.seq], "too_large", str(exc))
                 continue
             except NotConnected:
@@ -204,6 +223,25 @@ class Forwarder:
     def _queue_state(self, topic: str, payload: bytes) -> None:
         self._states[topic] = payload
         self.buffer.ready.set()
+
+    def send_control(self, topic: str, payload: bytes) -> None:
+        """A Sparkplug birth or death: sent before the buffer's records, in the order given."""
+        self._control.append((topic, payload))
+        self.buffer.ready.set()
+
+    def _send_control(self, client: MqttClient) -> None:
+        topic, payload = self._control.popleft()
+        assert self.sparkplug is not None
+        try:
+            mid = client.publish(topic, self.sparkplug.finish(topic, payload), 0)
+        except NotConnected:
+            self.sparkplug.unsent()
+            return  # the births of the next connection say it all again
+        except BrokerError as exc:
+            self.sparkplug.unsent()
+            log.warning("Sparkplug message not published", topic=topic, reason=str(exc))
+            return
+        self.inflight[mid] = None
 
     def _send_state(self, client: MqttClient) -> None:
         topic, payload = next(iter(self._states.items()))
@@ -244,7 +282,10 @@ class Forwarder:
         self._connected_at = time.monotonic()
         self.connections += 1
         self.buffer.connected()
-        self._states = {self.status_topic: self._status(), **self.retained}
+        if self.sparkplug is not None:
+            self._control = deque(self.sparkplug.births())
+        else:
+            self._states = {self.status_topic: self._status(), **self.retained}
         self._connected.set()
         self.buffer.ready.set()
 
@@ -390,7 +431,7 @@ class Forwarder:
             await asyncio.sleep(STATUS_EVERY)
             stats = self.buffer.stats()
             connected = self._connected.is_set()
-            if connected:
+            if connected and self.sparkplug is None:
                 self._queue_state(self.status_topic, self._status(stats))
             dropped = stats["dropped"]
             if dropped != last_dropped or (stats["buffered"] and not connected):
@@ -431,8 +472,13 @@ class Forwarder:
             return
         # "offline" goes out whatever the window: a clean DISCONNECT follows, so the broker
         # will not publish the will, and the retained status must not stay "online".
-        self._states = {self.status_topic: OFFLINE}
-        self._send_state(client)
+        if self.sparkplug is not None:
+            topic, payload = self.sparkplug.death()
+            with contextlib.suppress(BrokerError):
+                self.inflight[client.publish(topic, payload, 1)] = None
+        else:
+            self._states = {self.status_topic: OFFLINE}
+            self._send_state(client)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
                 await self._wait_for_room(0)

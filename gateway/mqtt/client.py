@@ -76,6 +76,9 @@ class Settings:
     persistent: bool = True  # keep the session (and what is in flight) across reconnects
     session_expiry: int = 86_400  # MQTT 5, with ``persistent``
     will: Will | None = None
+    # A will made anew for every CONNECT (Sparkplug's NDEATH carries a number that changes with
+    # each connection); instead of ``will``.
+    will_provider: Callable[[], Will] | None = None
     content_type: str | None = None  # MQTT 5: on every message
     message_expiry: int | None = None  # MQTT 5: on messages published with ``expires``
     max_incoming: int | None = None  # MQTT 5: the broker sends no larger packet (bytes)
@@ -298,7 +301,7 @@ class MqttClient:
             if settings.max_incoming is not None:
                 properties.MaximumPacketSize = settings.max_incoming
         clean = self._fresh or not settings.persistent
-        will = self._will
+        will = settings.will_provider() if settings.will_provider is not None else self._will
         if will is not None:
             client.will_set(will.topic, will.payload, will.qos, will.retain, self._plain)
         else:

@@ -59,6 +59,7 @@ def command_session(data: Settings) -> Settings:
         client_id=f"{data.client_id}-commands",
         persistent=False,
         will=None,
+        will_provider=None,
         message_expiry=None,
         name="commands",
     )

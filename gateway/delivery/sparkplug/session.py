@@ -1,0 +1,188 @@
+"""The Sparkplug B edge node: the encoder of its DDATA and the session around it.
+
+- ``SparkplugEncoder`` (beside ``JsonEncoder``): readings -> one DDATA record per device and
+  batch into the durable buffer, without a ``seq`` yet; it keeps each point's last reading for
+  the births.
+- ``EdgeNode``: what a session adds, decided at send time. The NDEATH will of every CONNECT
+  with the next bdSeq; after connecting, NBIRTH (seq 0) and a DBIRTH for every device, then a
+  DDEATH for each one not connected (so a host knows every alias, also of the backlog's
+  messages); DDEATH and DBIRTH when a device goes and comes back; ``seq`` on every message in
+  the order sent; backlog messages marked ``is_historical``; NDEATH before a clean disconnect.
+  Everything goes out at QoS 0, not retained, as Sparkplug 3.0 requires
+  [tck-id-topics-ddata-mqtt], [tck-id-topics-nbirth-mqtt]; the will at QoS 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+from gateway.config.schema import DeviceConfig
+from gateway.delivery.buffer import Record
+from gateway.delivery.encode_json import Records
+from gateway.delivery.sparkplug.bdseq import BdSeq
+from gateway.delivery.sparkplug.payload import (
+    VALUE_TYPES,
+    DeviceMetrics,
+    MetricSpec,
+    as_historical,
+    device_death,
+    node_birth,
+    node_death,
+    with_seq,
+)
+from gateway.delivery.sparkplug.topics import SparkplugTopics
+from gateway.model import BAD, Reading, Sample, expand
+from gateway.mqtt.client import Will
+
+QOS = 0  # every message of an edge node; the will is QoS 1
+
+
+class SparkplugEncoder:
+    def __init__(
+        self,
+        topics: SparkplugTopics,
+        out: Records,
+        devices: Sequence[DeviceConfig],
+        value_types: Mapping[str, Mapping[str, str | None]],
+    ) -> None:
+        self.topics = topics
+        self.out = out
+        self.readings = 0  # values encoded (for /metrics)
+        self.metrics: dict[str, DeviceMetrics] = {}
+        self.last: dict[str, dict[str, Reading]] = {}
+        self.alive: set[str] = set()  # devices a DBIRTH announced and no DDEATH since
+        self._aliases: dict[tuple[str, str], int] = {}
+        self.track(devices, value_types)
+
+    def track(
+        self,
+        devices: Sequence[DeviceConfig],
+        value_types: Mapping[str, Mapping[str, str | None]],
+        keep: Iterable[str] = (),
+    ) -> None:
+        """The devices of the map (again after a reload: those in ``keep`` are unchanged).
+        A metric keeps its alias for the process' lifetime; new ones get new aliases."""
+        kept = set(keep)
+        metrics: dict[str, DeviceMetrics] = {}
+        for device in devices:
+            if device.id in kept and device.id in self.metrics:
+                metrics[device.id] = self.metrics[device.id]
+                continue
+            types = value_types.get(device.id, {})
+            specs = []
+            for point in device.points:
+                alias = self._aliases.setdefault((device.id, point.name), len(self._aliases) + 1)
+                kind = types.get(point.name)
+                specs.append(
+                    MetricSpec(point.name, alias, VALUE_TYPES[kind] if kind else None, point.unit)
+                )
+            metrics[device.id] = DeviceMetrics(specs)
+        self.metrics = metrics
+        self.last = {d: self.last.get(d, {}) if d in kept else {} for d in metrics}
+        self.alive &= kept
+
+    def remember(self, batch: Sequence[Sample]) -> None:
+        """Take the batch's values as the current ones (a birth made now carries them)."""
+        for reading in expand(batch):
+            last = self.last.get(reading.device)
+            if last is not None:
+                last[reading.point] = reading
+
+    def send(self, batch: Sequence[Sample]) -> None:
+        """A DDATA per device of the batch (usually one), stored before it has its seq."""
+        readings = expand(batch)
+        if not readings:
+            return
+        self.readings += len(readings)
+        now = time.time()
+        by_device: dict[str, list[Reading]] = {}
+        for reading in readings:
+            by_device.setdefault(reading.device, []).append(reading)
+        for device, group in by_device.items():
+            metrics = self.metrics.get(device)
+            if metrics is None:
+                continue
+            last = self.last[device]
+            for reading in group:
+                last[reading.point] = reading
+            if device not in self.alive and all(r.quality == BAD for r in group):
+                continue  # the device's DDEATH says it: no data of a dead device
+            seq = self.out.take_seq()
+            payload = metrics.data(0, round(now * 1000), group)
+            topic = self.topics.device("DDATA", device)
+            self.out.add(Record(seq, topic, payload, now, min(r.ts for r in group)))
+
+    def birth(self, device: str) -> bytes:
+        return self.metrics[device].birth(0, round(time.time() * 1000), self.last[device])
+
+
+class EdgeNode:
+    """The session's side of the edge node (see the module's docstring)."""
+
+    def __init__(self, topics: SparkplugTopics, encoder: SparkplugEncoder, bd_seq: BdSeq) -> None:
+        self.topics = topics
+        self.encoder = encoder
+        self.bd_seq = bd_seq
+        self.seq = 0
+        self.connected: dict[str, bool] = {}  # each device's last known connection
+        self._ndeath = topics.node("NDEATH")
+        self._nbirth = topics.node("NBIRTH")
+
+    def will(self) -> Will:
+        """NDEATH with the bdSeq of the CONNECT about to be sent (saved first)."""
+        return Will(self._ndeath, node_death(self.bd_seq.next()), 1, False)
+
+    def births(self) -> list[tuple[str, bytes]]:
+        """After connecting: NBIRTH, a DBIRTH per device, a DDEATH per device not connected."""
+        bd_seq = self.bd_seq.current if self.bd_seq.current is not None else 0
+        messages = [(self._nbirth, node_birth(bd_seq, round(time.time() * 1000)))]
+        encoder = self.encoder
+        for device in encoder.metrics:
+            messages.append((self.topics.device("DBIRTH", device), encoder.birth(device)))
+        encoder.alive = set(encoder.metrics)
+        for device in encoder.metrics:
+            if not self.connected.get(device, False):
+                messages.append(self._device_death(device))
+        return messages
+
+    def device_state(self, device: str, connected: bool) -> tuple[str, bytes] | None:
+        """DBIRTH when a device is (back) connected, DDEATH when it is lost; None when the
+        session already says so."""
+        self.connected[device] = connected
+        encoder = self.encoder
+        if device not in encoder.metrics or connected == (device in encoder.alive):
+            return None
+        if connected:
+            encoder.alive.add(device)
+            return self.topics.device("DBIRTH", device), encoder.birth(device)
+        return self._device_death(device)
+
+    def removed(self, device: str) -> tuple[str, bytes]:
+        """A device a reload took out of the map: its DDEATH."""
+        self.connected.pop(device, None)
+        return self._device_death(device)
+
+    def _device_death(self, device: str) -> tuple[str, bytes]:
+        self.encoder.alive.discard(device)
+        return self.topics.device("DDEATH", device), device_death(0, round(time.time() * 1000))
+
+    def death(self) -> tuple[str, bytes]:
+        """NDEATH, sent before a clean disconnect [tck-id-operational-behavior-edge-node-
+        intentional-disconnect-ndeath]: the will's payload, with the current bdSeq."""
+        bd_seq = self.bd_seq.current if self.bd_seq.current is not None else 0
+        return self._ndeath, node_death(bd_seq)
+
+    def unsent(self) -> None:
+        """The message just finished was not sent after all: its seq is given again."""
+        self.seq = (self.seq - 1) % 256
+
+    def finish(self, topic: str, payload: bytes, replayed: bool = False) -> bytes:
+        """The payload as sent: its place in the sequence (NBIRTH is 0, every other message
+        one more, 255 wraps to 0; NDEATH has none) and, from the backlog, is_historical."""
+        if topic == self._ndeath:
+            return payload
+        self.seq = 0 if topic == self._nbirth else (self.seq + 1) % 256
+        if replayed:
+            payload = as_historical(payload)
+        return with_seq(payload, self.seq)

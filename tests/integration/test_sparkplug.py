@@ -1,0 +1,200 @@
+"""Sparkplug B from a running gateway, decoded by pysparkplug (an implementation nobody here
+wrote): births, data by alias, seq, bdSeq across a restart and a kill -9, device deaths.
+Statement ids of the Sparkplug 3.0 specification in brackets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pysparkplug as ps
+
+from tests.helpers import Collector, Mosquitto, Process, free_port, until, wait_port
+from tests.integration.plant import device, write_map
+
+POINTS = """
+      - {name: count, table: holding, address: 0, type: uint16, sim: {counter: {interval: 100ms}}}
+      - {name: temp, table: holding, address: 1, type: float32, unit: degC, sim: {constant: 21.5}}
+      - {name: pressure, table: holding, address: 3, type: int16, scale: 0.1, unit: bar,
+         sim: {constant: -12.3}}
+      - {name: label, table: holding, address: 4, type: string, length: 4, sim: {constant: PRESS-A}}
+      - {name: running, table: coil, address: 0, sim: {constant: true}}"""
+EXPECTED = {
+    "temp": (21.5, ps.DataType.FLOAT),
+    "pressure": (-12.3, ps.DataType.DOUBLE),
+    "label": ("PRESS-A", ps.DataType.STRING),
+    "running": (True, ps.DataType.BOOLEAN),
+}
+GROUP, NODE = "plant-1", "gw-test"
+PREFIX = f"spBv1.0/{GROUP}"
+SECTIONS = f"sparkplug: {{group_id: {GROUP}}}"
+
+
+class Host:
+    """What a Sparkplug host sees: every message of the edge node, decoded in arrival order."""
+
+    def __init__(self, port: int) -> None:
+        self.collector = Collector(port, f"{PREFIX}/#")
+
+    def messages(self) -> list[tuple[str, str | None, Any]]:
+        """(message type, device or None, decoded payload), DATA resolved through the latest
+        birth of its device [tck-id-payloads-alias-birth-requirement]."""
+        births: dict[str, ps.DBirth] = {}
+        out: list[tuple[str, str | None, Any]] = []
+        for topic, raw, _ in self.collector.snapshot():
+            parts = topic.split("/")
+            kind, dev = parts[2], parts[4] if len(parts) > 4 else None
+            assert isinstance(raw, bytes), topic
+            if kind == "NBIRTH":
+                payload: Any = ps.NBirth.decode(raw)
+            elif kind == "NDEATH":
+                payload = ps.NDeath.decode(raw)
+            elif kind == "DBIRTH":
+                payload = births[str(dev)] = ps.DBirth.decode(raw)
+            elif kind == "DDATA":
+                payload = ps.DData.decode(raw, birth=births[str(dev)])
+            elif kind == "DDEATH":
+                payload = ps.DDeath.decode(raw)
+            else:
+                continue
+            out.append((kind, dev, payload))
+        return out
+
+    def wait(self, kind: str, dev: str | None = None, after: int = 0, **match: Any) -> int:
+        """The index of the first message of ``kind`` (for ``dev``) after index ``after``."""
+
+        def found() -> int | None:
+            for i, (k, d, payload) in enumerate(self.messages()):
+                mine = i >= after and k == kind and (dev is None or d == dev)
+                if mine and all(_value(payload, n) == v for n, v in match.items()):
+                    return i + 1  # 1-based: never falsy
+            return None
+
+        return until(found, f"{kind} {dev or ''} {match}") - 1
+
+    def get(self, kind: str, dev: str | None = None, after: int = 0, **match: Any) -> Any:
+        """The payload of the message ``wait`` finds."""
+        at = self.wait(kind, dev, after, **match)
+        return self.messages()[at][2]
+
+    def close(self) -> None:
+        self.collector.close()
+
+
+def _value(payload: Any, name: str) -> Any:
+    return next((m.value for m in payload.metrics if m.name == name), None)
+
+
+def _seqs_in_order(messages: list[tuple[str, str | None, Any]]) -> None:
+    """Every message but NDEATH has a seq one more than the one before, 255 wrapping to 0;
+    NBIRTH starts again from 0 [tck-id-payloads-sequence-num-incrementing]."""
+    previous: int | None = None
+    for kind, dev, payload in messages:
+        if kind == "NDEATH":
+            continue
+        if kind == "NBIRTH":
+            assert payload.seq == 0  # [tck-id-payloads-sequence-num-zero-nbirth]
+        elif previous is not None:
+            assert payload.seq == (previous + 1) % 256, (kind, dev, payload.seq, previous)
+        previous = payload.seq
+
+
+def _plant(workdir: Path, broker: Mosquitto) -> tuple[int, Process, Path]:
+    port = free_port()
+    plc = device("press", port, POINTS, poll="200ms")
+    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
+                  log=workdir / "sim.log")  # fmt: skip
+    wait_port(port)
+    path = write_map(workdir / "gw.yaml", broker.port, [plc], mqtt="format: sparkplug",
+                     sections=SECTIONS)  # fmt: skip
+    return port, sim, path
+
+
+def test_births_data_by_alias_and_seq_from_a_running_gateway(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    _, sim, path = _plant(workdir, broker)
+    host = Host(broker.port)
+    gateway = Process("run", str(path), log=workdir / "gw.log")
+    try:
+        # NBIRTH: seq 0, bdSeq 0 on a first start, Node Control/Rebirth false.
+        nbirth = host.get("NBIRTH")
+        assert _value(nbirth, "bdSeq") == 0  # [tck-id-topics-nbirth-bdseq-increment]
+        assert _value(nbirth, "Node Control/Rebirth") is False
+        # The device's birth once it answered: every metric, with its current value.
+        at = host.wait("DBIRTH", "press", temp=21.5)
+        birth = host.messages()[at][2]
+        metrics = {m.name: m for m in birth.metrics}
+        assert set(metrics) == {"count", "temp", "pressure", "label", "running"}
+        assert len({m.alias for m in birth.metrics}) == 5
+        for name, (value, datatype) in EXPECTED.items():
+            assert (metrics[name].value, metrics[name].datatype) == (value, datatype), name
+        assert metrics["count"].datatype == ps.DataType.UINT16
+        # Data by alias only, resolved through the birth; the counter moves.
+        counts: list[int] = []
+        for _ in range(3):
+            at = host.wait("DDATA", "press", after=at + 1)
+            data = host.messages()[at][2]
+            assert all(m.alias is not None for m in data.metrics)
+            count = _value(data, "count")
+            if count is not None:
+                counts.append(count)
+        assert counts and counts == sorted(counts)
+    finally:
+        assert gateway.stop() == 0
+        sim.stop()
+    # A clean stop: NDEATH with the NBIRTH's bdSeq [tck-id-payloads-ndeath-bdseq].
+    assert host.get("NDEATH").bd_seq_metric.value == 0
+    _seqs_in_order(host.messages())
+    host.close()
+
+
+def test_bd_seq_pairs_deaths_with_births_across_a_restart_and_a_kill(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    _, sim, path = _plant(workdir, broker)
+    host = Host(broker.port)
+    try:
+        gateway = Process("run", str(path), log=workdir / "gw-1.log")
+        host.wait("NBIRTH", bdSeq=0)
+        assert gateway.stop() == 0  # NDEATH 0, sent by the gateway
+        deaths = host.wait("NDEATH")
+
+        gateway = Process("run", str(path), log=workdir / "gw-2.log")
+        host.wait("NBIRTH", after=deaths, bdSeq=1)  # the next CONNECT, the next bdSeq
+        host.wait("DDATA", "press", after=deaths)
+        gateway.proc.kill()  # kill -9: the broker sends the will
+        gateway.proc.wait()
+        at = host.wait("NDEATH", after=deaths + 1)
+        assert host.get("NDEATH", after=deaths + 1).bd_seq_metric.value == 1
+
+        gateway = Process("run", str(path), log=workdir / "gw-3.log")
+        host.wait("NBIRTH", after=at, bdSeq=2)
+        assert gateway.stop() == 0
+    finally:
+        sim.stop()
+    host.close()
+
+
+def test_a_device_outage_is_a_ddeath_and_its_return_a_dbirth(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    port, sim, path = _plant(workdir, broker)
+    host = Host(broker.port)
+    gateway = Process("run", str(path), log=workdir / "gw.log")
+    try:
+        up = host.wait("DBIRTH", "press", temp=21.5)
+        sim.kill()
+        down = host.wait("DDEATH", "press", after=up)  # [tck-id-operational-behavior-device-ddeath]
+        sim = Process("simulate", str(workdir / "sim.yaml"), log=workdir / "sim-2.log")
+        wait_port(port)
+        back = host.wait("DBIRTH", "press", after=down, temp=21.5)
+        host.wait("DDATA", "press", after=back)
+        # No data for the device between its death and its birth.
+        between = host.messages()[down + 1 : back]
+        assert not [m for m in between if m[0] == "DDATA" and m[1] == "press"]
+    finally:
+        assert gateway.stop() == 0
+        sim.stop()
+    _seqs_in_order(host.messages())
+    host.close()
