@@ -154,8 +154,8 @@ def test_bd_seq_pairs_deaths_with_births_across_a_restart_and_a_kill(
 ) -> None:
     _, sim, path = _plant(workdir, broker)
     host = Host(broker.port)
+    gateway = Process("run", str(path), log=workdir / "gw-1.log")
     try:
-        gateway = Process("run", str(path), log=workdir / "gw-1.log")
         host.wait("NBIRTH", bdSeq=0)
         assert gateway.stop() == 0  # NDEATH 0, sent by the gateway
         deaths = host.wait("NDEATH")
@@ -172,6 +172,7 @@ def test_bd_seq_pairs_deaths_with_births_across_a_restart_and_a_kill(
         host.wait("NBIRTH", after=at, bdSeq=2)
         assert gateway.stop() == 0
     finally:
+        gateway.stop()  # already stopped, unless a wait above failed
         sim.stop()
     host.close()
 
