@@ -70,7 +70,12 @@ class Gateway:
             self.encoder = SparkplugEncoder(
                 spb_topics, self.buffer, config.devices, _value_types(config)
             )
-            self.edge = EdgeNode(spb_topics, self.encoder, BdSeq(settings.path / "bdseq"))
+            self.edge = EdgeNode(
+                spb_topics,
+                self.encoder,
+                BdSeq(settings.path / "bdseq"),
+                config.sparkplug.primary_host_id,
+            )
         else:
             self.encoder = JsonEncoder(self.topics, self.buffer, batch=mqtt.batch == "device")
         self.forwarder = Forwarder(

@@ -211,6 +211,9 @@ class SparkplugSection(StrictModel):
 
     group_id: Name
     edge_node_id: Name | None = None  # default: gateway.id
+    # The primary host's id: births and data wait until its STATE says it is online, and the
+    # server is left when it says offline.
+    primary_host_id: Name | None = None
 
 
 class HttpSection(StrictModel):

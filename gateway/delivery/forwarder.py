@@ -71,6 +71,7 @@ class Forwarder:
         self._client: MqttClient | None = None
         self._states: dict[str, bytes] = {}  # retained states waiting for room
         self._control: deque[tuple[str, bytes]] = deque()  # Sparkplug births and deaths, in order
+        self._born = asyncio.Event()  # Sparkplug: births sent on this connection, data may go
         self._acked: list[int] = []  # seqs acknowledged since the last sync
         self._qos = qos
         # States (and the will) follow mqtt.qos up to 1, and mqtt.retain (Settings.will).
@@ -152,6 +153,9 @@ class Forwarder:
         buffer = self.buffer
         while True:
             await self._connected.wait()
+            if self.sparkplug is not None and not self._born.is_set():
+                await self._born.wait()  # the primary host is not online: data waits
+                continue
             if not buffer.pending() and not self._states and not self._control:
                 buffer.ready.clear()
                 await buffer.ready.wait()
@@ -162,6 +166,8 @@ class Forwarder:
     async def _drain(self, client: MqttClient) -> None:
         """Publish while connected and there is room in the window: states first."""
         buffer, qos, inflight = self.buffer, self._qos, self.inflight
+        if self.sparkplug is not None and not self._born.is_set():
+            return  # no data before the births
         sent = 0
         while self._connected.is_set():
             window = self._window()
@@ -283,7 +289,17 @@ class Forwarder:
         self.connections += 1
         self.buffer.connected()
         if self.sparkplug is not None:
-            self._control = deque(self.sparkplug.births())
+            edge = self.sparkplug
+            edge.session_started()
+            self._born.clear()
+            self._control.clear()
+            if self._client is not None:
+                for topic_filter, qos in edge.subscriptions():
+                    self._client.subscribe(topic_filter, qos)
+            if edge.host_online:
+                self._birth(edge)
+            else:
+                log.info("waiting for the primary host to be online", host=edge.primary_host)
         else:
             self._states = {self.status_topic: self._status(), **self.retained}
         self._connected.set()
@@ -291,6 +307,7 @@ class Forwarder:
 
     def disconnected(self, reason: str, by_broker: bool) -> None:
         self._connected.clear()
+        self._born.clear()
         self._room.set()  # a waiting drain sees the disconnect
         if by_broker and not self._stopping:
             self._look_for_a_culprit()
@@ -325,7 +342,32 @@ class Forwarder:
         self._made_room()
 
     def received(self, message: Message) -> None:
-        """The readings' session subscribes to nothing."""
+        """The readings' session subscribes only to a Sparkplug edge node's NCMD and its
+        primary host's STATE."""
+        edge = self.sparkplug
+        if edge is None:
+            return
+        online = edge.host_state(message.topic, message.payload)
+        if online is True and not self._born.is_set():
+            log.info("the primary host is online: births, then what waited", host=edge.primary_host)
+            self.buffer.connected()  # what waited for the host is sent as historical
+            self._birth(edge)
+        elif online is False and self._born.is_set() and self._client is not None:
+            # [tck-id-operational-behavior-edge-node-termination-host-offline]: the server is
+            # left (the broker publishes the NDEATH will); data waits in the buffer.
+            log.warning("the primary host is offline: leaving the server", host=edge.primary_host)
+            self._born.clear()
+            self._client.drop("the primary host is offline")
+        elif edge.rebirth_asked(message.topic, message.payload):
+            if self._control or not self._born.is_set():
+                return  # births are on their way already: one rebirth answers every request
+            log.info("rebirth asked for by a Sparkplug host")
+            self._birth(edge)
+
+    def _birth(self, edge: EdgeNode) -> None:
+        self._control = deque(edge.births())
+        self._born.set()
+        self.buffer.ready.set()
 
     def _made_room(self) -> None:
         low_water = self._low_water

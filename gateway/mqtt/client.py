@@ -247,6 +247,13 @@ class MqttClient:
         else:
             self._client.subscribe(topic_filter, qos)
 
+    def drop(self, reason: str) -> None:
+        """End the connection without DISCONNECT, so the broker publishes the will; it
+        reconnects as after any loss (a Sparkplug edge node leaves a server whose primary host
+        went offline)."""
+        self._close_socket()
+        self._went_down(reason)
+
     def reset_session(self) -> None:
         """Forget every message in flight; the next connection starts a new session (the
         broker forgets its copy too). The listener hands again what it still wants sent."""

@@ -4,12 +4,16 @@ Statement ids of the Sparkplug 3.0 specification in brackets."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pysparkplug as ps
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.helpers import Collector, Mosquitto, Process, free_port, until, wait_port
+from tests.integration.line import wait_buffered, wait_event
 from tests.integration.plant import device, write_map
 
 POINTS = """
@@ -60,13 +64,19 @@ class Host:
             out.append((kind, dev, payload))
         return out
 
-    def wait(self, kind: str, dev: str | None = None, after: int = 0, **match: Any) -> int:
-        """The index of the first message of ``kind`` (for ``dev``) after index ``after``."""
+    def wait(
+        self, kind: str, dev: str | None = None, after: int = 0, live: bool = False, **match: Any
+    ) -> int:
+        """The index of the first message of ``kind`` (for ``dev``; ``live``: with no
+        historical metric) from index ``after`` whose metrics have the values ``match`` says."""
 
         def found() -> int | None:
             for i, (k, d, payload) in enumerate(self.messages()):
-                mine = i >= after and k == kind and (dev is None or d == dev)
-                if mine and all(_value(payload, n) == v for n, v in match.items()):
+                if i < after or k != kind or (dev is not None and d != dev):
+                    continue
+                if live and any(m.is_historical for m in payload.metrics):
+                    continue
+                if all(_value(payload, n) == v for n, v in match.items()):
                     return i + 1  # 1-based: never falsy
             return None
 
@@ -198,4 +208,102 @@ def test_a_device_outage_is_a_ddeath_and_its_return_a_dbirth(
         assert gateway.stop() == 0
         sim.stop()
     _seqs_in_order(host.messages())
+    host.close()
+
+
+def test_a_host_asks_for_a_rebirth_and_gets_every_birth_again(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    _, sim, path = _plant(workdir, broker)
+    host = Host(broker.port)
+    gateway = Process("run", str(path), log=workdir / "gw.log")
+    commander = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scada-{free_port()}")
+    commander.connect("127.0.0.1", broker.port)
+    commander.loop_start()
+    try:
+        up = host.wait("DBIRTH", "press", temp=21.5)
+        host.wait("DDATA", "press", after=up)
+        # NCMD with Node Control/Rebirth true, as a host encodes it (pysparkplug).
+        now = ps.get_current_timestamp()
+        rebirth = ps.Metric(
+            timestamp=now, name="Node Control/Rebirth", datatype=ps.DataType.BOOLEAN, value=True
+        )
+        request = ps.NCmd(timestamp=now, metrics=(rebirth,))
+        at = len(host.messages())
+        commander.publish(f"{PREFIX}/NCMD/{NODE}", request.encode(include_dtypes=True), qos=1)
+        again = host.wait("NBIRTH", after=at)
+        # The same session: the same bdSeq [tck-id-operational-behavior-data-commands-rebirth-
+        # action-3], seq from 0, and the device's birth with its current values.
+        assert host.messages()[again][2].seq == 0
+        assert _value(host.messages()[again][2], "bdSeq") == 0
+        host.wait("DBIRTH", "press", after=again, temp=21.5)
+        # A payload that is not Sparkplug is ignored, and the gateway goes on.
+        commander.publish(f"{PREFIX}/NCMD/{NODE}", b"not protobuf", qos=1)
+        last = len(host.messages())
+        host.wait("DDATA", "press", after=last)
+        assert not [m for m in host.messages()[last:] if m[0] == "NBIRTH"]
+    finally:
+        commander.loop_stop()
+        commander.disconnect()
+        assert gateway.stop() == 0
+        sim.stop()
+    _seqs_in_order(host.messages())
+    host.close()
+
+
+def test_with_a_primary_host_data_waits_for_it_and_nothing_is_lost(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    """Host offline: no birth, readings held in the buffer. Host online: births, then what
+    waited (historical, in order), then live data. Host offline again: the gateway leaves the
+    server (the broker publishes its NDEATH) and waits again."""
+    port = free_port()
+    plc = device("press", port, POINTS, poll="200ms")
+    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
+                  log=workdir / "sim.log")  # fmt: skip
+    wait_port(port)
+    host_id = f"scada-{port}"
+    path = write_map(
+        workdir / "gw.yaml", broker.port, [plc], mqtt="format: sparkplug",
+        sections=f"sparkplug: {{group_id: {GROUP}, primary_host_id: {host_id}}}",
+    )  # fmt: skip
+    scada = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scada-{free_port()}")
+    scada.connect("127.0.0.1", broker.port)
+    scada.loop_start()
+
+    def state(online: bool, timestamp: int) -> None:
+        body = json.dumps({"online": online, "timestamp": timestamp})
+        scada.publish(f"spBv1.0/STATE/{host_id}", body, qos=1, retain=True).wait_for_publish()
+
+    state(False, 1000)
+    host = Host(broker.port)
+    gateway = Process("run", str(path), log=workdir / "gw.log")
+    try:
+        wait_event(gateway, "waiting for the primary host to be online")
+        held = wait_buffered(workdir, 10)  # ten polls' worth of DDATA wait on disk
+        assert not [m for m in host.messages() if m[0] != "NDEATH"]  # nothing was published
+
+        state(True, 2000)
+        born = host.wait("NBIRTH")
+        live = host.wait("DDATA", "press", after=born, live=True)
+        after_birth = host.messages()[born:live]
+        historical = [m[2] for m in after_birth if m[0] == "DDATA"]
+        assert len(historical) >= held
+        assert all(metric.is_historical for p in historical for metric in p.metrics)
+        counts = [_value(p, "count") for p in historical if _value(p, "count") is not None]
+        assert counts == sorted(counts)  # in order
+        _seqs_in_order(host.messages())
+
+        state(False, 3000)
+        death = host.wait("NDEATH", after=live)  # the will: the gateway left the server
+        assert host.messages()[death][2].bd_seq_metric.value == 0
+        wait_event(gateway, "the primary host is offline: leaving the server")
+        state(True, 4000)
+        host.wait("NBIRTH", after=death, bdSeq=1)
+    finally:
+        scada.publish(f"spBv1.0/STATE/{host_id}", b"", retain=True).wait_for_publish()
+        scada.loop_stop()
+        scada.disconnect()
+        assert gateway.stop() == 0
+        sim.stop()
     host.close()

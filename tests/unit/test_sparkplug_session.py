@@ -1,4 +1,4 @@
-"""The Sparkplug edge node's bookkeeping: bdSeq on disk, topics."""
+"""The Sparkplug edge node's bookkeeping: bdSeq on disk, topics, the primary host, seq."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import os
 import stat
 from pathlib import Path
 
+from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
 from gateway.delivery.sparkplug.bdseq import BdSeq
+from gateway.delivery.sparkplug.session import EdgeNode, SparkplugEncoder
 from gateway.delivery.sparkplug.topics import SparkplugTopics, state_topic
 
 
@@ -46,3 +48,52 @@ def test_topics() -> None:
     ):
         assert topics.device_of_command(other) is None
     assert state_topic("scada-1") == "spBv1.0/STATE/scada-1"
+
+
+def _edge(tmp_path: Path, host: str | None = "scada") -> EdgeNode:
+    topics = SparkplugTopics("g", "n")
+    encoder = SparkplugEncoder(topics, _NoRecords(), [], {})
+    return EdgeNode(topics, encoder, BdSeq(tmp_path / "bdseq"), host)
+
+
+class _NoRecords:
+    def take_seq(self) -> int:
+        raise AssertionError("no data in these tests")
+
+    def add(self, record: object) -> None:
+        raise AssertionError("no data in these tests")
+
+
+def test_the_primary_hosts_state_counts_only_when_valid_and_not_older(tmp_path: Path) -> None:
+    edge = _edge(tmp_path)
+    topic = state_topic("scada")
+    assert edge.host_online is False
+    assert edge.host_state(topic, b'{"online": true, "timestamp": 10}') is True
+    # An older STATE is not taken [tck-id-message-flow-edge-node-birth-publish-phid-wait-timestamp].
+    assert edge.host_state(topic, b'{"online": false, "timestamp": 9}') is None
+    assert edge.host_online is True
+    assert edge.host_state(topic, b'{"online": false, "timestamp": 10}') is False
+    for junk in (b"", b"[]", b'{"online": "yes", "timestamp": 11}', b'{"online": true}',
+                 b'{"online": true, "timestamp": true}'):  # fmt: skip
+        assert edge.host_state(topic, junk) is None
+    assert edge.host_state(state_topic("other"), b'{"online": true, "timestamp": 99}') is None
+    assert edge.host_online is False
+    # A new connection must see the host online again before its births.
+    edge.host_state(topic, b'{"online": true, "timestamp": 12}')
+    edge.session_started()
+    assert edge.host_online is False
+    assert _edge(tmp_path, None).host_online is True  # no primary host: nothing to wait for
+
+
+def test_seq_follows_the_order_sent_and_a_message_not_sent_gives_it_back(tmp_path: Path) -> None:
+    edge = _edge(tmp_path, None)
+    seqs = []
+    for topic in ("spBv1.0/g/NBIRTH/n", "spBv1.0/g/DDATA/n/d", "spBv1.0/g/DDATA/n/d"):
+        seqs.append(pb.Payload.FromString(edge.finish(topic, b"")).seq)
+    edge.unsent()
+    seqs.append(pb.Payload.FromString(edge.finish("spBv1.0/g/DDATA/n/d", b"")).seq)
+    assert seqs == [0, 1, 2, 2]
+    edge.seq = 255
+    assert pb.Payload.FromString(edge.finish("spBv1.0/g/DDATA/n/d", b"")).seq == 0
+    # NDEATH has no seq [tck-id-payloads-sequence-num-always-included].
+    assert not pb.Payload.FromString(edge.finish("spBv1.0/g/NDEATH/n", b"")).HasField("seq")

@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
 from gateway.model import GOOD, UNCERTAIN, Reading, Value
 
@@ -242,7 +244,7 @@ def node_birth(bd_seq: int, timestamp: int, extra: Sequence[tuple[str, int, Valu
     payload.seq = 0
     _bd_seq(payload, bd_seq)
     rebirth = payload.metrics.add()
-    rebirth.name = "Node Control/Rebirth"
+    rebirth.name = REBIRTH
     rebirth.datatype = pb.Boolean
     rebirth.timestamp = timestamp
     rebirth.boolean_value = False
@@ -362,6 +364,19 @@ def as_historical(payload: bytes) -> bytes:
     for metric in message.metrics:
         metric.is_historical = True
     return _serialized(message)
+
+
+REBIRTH = "Node Control/Rebirth"
+
+
+def asks_rebirth(payload: bytes) -> bool:
+    """Whether an NCMD asks for a rebirth (``Node Control/Rebirth`` true); False for
+    anything else, including a payload that is not a Sparkplug payload."""
+    try:
+        message = Payload.FromString(payload)
+    except DecodeError:
+        return False
+    return any(m.name == REBIRTH and m.boolean_value for m in message.metrics)
 
 
 def device_death(seq: int, timestamp: int) -> bytes:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
+import orjson
+
 from gateway.config.schema import DeviceConfig
 from gateway.delivery.buffer import Record
 from gateway.delivery.encode_json import Records
@@ -26,12 +28,13 @@ from gateway.delivery.sparkplug.payload import (
     DeviceMetrics,
     MetricSpec,
     as_historical,
+    asks_rebirth,
     device_death,
     node_birth,
     node_death,
     with_seq,
 )
-from gateway.delivery.sparkplug.topics import SparkplugTopics
+from gateway.delivery.sparkplug.topics import SparkplugTopics, state_topic
 from gateway.model import BAD, Reading, Sample, expand
 from gateway.mqtt.client import Will
 
@@ -120,10 +123,20 @@ class SparkplugEncoder:
 class EdgeNode:
     """The session's side of the edge node (see the module's docstring)."""
 
-    def __init__(self, topics: SparkplugTopics, encoder: SparkplugEncoder, bd_seq: BdSeq) -> None:
+    def __init__(
+        self,
+        topics: SparkplugTopics,
+        encoder: SparkplugEncoder,
+        bd_seq: BdSeq,
+        primary_host: str | None = None,
+    ) -> None:
         self.topics = topics
         self.encoder = encoder
         self.bd_seq = bd_seq
+        self.primary_host = primary_host
+        self._state_topic = state_topic(primary_host) if primary_host else None
+        self.host_online = primary_host is None
+        self._host_timestamp = -1  # of the latest STATE taken
         self.seq = 0
         self.connected: dict[str, bool] = {}  # each device's last known connection
         self._ndeath = topics.node("NDEATH")
@@ -172,6 +185,50 @@ class EdgeNode:
         intentional-disconnect-ndeath]: the will's payload, with the current bdSeq."""
         bd_seq = self.bd_seq.current if self.bd_seq.current is not None else 0
         return self._ndeath, node_death(bd_seq)
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """What the edge node's session subscribes to: its NCMD, at QoS 1
+        [tck-id-message-flow-edge-node-ncmd-subscribe]."""
+        subscriptions = [(self.topics.node("NCMD"), 1)]
+        if self._state_topic is not None:
+            subscriptions.append((self._state_topic, 1))
+        return subscriptions
+
+    def session_started(self) -> None:
+        """A new connection: the primary host must be seen online on it before any birth
+        [tck-id-message-flow-edge-node-birth-publish-phid-wait]."""
+        if self.primary_host is not None:
+            self.host_online = False
+
+    def host_state(self, topic: str, payload: bytes) -> bool | None:
+        """The primary host's STATE: True (online) or False (offline), or None when the
+        message is not its STATE, is not valid, or is older than the one before
+        [tck-id-message-flow-edge-node-birth-publish-phid-wait-id], [...-wait-online],
+        [...-wait-timestamp]."""
+        if topic != self._state_topic:
+            return None
+        try:
+            state = orjson.loads(payload)
+            online, timestamp = state["online"], state["timestamp"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return None
+        if (
+            not isinstance(online, bool)
+            or not isinstance(timestamp, int)
+            or isinstance(timestamp, bool)
+        ):
+            return None
+        if timestamp < self._host_timestamp:
+            return None
+        self._host_timestamp = timestamp
+        self.host_online = online
+        return online
+
+    def rebirth_asked(self, topic: str, payload: bytes) -> bool:
+        """An NCMD with ``Node Control/Rebirth`` true: the births are sent again, with the
+        same bdSeq, before any more data [tck-id-operational-behavior-data-commands-rebirth-
+        action-1], [...-action-2], [...-action-3]."""
+        return topic == self.topics.node("NCMD") and asks_rebirth(payload)
 
     def unsent(self) -> None:
         """The message just finished was not sent after all: its seq is given again."""
