@@ -31,6 +31,12 @@ def main() -> None:
     parser.add_argument("--buffer", choices=("disk", "memory"), default="disk")
     parser.add_argument("--batch", choices=("point", "device"), default=None)
     parser.add_argument(
+        "--format",
+        choices=("json", "sparkplug"),
+        default="json",
+        help="Modbus scenarios: JSON messages, or Sparkplug B (one DDATA per device and poll)",
+    )
+    parser.add_argument(
         "--http",
         choices=("off", "on", "scrape"),
         default="on",

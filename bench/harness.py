@@ -91,6 +91,8 @@ class Counter:
     (``%U``), so a moment's lag of the scanning thread is not counted as latency.
     """
 
+    FORMAT = "%U %p"  # mosquitto_sub's line: receive time, payload
+
     def __init__(self, port: int, topic: str, latency: bool = False, clock: bool = False) -> None:
         """``latency``: also keep, per reading, (receive - ts, gw_ts - ts) in seconds.
         ``clock``: keep receive - (the simulator's change time in a ``clock`` point), seconds."""
@@ -109,7 +111,7 @@ class Counter:
                 "the benchmark needs mosquitto_sub: apt-get install mosquitto-clients"
             )
         self.proc = subprocess.Popen(
-            [binary, "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-F", "%U %p"],
+            [binary, "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-F", self.FORMAT],
             stdout=subprocess.PIPE,
         )
         # A burst (1,000 per-point messages at once) must not fill the pipe while this thread
@@ -167,6 +169,61 @@ class Counter:
 
     def stop(self) -> None:
         end(self.proc, 10)
+
+
+class SparkplugCounter(Counter):
+    """``Counter`` for Sparkplug B: mosquitto_sub prints each payload in hex, this thread
+    decodes it (protobuf's C decoder), counts DDATA metrics, and checks that ``seq`` goes up
+    by one from each NBIRTH (``lost`` counts the messages a gap says are missing)."""
+
+    FORMAT = "%U %t %x"
+
+    def __init__(self, port: int, topic: str, latency: bool = False, clock: bool = False) -> None:
+        self.gaps = 0
+        self._last_seq: int | None = None
+        self._clock_alias: int | None = None
+        super().__init__(port, topic, latency=False, clock=clock)
+
+    def _read(self) -> None:
+        from gateway.delivery.sparkplug.sparkplug_b_pb2 import Payload
+
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            stamp, topic, raw = line.split(b" ", 2)
+            kind = topic.split(b"/")[2]
+            payload = Payload.FromString(bytes.fromhex(raw.strip().decode()))
+            if kind == b"NDEATH":
+                continue
+            with self.lock:
+                if kind == b"NBIRTH":
+                    self._last_seq = payload.seq
+                    continue
+                if self._last_seq is not None and payload.seq != (self._last_seq + 1) % 256:
+                    self.gaps += (payload.seq - self._last_seq - 1) % 256
+                self._last_seq = payload.seq
+                if kind == b"DBIRTH":
+                    for metric in payload.metrics:
+                        if metric.name == "clock":
+                            self._clock_alias = metric.alias
+                    continue
+                if kind != b"DDATA":
+                    continue
+                self.messages += 1
+                self.values += len(payload.metrics)
+                if self.clock and self._clock_alias is not None:
+                    for metric in payload.metrics:
+                        if metric.alias == self._clock_alias:
+                            now_ms = int(float(stamp) * 1000) % 2**32
+                            self.changes.append(((now_ms - metric.int_value) % 2**32) / 1000)
+
+    def reset(self) -> None:
+        super().reset()
+        with self.lock:
+            self.gaps = 0
+
+    def lost(self) -> int:
+        with self.lock:
+            return self.gaps
 
 
 def end(process: subprocess.Popen[bytes], timeout: float) -> None:

@@ -18,6 +18,7 @@ from bench.harness import (
     Counter,
     Requester,
     Scraper,
+    SparkplugCounter,
     cpu_seconds,
     free_port_block,
     gateway_process,
@@ -251,7 +252,9 @@ def _lean_modbus(
     rng = random.Random(7)
     lines = [
         "gateway: {id: bench, hierarchy: {enterprise: bench, site: s1, area: a1}}",
-        f"mqtt: {{url: 'mqtt://127.0.0.1:{broker.port}', qos: {args.qos}, batch: {batch}}}",
+        f"mqtt: {{url: 'mqtt://127.0.0.1:{broker.port}', qos: {args.qos}, batch: {batch}, "
+        f"format: {args.format}}}",
+        *(["sparkplug: {group_id: bench}"] if args.format == "sparkplug" else []),
         f"buffer: {{mode: {args.buffer}}}",
         "http: false" if args.http == "off" else f"http: {{listen: '127.0.0.1:{http_port}'}}",
         "devices:",
@@ -275,7 +278,10 @@ def _lean_modbus(
     path = work / "map.yaml"
     path.write_text("\n".join(lines) + "\n")
     # Per-point messages are few enough to also time each one from its read (ts) to receipt.
-    counter = Counter(broker.port, "bench/#", latency=batch == "point", clock=True)
+    if args.format == "sparkplug":
+        counter: Counter = SparkplugCounter(broker.port, "spBv1.0/#", clock=True)
+    else:
+        counter = Counter(broker.port, "bench/#", latency=batch == "point", clock=True)
     simulator = subprocess.Popen(
         [sys.executable, "-m", "simulators.lean_modbus", str(path), "--tick", "100ms"],
         cwd=Path(__file__).resolve().parent.parent,
@@ -329,6 +335,7 @@ def _lean_modbus(
             "lost_seq": counter.lost(),
             "duplicate_seq": counter.duplicates,
             "http": args.http,
+            "format": args.format,
             "metrics_scrapes_bytes": [scraper.scrapes, scraper.bytes] if scraper else None,
         }
     finally:

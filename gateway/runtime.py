@@ -35,7 +35,7 @@ from gateway.delivery.sparkplug.topics import SparkplugTopics
 from gateway.http.health import Health
 from gateway.http.listener import HttpListener
 from gateway.http.metrics import Metrics, Observed
-from gateway.model import Reading, expand
+from gateway.model import Reading, Scalar, expand
 from gateway.mqtt.client import Settings, Will
 from gateway.mqtt.settings import command_session, data_session
 from gateway.pipeline import Deadband, Transform
@@ -76,6 +76,8 @@ class Gateway:
                 BdSeq(settings.path / "bdseq"),
                 config.sparkplug.primary_host_id,
             )
+            if any(d.writable for d in config.devices):
+                self.edge.write = self._sparkplug_write
         else:
             self.encoder = JsonEncoder(self.topics, self.buffer, batch=mqtt.batch == "device")
         self.forwarder = Forwarder(
@@ -287,6 +289,9 @@ class Gateway:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+
+    def _sparkplug_write(self, device: str, point: str, value: Scalar, command_id: str) -> None:
+        self.router.submit(device, point, value, command_id)
 
     def _command(self, message: Incoming) -> None:
         self.router.handle(message)

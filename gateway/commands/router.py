@@ -144,21 +144,48 @@ class CommandRouter:
             if not exact:
                 raise self._misplaced(device_id, point)
             assert point is not None
-            check_command(self.devices[device_id], point, value)
-            if device_id not in self.sources:
-                raise CommandError("this device's protocol cannot write")
-            if device_id in self.retiring:
-                raise CommandError("the device is restarting for a map reload: send it again")
-            if not self.limits[device_id].take():
-                rate = self.devices[device_id].write_rate_limit
-                raise CommandError(f"rate limit exceeded ({rate:g} commands/s for this device)")
-            if len(self.tasks) >= MAX_PENDING:
-                raise CommandError("gateway busy: too many commands waiting")
+            self._admit(device_id, point, value)
         except CommandError as exc:
             known = device_id in self.devices  # echo only names that exist
             names = (device_id, point) if known else (None, None)
             self._answer(message, _refused(exc, command_id, *names))
             return
+        self._start(message, device_id, point, value, command_id)
+
+    def submit(self, device_id: str, point: str, value: Scalar, command_id: CommandId) -> None:
+        """A write that has no answer topic (a Sparkplug DCMD): the same checks, the same
+        audit; its result is the value read back, published as a reading."""
+        try:
+            if device_id not in self.devices:
+                raise CommandError(f"unknown device {device_id!r}")
+            self._admit(device_id, point, value)
+        except CommandError as exc:
+            names = (device_id, point) if device_id in self.devices else (None, None)
+            self._answer(None, _refused(exc, command_id, *names))
+            return
+        self._start(None, device_id, point, value, command_id)
+
+    def _admit(self, device_id: str, point: str, value: Scalar) -> None:
+        """Raise ``CommandError`` unless the command may run now."""
+        check_command(self.devices[device_id], point, value)
+        if device_id not in self.sources:
+            raise CommandError("this device's protocol cannot write")
+        if device_id in self.retiring:
+            raise CommandError("the device is restarting for a map reload: send it again")
+        if not self.limits[device_id].take():
+            rate = self.devices[device_id].write_rate_limit
+            raise CommandError(f"rate limit exceeded ({rate:g} commands/s for this device)")
+        if len(self.tasks) >= MAX_PENDING:
+            raise CommandError("gateway busy: too many commands waiting")
+
+    def _start(
+        self,
+        message: Incoming | None,
+        device_id: str,
+        point: str,
+        value: Scalar,
+        command_id: CommandId,
+    ) -> None:
         task = asyncio.get_running_loop().create_task(
             self._run(message, device_id, point, value, command_id)
         )
@@ -171,7 +198,12 @@ class CommandRouter:
         self.device_of.pop(task, None)
 
     async def _run(
-        self, message: Incoming, device_id: str, point: str, value: Scalar, command_id: CommandId
+        self,
+        message: Incoming | None,
+        device_id: str,
+        point: str,
+        value: Scalar,
+        command_id: CommandId,
     ) -> None:
         device = self.devices[device_id]
         try:
@@ -194,9 +226,12 @@ class CommandRouter:
             return CommandError(f"unknown point {point!r} of device {device_id!r}")
         return CommandError(f"wrong topic: this point's is {self.topics.point(device_id, point)}")
 
-    def _answer(self, message: Incoming, result: Result) -> None:
-        result.audit(message.client)
+    def _answer(self, message: Incoming | None, result: Result) -> None:
+        """Audit and count; answer on MQTT when the command came with a topic to answer."""
+        result.audit(message.client if message is not None else None)
         self.outcomes[result.outcome] += 1
+        if message is None:
+            return
         topic, prefix = message.response_topic, self.response_prefix
         if (
             not topic

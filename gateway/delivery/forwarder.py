@@ -342,8 +342,8 @@ class Forwarder:
         self._made_room()
 
     def received(self, message: Message) -> None:
-        """The readings' session subscribes only to a Sparkplug edge node's NCMD and its
-        primary host's STATE."""
+        """The readings' session subscribes only to a Sparkplug edge node's NCMD, DCMD and
+        its primary host's STATE."""
         edge = self.sparkplug
         if edge is None:
             return
@@ -358,6 +358,8 @@ class Forwarder:
             log.warning("the primary host is offline: leaving the server", host=edge.primary_host)
             self._born.clear()
             self._client.drop("the primary host is offline")
+        elif edge.device_command(message.topic, message.payload):
+            pass  # its writes are under way
         elif edge.rebirth_asked(message.topic, message.payload):
             if self._control or not self._born.is_set():
                 return  # births are on their way already: one rebirth answers every request

@@ -13,7 +13,7 @@ import pysparkplug as ps
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.helpers import Collector, Mosquitto, Process, free_port, until, wait_port
-from tests.integration.line import wait_buffered, wait_event
+from tests.integration.line import events, wait_buffered, wait_event
 from tests.integration.plant import device, write_map
 
 POINTS = """
@@ -306,4 +306,66 @@ def test_with_a_primary_host_data_waits_for_it_and_nothing_is_lost(
         scada.disconnect()
         assert gateway.stop() == 0
         sim.stop()
+    host.close()
+
+
+SETPOINT = """
+      - {name: setpoint, table: holding, address: 10, type: float32, unit: degC, writable: true,
+         min: 0, max: 300, sim: {constant: 180}}"""
+
+
+def test_dcmd_writes_through_the_command_checks_and_the_value_comes_back_as_ddata(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    port = free_port()
+    plc = device("press", port, POINTS + SETPOINT, poll="200ms")
+    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
+                  log=workdir / "sim.log")  # fmt: skip
+    wait_port(port)
+    path = write_map(workdir / "gw.yaml", broker.port, [plc], mqtt="format: sparkplug",
+                     sections=SECTIONS)  # fmt: skip
+    host = Host(broker.port)
+    scada = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scada-{free_port()}")
+    scada.connect("127.0.0.1", broker.port)
+    scada.loop_start()
+    gateway = Process("run", str(path), log=workdir / "gw.log")
+
+    def dcmd(**metric: Any) -> None:
+        now = ps.get_current_timestamp()
+        command = ps.DCmd(timestamp=now, metrics=(ps.Metric(timestamp=now, **metric),))
+        topic = f"{PREFIX}/DCMD/{NODE}/press"
+        scada.publish(topic, command.encode(include_dtypes=True), qos=1).wait_for_publish()
+
+    try:
+        at = host.wait("DBIRTH", "press", setpoint=180.0)
+        alias = next(m.alias for m in host.messages()[at][2].metrics if m.name == "setpoint")
+        # By name: written, read back, published as DDATA.
+        dcmd(name="setpoint", datatype=ps.DataType.FLOAT, value=185.5)
+        at = host.wait("DDATA", "press", after=at, setpoint=185.5)
+        # By alias, as hosts send them after a birth.
+        dcmd(name=None, alias=alias, datatype=ps.DataType.FLOAT, value=190.0)
+        at = host.wait("DDATA", "press", after=at, setpoint=190.0)
+        # Refused by the same checks as any command: above max, not writable.
+        dcmd(name="setpoint", datatype=ps.DataType.FLOAT, value=500.0)
+        dcmd(name="count", datatype=ps.DataType.UINT16, value=7)
+
+        def refusals() -> list[dict[str, Any]] | None:
+            found = [e for e in events(gateway, "command") if e["outcome"] == "refused"]
+            return found if len(found) == 2 else None
+
+        refused = until(refusals, "two refusals in the audit log")
+        assert [e["point"] for e in refused] == ["setpoint", "count"]
+        assert "300" in refused[0]["error"] and refused[1]["error"] == "not writable"
+        host.wait("DDATA", "press", after=at)  # data goes on
+        assert all(
+            _value(m[2], "setpoint") != 500.0 for m in host.messages()[at:] if m[0] == "DDATA"
+        )
+        written = [e for e in events(gateway, "command") if e["outcome"] == "written"]
+        assert [(e["new"], e["read_back"]) for e in written] == [(185.5, 185.5), (190.0, 190.0)]
+    finally:
+        scada.loop_stop()
+        scada.disconnect()
+        assert gateway.stop() == 0
+        sim.stop()
+    _seqs_in_order(host.messages())
     host.close()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
-from gateway.model import GOOD, UNCERTAIN, Reading, Value
+from gateway.model import GOOD, UNCERTAIN, Reading, Scalar, Value
 
 Payload = pb.Payload
 Metric = pb.Payload.Metric
@@ -273,6 +273,7 @@ class DeviceMetrics:
 
     def __init__(self, specs: Sequence[MetricSpec]) -> None:
         self.specs = {s.name: s for s in specs}
+        self.names = {s.alias: s.name for s in specs}  # alias -> name (commands)
         self.datatypes: dict[str, int | None] = {s.name: s.datatype for s in specs}
         self.not_good: set[str] = set()
 
@@ -364,6 +365,46 @@ def as_historical(payload: bytes) -> bytes:
     for metric in message.metrics:
         metric.is_historical = True
     return _serialized(message)
+
+
+def metric_value(metric: Metric, datatype: int) -> Scalar:
+    """A command metric's value as the point's datatype reads it (signed integers from
+    two's complement at their width); ``ValueError`` when it holds none, or another kind."""
+    which = metric.WhichOneof("value")
+    if metric.is_null or which is None:
+        raise ValueError("the metric has no value")
+    if datatype == pb.Boolean and which == "boolean_value":
+        return bool(metric.boolean_value)
+    if datatype in _MASKS and which == "int_value":
+        return _signed(metric.int_value, datatype)
+    if datatype in (pb.Int64, pb.UInt64) and which == "long_value":
+        return _signed(metric.long_value, datatype)
+    if datatype == pb.Float and which == "float_value":
+        return float(metric.float_value)
+    if datatype in (pb.Float, pb.Double) and which == "double_value":
+        return float(metric.double_value)
+    if datatype in (pb.String, pb.Text) and which == "string_value":
+        return str(metric.string_value)
+    name = pb.DataType.Name(datatype) if datatype in pb.DataType.values() else str(datatype)
+    raise ValueError(f"a {which} for a {name} metric")
+
+
+_SIGNED_BITS: dict[int, int] = {pb.Int8: 8, pb.Int16: 16, pb.Int32: 32, pb.Int64: 64}
+
+
+def _signed(number: int, datatype: int) -> int:
+    bits = _SIGNED_BITS.get(datatype)
+    if bits is not None and number >= 1 << (bits - 1):
+        return number - (1 << bits)
+    return int(number)
+
+
+def command_metrics(payload: bytes) -> list[Metric]:
+    """The metrics of an NCMD or DCMD; ``ValueError`` for a payload that is not Sparkplug."""
+    try:
+        return list(Payload.FromString(payload).metrics)
+    except DecodeError:
+        raise ValueError("not a Sparkplug payload") from None
 
 
 REBIRTH = "Node Control/Rebirth"

@@ -15,9 +15,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import orjson
+import structlog
 
 from gateway.config.schema import DeviceConfig
 from gateway.delivery.buffer import Record
@@ -29,14 +30,18 @@ from gateway.delivery.sparkplug.payload import (
     MetricSpec,
     as_historical,
     asks_rebirth,
+    command_metrics,
     device_death,
+    metric_value,
     node_birth,
     node_death,
     with_seq,
 )
 from gateway.delivery.sparkplug.topics import SparkplugTopics, state_topic
-from gateway.model import BAD, Reading, Sample, expand
+from gateway.model import BAD, Reading, Sample, Scalar, expand
 from gateway.mqtt.client import Will
+
+log = structlog.get_logger("gateway.sparkplug")
 
 QOS = 0  # every message of an edge node; the will is QoS 1
 
@@ -137,6 +142,8 @@ class EdgeNode:
         self._state_topic = state_topic(primary_host) if primary_host else None
         self.host_online = primary_host is None
         self._host_timestamp = -1  # of the latest STATE taken
+        # Where a DCMD's writes go (the command router): device, point, value, command id.
+        self.write: Callable[[str, str, Scalar, str], None] | None = None
         self.seq = 0
         self.connected: dict[str, bool] = {}  # each device's last known connection
         self._ndeath = topics.node("NDEATH")
@@ -190,6 +197,8 @@ class EdgeNode:
         """What the edge node's session subscribes to: its NCMD, at QoS 1
         [tck-id-message-flow-edge-node-ncmd-subscribe]."""
         subscriptions = [(self.topics.node("NCMD"), 1)]
+        if self.write is not None:  # [tck-id-message-flow-device-dcmd-subscribe]
+            subscriptions.append((self.topics.device_commands(), 1))
         if self._state_topic is not None:
             subscriptions.append((self._state_topic, 1))
         return subscriptions
@@ -229,6 +238,36 @@ class EdgeNode:
         same bdSeq, before any more data [tck-id-operational-behavior-data-commands-rebirth-
         action-1], [...-action-2], [...-action-3]."""
         return topic == self.topics.node("NCMD") and asks_rebirth(payload)
+
+    def device_command(self, topic: str, payload: bytes) -> bool:
+        """A DCMD: each metric, named or by alias, becomes a write through the command
+        router's checks (writable, limits, read-back, audit); its new value is published as
+        DDATA when read back. False when the message is not a DCMD."""
+        device = self.topics.device_of_command(topic)
+        if device is None or self.write is None:
+            return False
+        metrics = self.encoder.metrics.get(device)
+        try:
+            if metrics is None:
+                raise ValueError(f"unknown device {device!r}")
+            commands = command_metrics(payload)
+        except ValueError as exc:
+            log.warning("DCMD refused", device=device, reason=str(exc))
+            return True
+        for metric in commands:
+            name = metric.name or metrics.names.get(metric.alias)
+            datatype = metrics.datatypes.get(name) if name else None
+            try:
+                if name is None or name not in metrics.specs:
+                    raise ValueError(f"unknown metric {metric.name or metric.alias!r}")
+                if datatype is None:
+                    raise ValueError(f"metric {name!r} has no datatype yet (no value read)")
+                value = metric_value(metric, datatype)
+            except ValueError as exc:
+                log.warning("DCMD refused", device=device, metric=name, reason=str(exc))
+                continue
+            self.write(device, name, value, f"dcmd:{device}/{name}")
+        return True
 
     def unsent(self) -> None:
         """The message just finished was not sent after all: its seq is given again."""
