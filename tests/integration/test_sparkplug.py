@@ -131,6 +131,7 @@ def test_births_data_by_alias_and_seq_from_a_running_gateway(
         nbirth = host.get("NBIRTH")
         assert _value(nbirth, "bdSeq") == 0  # [tck-id-topics-nbirth-bdseq-increment]
         assert _value(nbirth, "Node Control/Rebirth") is False
+        assert _value(nbirth, "Properties/Software").startswith("factory-gateway ")
         # The device's birth once it answered: every metric, with its current value.
         at = host.wait("DBIRTH", "press", temp=21.5)
         birth = host.messages()[at][2]

@@ -22,7 +22,7 @@ from gateway.delivery.sparkplug.payload import (
     node_death,
     with_seq,
 )
-from gateway.model import BAD, GOOD, UNCERTAIN, Reading, Value
+from gateway.model import BAD, GOOD, UNCERTAIN, Block, Points, Reading, Value
 
 T0 = 1_800_000_000.123  # seconds
 
@@ -181,3 +181,45 @@ def test_a_backlog_message_is_historical_in_every_metric() -> None:
         ("b", 3, True),
     ]
     assert data.seq == 9
+
+
+def test_blocks_take_the_fast_lane_and_say_the_same_as_readings() -> None:
+    specs = [
+        MetricSpec("a", 1, pb.Double),
+        MetricSpec("b", 2, pb.Int16),
+        MetricSpec("c", 3, pb.UInt32),
+    ]
+    points = Points(("a", "b", "c"), (None, None, None))
+    block = Block("d", points, [1.5, -7, 4_000_000_000], T0)
+    fast, slow = DeviceMetrics(specs), DeviceMetrics(specs)
+    by_block = pb.Payload.FromString(fast.data(1, 5, [block]))
+    by_readings = pb.Payload.FromString(slow.data(1, 5, block.readings()))
+    assert by_block == by_readings
+    birth = ps.DBirth.decode(fast.birth(0, 0, {r.point: r for r in block.readings()}))
+    # The same values again: nothing changed, no DDATA [...-data-publish-dbirth-change].
+    assert fast.data(0, 5, [block]) is None
+    # One value changed: only it goes out.
+    moved = Block("d", points, [1.5, -8, 4_000_000_000], T0 + 1)
+    stored = fast.data(0, 5, [moved])
+    assert stored is not None
+    decoded = ps.DData.decode(with_seq(stored, 1), birth=birth)
+    assert [(m.name, m.value) for m in decoded.metrics] == [("b", -8)]
+    # All changed: the whole block, by the fast lane.
+    third = Block("d", points, [2.5, 9, 1], T0 + 2)
+    stored = fast.data(0, 5, [third])
+    assert stored is not None
+    decoded = ps.DData.decode(with_seq(stored, 2), birth=birth)
+    assert [(m.name, m.value) for m in decoded.metrics] == [("a", 2.5), ("b", 9), ("c", 1)]
+
+
+def test_a_block_the_fast_lane_cannot_take_goes_the_general_way() -> None:
+    metrics = DeviceMetrics([MetricSpec("a", 1, pb.Int16), MetricSpec("b", 2, pb.Double)])
+    points = Points(("a", "b"), (None, None))
+    # A float where the metric is an integer: null and bad, the other value as it is.
+    payload = pb.Payload.FromString(metrics.data(0, 0, [Block("d", points, [1.5, 2.0], T0)]))
+    assert payload.metrics[0].is_null and payload.metrics[1].double_value == 2.0
+    # Not good before: the good value says Quality once, then the fast lane again.
+    again = pb.Payload.FromString(metrics.data(0, 0, [Block("d", points, [3, 2.0], T0)]))
+    assert _signed32(_properties(again.metrics[0])["Quality"]) == QUALITY_GOOD
+    later = pb.Payload.FromString(metrics.data(0, 0, [Block("d", points, [4, 2.5], T0)]))
+    assert not later.metrics[0].HasField("properties") and later.metrics[0].int_value == 4

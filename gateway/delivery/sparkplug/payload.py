@@ -16,11 +16,13 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
+from weakref import WeakKeyDictionary
 
 from google.protobuf.message import DecodeError
 
 from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
-from gateway.model import GOOD, UNCERTAIN, Reading, Scalar, Value
+from gateway.model import GOOD, UNCERTAIN, Block, Points, Reading, Sample, Scalar, Value
 
 Payload = pb.Payload
 Metric = pb.Payload.Metric
@@ -267,6 +269,30 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_NONE = object()  # not sent yet
+
+# Datatypes a block's plain numbers fill directly, and the field each fills.
+_FIELDS: dict[int, str] = {
+    pb.Double: "double_value",
+    pb.Float: "float_value",
+    pb.Int8: "int_value",
+    pb.Int16: "int_value",
+    pb.Int32: "int_value",
+    pb.UInt8: "int_value",
+    pb.UInt16: "int_value",
+    pb.UInt32: "int_value",
+    pb.Int64: "long_value",
+    pb.UInt64: "long_value",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    payload: Payload  # the metrics, alias only
+    fields: tuple[str, ...]  # the value field of each
+    masks: tuple[int, ...]  # two's complement of each integer at its width (0: a float)
+
+
 class DeviceMetrics:
     """One device's metrics: their aliases and datatypes, and which were last sent not good
     (a DATA message says ``Quality`` for those until they are good again)."""
@@ -276,6 +302,11 @@ class DeviceMetrics:
         self.names = {s.alias: s.name for s in specs}  # alias -> name (commands)
         self.datatypes: dict[str, int | None] = {s.name: s.datatype for s in specs}
         self.not_good: set[str] = set()
+        # The value each metric last went out with (a birth or a DATA message): DATA carries
+        # only what changed since [tck-id-operational-behavior-data-publish-dbirth-change].
+        self.sent: dict[str, Value] = {}
+        # Per set of points a source reads together: the block's DDATA metrics, ready to fill.
+        self._templates: WeakKeyDictionary[Points, _Template | Literal[False]] = WeakKeyDictionary()
 
     def birth(self, seq: int, timestamp: int, last: dict[str, Reading]) -> bytes:
         """DBIRTH: every metric with its name, alias, datatype, current value (null when
@@ -283,8 +314,11 @@ class DeviceMetrics:
         payload = Payload()
         payload.timestamp, payload.seq = timestamp, seq
         self.not_good.clear()
+        self.sent.clear()
         for name, spec in self.specs.items():
             reading = last.get(name)
+            if reading is not None and reading.value is not None:
+                self.sent[name] = reading.value
             metric = payload.metrics.add()
             metric.name, metric.alias = name, spec.alias
             datatype = self._datatype(name, reading.value if reading else None)
@@ -302,13 +336,35 @@ class DeviceMetrics:
                 self.not_good.add(name)
         return _serialized(payload)
 
-    def data(
-        self, seq: int, timestamp: int, readings: Sequence[Reading], historical: bool = False
-    ) -> bytes:
-        """DDATA: the readings by alias, each with its source timestamp."""
+    def data(self, seq: int, timestamp: int, samples: Sequence[Sample]) -> bytes | None:
+        """DDATA: the samples' values that changed, by alias, each with its source
+        timestamp; None when none changed."""
         payload = Payload()
         payload.timestamp, payload.seq = timestamp, seq
+        readings: list[Reading] = []
+        sent = self.sent
+        for sample in samples:
+            if not isinstance(sample, Block):
+                readings.append(sample)
+                continue
+            names = sample.points.names
+            if self.not_good.isdisjoint(names):
+                changed = [i for i, v in enumerate(sample.values) if sent.get(names[i], _NONE) != v]
+                if len(changed) == len(names) and self._add_block(payload, sample):
+                    sent.update(zip(names, sample.values, strict=True))
+                    continue
+            else:
+                changed = list(range(len(names)))
+            all_readings = sample.readings()
+            readings.extend(all_readings[i] for i in changed)
         for reading in readings:
+            if (
+                reading.quality == GOOD
+                and reading.point not in self.not_good
+                and reading.value is not None
+                and sent.get(reading.point, _NONE) == reading.value
+            ):
+                continue  # unchanged since it last went out
             spec = self.specs.get(reading.point)
             if spec is None:
                 continue
@@ -318,17 +374,66 @@ class DeviceMetrics:
             # [tck-id-payloads-metric-datatype-not-req].
             datatype = self._datatype(reading.point, reading.value)
             metric.timestamp = _ms(reading.ts)
-            if historical:
-                metric.is_historical = True
             ok = set_value(metric, datatype, reading.value)
             code = quality_code(reading) if ok else QUALITY_BAD
+            if reading.value is not None:
+                sent[reading.point] = reading.value
             if code != QUALITY_GOOD:
                 _quality(metric.properties, code)
                 self.not_good.add(reading.point)
             elif reading.point in self.not_good:
                 _quality(metric.properties, code)
                 self.not_good.discard(reading.point)
-        return _serialized(payload)
+        return _serialized(payload) if payload.metrics else None
+
+    def _add_block(self, payload: Payload, block: Block) -> bool:
+        """The fast lane: a block's good values into metrics copied from a template made once
+        per set of points (alias and value field), only the values and the timestamp set.
+        False when the block cannot take it (a point that was not good, a value of another
+        type than its metric's): its values then go the general way."""
+        template = self._templates.get(block.points)
+        if template is None:
+            template = self._templates[block.points] = self._template(block)
+        if template is False:
+            return False
+        first = len(payload.metrics)
+        payload.MergeFrom(template.payload)
+        metrics = payload.metrics
+        ts = _ms(block.ts)
+        try:
+            for i, value, field, mask in zip(
+                range(first, len(metrics)),
+                block.values,
+                template.fields,
+                template.masks,
+                strict=True,
+            ):
+                metric = metrics[i]
+                metric.timestamp = ts
+                # A float where an integer belongs raises: the block goes the general way.
+                setattr(metric, field, value & mask if mask else value)  # type: ignore[operator]
+        except (TypeError, ValueError, OverflowError):
+            del metrics[first:]
+            return False
+        return True
+
+    def _template(self, block: Block) -> _Template | Literal[False]:
+        payload = Payload()
+        fields: list[str] = []
+        masks: list[int] = []
+        for name, value in zip(block.points.names, block.values, strict=True):
+            spec = self.specs.get(name)
+            if spec is None:
+                return False
+            datatype = self._datatype(name, value)
+            field = _FIELDS.get(datatype)
+            if field is None:
+                return False
+            payload.metrics.add().alias = spec.alias
+            fields.append(field)
+            floating = field in ("double_value", "float_value")
+            masks.append(0 if floating else _MASKS.get(datatype, 0xFFFFFFFFFFFFFFFF))
+        return _Template(payload, tuple(fields), tuple(masks))
 
     def _datatype(self, name: str, value: Value | None) -> int:
         datatype = self.datatypes.get(name)

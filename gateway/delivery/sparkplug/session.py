@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import orjson
 import structlog
 
+from gateway import __version__
 from gateway.config.schema import DeviceConfig
 from gateway.delivery.buffer import Record
 from gateway.delivery.encode_json import Records
+from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
 from gateway.delivery.sparkplug.bdseq import BdSeq
 from gateway.delivery.sparkplug.payload import (
     VALUE_TYPES,
@@ -38,12 +40,14 @@ from gateway.delivery.sparkplug.payload import (
     with_seq,
 )
 from gateway.delivery.sparkplug.topics import SparkplugTopics, state_topic
-from gateway.model import BAD, Reading, Sample, Scalar, expand
+from gateway.model import BAD, Block, Points, Reading, Sample, Scalar
 from gateway.mqtt.client import Will
 
 log = structlog.get_logger("gateway.sparkplug")
 
 QOS = 0  # every message of an edge node; the will is QoS 1
+# The edge node's own metrics in its NBIRTH (they do not change while it runs: no NDATA).
+NODE_METRICS = [("Properties/Software", pb.String, f"factory-gateway {__version__}")]
 
 
 class SparkplugEncoder:
@@ -58,7 +62,9 @@ class SparkplugEncoder:
         self.out = out
         self.readings = 0  # values encoded (for /metrics)
         self.metrics: dict[str, DeviceMetrics] = {}
-        self.last: dict[str, dict[str, Reading]] = {}
+        self.last: dict[str, dict[str, Reading]] = {}  # the latest reading of each point
+        # and the latest block of each set of points read together (the fast lane's)
+        self.last_blocks: dict[str, dict[Points, Block]] = {}
         self.alive: set[str] = set()  # devices a DBIRTH announced and no DDEATH since
         self._aliases: dict[tuple[str, str], int] = {}
         self.track(devices, value_types)
@@ -88,41 +94,62 @@ class SparkplugEncoder:
             metrics[device.id] = DeviceMetrics(specs)
         self.metrics = metrics
         self.last = {d: self.last.get(d, {}) if d in kept else {} for d in metrics}
+        self.last_blocks = {d: self.last_blocks.get(d, {}) if d in kept else {} for d in metrics}
         self.alive &= kept
 
     def remember(self, batch: Sequence[Sample]) -> None:
         """Take the batch's values as the current ones (a birth made now carries them)."""
-        for reading in expand(batch):
-            last = self.last.get(reading.device)
-            if last is not None:
-                last[reading.point] = reading
+        for sample in batch:
+            if isinstance(sample, Block):
+                blocks = self.last_blocks.get(sample.device)
+                if blocks is not None:
+                    blocks[sample.points] = sample
+            else:
+                last = self.last.get(sample.device)
+                if last is not None:
+                    last[sample.point] = sample
 
     def send(self, batch: Sequence[Sample]) -> None:
         """A DDATA per device of the batch (usually one), stored before it has its seq."""
-        readings = expand(batch)
-        if not readings:
+        if not batch:
             return
-        self.readings += len(readings)
+        self.remember(batch)
         now = time.time()
-        by_device: dict[str, list[Reading]] = {}
-        for reading in readings:
-            by_device.setdefault(reading.device, []).append(reading)
+        by_device: dict[str, list[Sample]] = {}
+        for sample in batch:
+            by_device.setdefault(sample.device, []).append(sample)
         for device, group in by_device.items():
             metrics = self.metrics.get(device)
             if metrics is None:
                 continue
-            last = self.last[device]
-            for reading in group:
-                last[reading.point] = reading
-            if device not in self.alive and all(r.quality == BAD for r in group):
+            if device not in self.alive and all(
+                isinstance(s, Reading) and s.quality == BAD for s in group
+            ):
                 continue  # the device's DDEATH says it: no data of a dead device
-            seq = self.out.take_seq()
+            self.readings += sum(len(s.values) if isinstance(s, Block) else 1 for s in group)
             payload = metrics.data(0, round(now * 1000), group)
+            if payload is None:
+                continue  # nothing changed since it last went out
+            seq = self.out.take_seq()
             topic = self.topics.device("DDATA", device)
-            self.out.add(Record(seq, topic, payload, now, min(r.ts for r in group)))
+            self.out.add(Record(seq, topic, payload, now, min(s.ts for s in group)))
+
+    def current(self, device: str) -> dict[str, Reading]:
+        """Each point's latest reading, from blocks and readings alike."""
+        latest: dict[str, Reading] = {}
+        for block in self.last_blocks.get(device, {}).values():
+            for reading in block.readings():
+                seen = latest.get(reading.point)
+                if seen is None or reading.ts >= seen.ts:
+                    latest[reading.point] = reading
+        for reading in self.last.get(device, {}).values():
+            seen = latest.get(reading.point)
+            if seen is None or reading.ts >= seen.ts:
+                latest[reading.point] = reading
+        return latest
 
     def birth(self, device: str) -> bytes:
-        return self.metrics[device].birth(0, round(time.time() * 1000), self.last[device])
+        return self.metrics[device].birth(0, round(time.time() * 1000), self.current(device))
 
 
 class EdgeNode:
@@ -156,7 +183,8 @@ class EdgeNode:
     def births(self) -> list[tuple[str, bytes]]:
         """After connecting: NBIRTH, a DBIRTH per device, a DDEATH per device not connected."""
         bd_seq = self.bd_seq.current if self.bd_seq.current is not None else 0
-        messages = [(self._nbirth, node_birth(bd_seq, round(time.time() * 1000)))]
+        node = node_birth(bd_seq, round(time.time() * 1000), NODE_METRICS)
+        messages = [(self._nbirth, node)]
         encoder = self.encoder
         for device in encoder.metrics:
             messages.append((self.topics.device("DBIRTH", device), encoder.birth(device)))
