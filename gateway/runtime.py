@@ -202,6 +202,10 @@ class Gateway:
                 self.topics.device_status(device),
                 _device_state("removed", "removed from the device map"),
             )
+        if self.edge is not None:  # a restarted device is born again when it answers
+            for restarted in change.restarted:
+                if (death := self.edge.device_state(restarted.id, False)) is not None:
+                    self.forwarder.send_control(*death)
         for moved in change.restarted:  # moved to another line: its old state must not stay
             old, now = self.topics.device_status(moved.id), topics.device_status(moved.id)
             if old != now and self.edge is None:
@@ -218,7 +222,7 @@ class Gateway:
         router, self.router = self.router, self._router(new)
         self.router.take_over(router, change.unchanged)
         if change.mqtt:
-            self.forwarder.switch(session, new.mqtt.qos)
+            self.forwarder.switch(session, 0 if self.edge is not None else new.mqtt.qos)
             await self._stop_commands()
         self._follow_commands(session)
         for source in fresh:
@@ -239,7 +243,14 @@ class Gateway:
         mqtt = config.mqtt
         if self.edge is not None:  # the NDEATH, with a new bdSeq for every CONNECT
             session = data_session(mqtt, mqtt.client_id or config.gateway.id, None)
-            return replace(session, will_provider=self.edge.will)
+            # A clean session, as Sparkplug requires: the broker keeps no DCMD for later.
+            return replace(
+                session,
+                will_provider=self.edge.will,
+                persistent=False,
+                session_expiry=0,
+                content_type=None,
+            )
         will = Will(self.topics.status, OFFLINE, min(mqtt.qos, 1), mqtt.retain)
         return data_session(mqtt, mqtt.client_id or config.gateway.id, will)
 

@@ -72,6 +72,7 @@ class Forwarder:
         self._states: dict[str, bytes] = {}  # retained states waiting for room
         self._control: deque[tuple[str, bytes]] = deque()  # Sparkplug births and deaths, in order
         self._born = asyncio.Event()  # Sparkplug: births sent on this connection, data may go
+        self._watermark = 0  # Sparkplug: records before the births are history to the host
         self._acked: list[int] = []  # seqs acknowledged since the last sync
         self._qos = qos
         # States (and the will) follow mqtt.qos up to 1, and mqtt.retain (Settings.will).
@@ -188,7 +189,12 @@ class Forwarder:
             record, replayed = item
             edge = self.sparkplug
             if edge is not None:
-                payload = edge.finish(record.topic, record.payload, replayed)
+                if not edge.owns(record.topic):  # left by a run with another map or format
+                    buffer.handed(record)
+                    self._refused([record.seq], "not_this_node", "not a DDATA of this edge node")
+                    continue
+                historical = replayed or record.seq < self._watermark
+                payload = edge.finish(record.topic, record.payload, historical)
             else:
                 payload = mark_replayed(record.payload) if replayed else record.payload
             buffer.handed(record)
@@ -245,7 +251,8 @@ class Forwarder:
             return  # the births of the next connection say it all again
         except BrokerError as exc:
             self.sparkplug.unsent()
-            log.warning("Sparkplug message not published", topic=topic, reason=str(exc))
+            self.sparkplug.not_born(topic)  # its data must wait for a birth that gets through
+            log.error("Sparkplug message not published", topic=topic, reason=str(exc))
             return
         self.inflight[mid] = None
 
@@ -358,16 +365,19 @@ class Forwarder:
             log.warning("the primary host is offline: leaving the server", host=edge.primary_host)
             self._born.clear()
             self._client.drop("the primary host is offline")
+        elif not self._born.is_set():
+            return  # no command before this connection's births (a DCMD is never run late)
         elif edge.device_command(message.topic, message.payload):
             pass  # its writes are under way
         elif edge.rebirth_asked(message.topic, message.payload):
-            if self._control or not self._born.is_set():
-                return  # births are on their way already: one rebirth answers every request
             log.info("rebirth asked for by a Sparkplug host")
-            self._birth(edge)
+            self._birth(edge)  # the births replace whatever birth or death was still queued
 
     def _birth(self, edge: EdgeNode) -> None:
         self._control = deque(edge.births())
+        # What was encoded before these births (given back by a lost connection, say) goes
+        # out after them as history: the births carry the current values.
+        self._watermark = self.buffer.next_seq
         self._born.set()
         self.buffer.ready.set()
 
@@ -511,7 +521,7 @@ class Forwarder:
                         await self._drain(client)
                         await asyncio.sleep(0.01)
                 await self._wait_for_room(0)
-        if not offline:
+        if not offline and self.sparkplug is None:
             self._collect()
             return
         # "offline" goes out whatever the window: a clean DISCONNECT follows, so the broker

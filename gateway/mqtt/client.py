@@ -252,6 +252,9 @@ class MqttClient:
         reconnects as after any loss (a Sparkplug edge node leaves a server whose primary host
         went offline)."""
         self._close_socket()
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()  # the broker sees the connection end now, and publishes the will
         self._went_down(reason)
 
     def reset_session(self) -> None:

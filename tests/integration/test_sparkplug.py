@@ -101,7 +101,9 @@ def _seqs_in_order(messages: list[tuple[str, str | None, Any]]) -> None:
     previous: int | None = None
     for kind, dev, payload in messages:
         if kind == "NDEATH":
+            previous = None  # the next session starts with its NBIRTH
             continue
+        assert previous is not None or kind == "NBIRTH", f"{kind} {dev} before an NBIRTH"
         if kind == "NBIRTH":
             assert payload.seq == 0  # [tck-id-payloads-sequence-num-zero-nbirth]
         elif previous is not None:

@@ -18,6 +18,7 @@ from gateway.delivery.sparkplug.payload import (
     MetricSpec,
     as_historical,
     device_death,
+    metric_value,
     node_birth,
     node_death,
     with_seq,
@@ -223,3 +224,32 @@ def test_a_block_the_fast_lane_cannot_take_goes_the_general_way() -> None:
     assert _signed32(_properties(again.metrics[0])["Quality"]) == QUALITY_GOOD
     later = pb.Payload.FromString(metrics.data(0, 0, [Block("d", points, [4, 2.5], T0)]))
     assert not later.metrics[0].HasField("properties") and later.metrics[0].int_value == 4
+
+
+def test_the_fast_lane_refuses_what_the_general_path_refuses_and_keeps_the_order() -> None:
+    metrics = DeviceMetrics(
+        [MetricSpec("a", 1, pb.Int16), MetricSpec("b", 2, pb.Double), MetricSpec("c", 3, pb.UInt16)]
+    )
+    first = Block("d", Points(("a",), (None,)), [70000], T0)  # beyond int16
+    second = Block("d", Points(("b",), (None,)), [float("nan")], T0 + 1)
+    third = Block("d", Points(("c",), (None,)), [-1], T0 + 2)  # below uint16
+    fourth = Block("d", Points(("a", "b"), (None, None)), [5, 1.5], T0 + 3)
+    payload = pb.Payload.FromString(metrics.data(0, 0, [first, second, third, fourth]) or b"")
+    # In the samples' order [tck-id-operational-behavior-data-publish-dbirth-order]; the three
+    # impossible values null and bad, as the general path makes them.
+    assert [(m.alias, m.timestamp) for m in payload.metrics] == [
+        (1, 1_800_000_000_123), (2, 1_800_000_001_123), (3, 1_800_000_002_123),
+        (1, 1_800_000_003_123), (2, 1_800_000_003_123),
+    ]  # fmt: skip
+    assert [m.is_null for m in payload.metrics] == [True, True, True, False, False]
+
+
+def test_command_integers_read_in_both_of_their_encodings() -> None:
+    for raw in (65531, 4294967291):  # Tahu's Python, and sign-extended as Java writes it
+        metric = pb.Payload.Metric(int_value=raw)
+        assert metric_value(metric, pb.Int16) == -5
+    assert metric_value(pb.Payload.Metric(int_value=65531), pb.UInt16) == 65531
+    assert metric_value(pb.Payload.Metric(long_value=2**64 - 1), pb.Int64) == -1
+    assert metric_value(pb.Payload.Metric(double_value=2.5), pb.Float) == 2.5
+    with pytest.raises(ValueError):
+        metric_value(pb.Payload.Metric(string_value="x"), pb.Int16)

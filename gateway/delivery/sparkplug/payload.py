@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -270,6 +271,10 @@ def _now_ms() -> int:
 
 
 _NONE = object()  # not sent yet
+_FLOAT_RANGES: dict[int, tuple[float, float]] = {
+    pb.Float: (-3.4028234663852886e38, 3.4028234663852886e38),
+    pb.Double: (-sys.float_info.max, sys.float_info.max),
+}
 
 # Datatypes a block's plain numbers fill directly, and the field each fills.
 _FIELDS: dict[int, str] = {
@@ -291,6 +296,7 @@ class _Template:
     payload: Payload  # the metrics, alias only
     fields: tuple[str, ...]  # the value field of each
     masks: tuple[int, ...]  # two's complement of each integer at its width (0: a float)
+    ranges: tuple[tuple[float, float], ...]  # the values each takes (NaN is in none)
 
 
 class DeviceMetrics:
@@ -337,15 +343,15 @@ class DeviceMetrics:
         return _serialized(payload)
 
     def data(self, seq: int, timestamp: int, samples: Sequence[Sample]) -> bytes | None:
-        """DDATA: the samples' values that changed, by alias, each with its source
-        timestamp; None when none changed."""
+        """DDATA: the samples' values that changed, by alias, each with its source timestamp,
+        in the samples' order (chronological [tck-id-operational-behavior-data-publish-
+        dbirth-order]); None when none changed."""
         payload = Payload()
         payload.timestamp, payload.seq = timestamp, seq
-        readings: list[Reading] = []
         sent = self.sent
         for sample in samples:
             if not isinstance(sample, Block):
-                readings.append(sample)
+                self._add_reading(payload, sample)
                 continue
             names = sample.points.names
             if self.not_good.isdisjoint(names):
@@ -355,36 +361,39 @@ class DeviceMetrics:
                     continue
             else:
                 changed = list(range(len(names)))
-            all_readings = sample.readings()
-            readings.extend(all_readings[i] for i in changed)
-        for reading in readings:
-            if (
-                reading.quality == GOOD
-                and reading.point not in self.not_good
-                and reading.value is not None
-                and sent.get(reading.point, _NONE) == reading.value
-            ):
-                continue  # unchanged since it last went out
-            spec = self.specs.get(reading.point)
-            if spec is None:
-                continue
-            metric = payload.metrics.add()
-            metric.alias = spec.alias
-            # The birth said the datatype: a DATA message does not repeat it
-            # [tck-id-payloads-metric-datatype-not-req].
-            datatype = self._datatype(reading.point, reading.value)
-            metric.timestamp = _ms(reading.ts)
-            ok = set_value(metric, datatype, reading.value)
-            code = quality_code(reading) if ok else QUALITY_BAD
-            if reading.value is not None:
-                sent[reading.point] = reading.value
-            if code != QUALITY_GOOD:
-                _quality(metric.properties, code)
-                self.not_good.add(reading.point)
-            elif reading.point in self.not_good:
-                _quality(metric.properties, code)
-                self.not_good.discard(reading.point)
+            readings = sample.readings()
+            for i in changed:
+                self._add_reading(payload, readings[i])
         return _serialized(payload) if payload.metrics else None
+
+    def _add_reading(self, payload: Payload, reading: Reading) -> None:
+        sent = self.sent
+        if (
+            reading.quality == GOOD
+            and reading.point not in self.not_good
+            and reading.value is not None
+            and sent.get(reading.point, _NONE) == reading.value
+        ):
+            return  # unchanged since it last went out
+        spec = self.specs.get(reading.point)
+        if spec is None:
+            return
+        metric = payload.metrics.add()
+        metric.alias = spec.alias
+        # The birth said the datatype: a DATA message does not repeat it
+        # [tck-id-payloads-metric-datatype-not-req].
+        datatype = self._datatype(reading.point, reading.value)
+        metric.timestamp = _ms(reading.ts)
+        ok = set_value(metric, datatype, reading.value)
+        code = quality_code(reading) if ok else QUALITY_BAD
+        if reading.value is not None:
+            sent[reading.point] = reading.value
+        if code != QUALITY_GOOD:
+            _quality(metric.properties, code)
+            self.not_good.add(reading.point)
+        elif reading.point in self.not_good:
+            _quality(metric.properties, code)
+            self.not_good.discard(reading.point)
 
     def _add_block(self, payload: Payload, block: Block) -> bool:
         """The fast lane: a block's good values into metrics copied from a template made once
@@ -401,13 +410,16 @@ class DeviceMetrics:
         metrics = payload.metrics
         ts = _ms(block.ts)
         try:
-            for i, value, field, mask in zip(
+            for i, value, field, mask, (low, high) in zip(
                 range(first, len(metrics)),
                 block.values,
                 template.fields,
                 template.masks,
+                template.ranges,
                 strict=True,
             ):
+                if not low <= value <= high:  # out of the type's range, NaN, infinite
+                    raise ValueError(value)
                 metric = metrics[i]
                 metric.timestamp = ts
                 # A float where an integer belongs raises: the block goes the general way.
@@ -421,6 +433,7 @@ class DeviceMetrics:
         payload = Payload()
         fields: list[str] = []
         masks: list[int] = []
+        ranges: list[tuple[float, float]] = []
         for name, value in zip(block.points.names, block.values, strict=True):
             spec = self.specs.get(name)
             if spec is None:
@@ -433,7 +446,8 @@ class DeviceMetrics:
             fields.append(field)
             floating = field in ("double_value", "float_value")
             masks.append(0 if floating else _MASKS.get(datatype, 0xFFFFFFFFFFFFFFFF))
-        return _Template(payload, tuple(fields), tuple(masks))
+            ranges.append(_FLOAT_RANGES.get(datatype) or _RANGES[datatype])
+        return _Template(payload, tuple(fields), tuple(masks), tuple(ranges))
 
     def _datatype(self, name: str, value: Value | None) -> int:
         datatype = self.datatypes.get(name)
@@ -498,10 +512,13 @@ _SIGNED_BITS: dict[int, int] = {pb.Int8: 8, pb.Int16: 16, pb.Int32: 32, pb.Int64
 
 
 def _signed(number: int, datatype: int) -> int:
+    """Two's complement at the type's width: Tahu's Python writes an Int16 -5 as 65531, its
+    Java (and so Ignition) sign-extends it to 32 bits, 4294967291; both read -5."""
     bits = _SIGNED_BITS.get(datatype)
-    if bits is not None and number >= 1 << (bits - 1):
-        return number - (1 << bits)
-    return int(number)
+    if bits is None:
+        return int(number)
+    number &= (1 << bits) - 1
+    return number - (1 << bits) if number >= 1 << (bits - 1) else number
 
 
 def command_metrics(payload: bytes) -> list[Metric]:

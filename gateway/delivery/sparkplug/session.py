@@ -40,7 +40,7 @@ from gateway.delivery.sparkplug.payload import (
     with_seq,
 )
 from gateway.delivery.sparkplug.topics import SparkplugTopics, state_topic
-from gateway.model import BAD, Block, Points, Reading, Sample, Scalar
+from gateway.model import Block, Points, Reading, Sample, Scalar
 from gateway.mqtt.client import Will
 
 log = structlog.get_logger("gateway.sparkplug")
@@ -66,6 +66,7 @@ class SparkplugEncoder:
         # and the latest block of each set of points read together (the fast lane's)
         self.last_blocks: dict[str, dict[Points, Block]] = {}
         self.alive: set[str] = set()  # devices a DBIRTH announced and no DDEATH since
+        self.dead: set[str] = set()  # devices known not connected (their data is not sent)
         self._aliases: dict[tuple[str, str], int] = {}
         self.track(devices, value_types)
 
@@ -122,10 +123,8 @@ class SparkplugEncoder:
             metrics = self.metrics.get(device)
             if metrics is None:
                 continue
-            if device not in self.alive and all(
-                isinstance(s, Reading) and s.quality == BAD for s in group
-            ):
-                continue  # the device's DDEATH says it: no data of a dead device
+            if device in self.dead:
+                continue  # its DDEATH says it all: no data of a device known to be gone
             self.readings += sum(len(s.values) if isinstance(s, Block) else 1 for s in group)
             payload = metrics.data(0, round(now * 1000), group)
             if payload is None:
@@ -175,6 +174,7 @@ class EdgeNode:
         self.connected: dict[str, bool] = {}  # each device's last known connection
         self._ndeath = topics.node("NDEATH")
         self._nbirth = topics.node("NBIRTH")
+        self._ddata = f"{topics.node('DDATA')}/"
 
     def will(self) -> Will:
         """NDEATH with the bdSeq of the CONNECT about to be sent (saved first)."""
@@ -199,6 +199,10 @@ class EdgeNode:
         session already says so."""
         self.connected[device] = connected
         encoder = self.encoder
+        if connected:
+            encoder.dead.discard(device)
+        else:
+            encoder.dead.add(device)
         if device not in encoder.metrics or connected == (device in encoder.alive):
             return None
         if connected:
@@ -296,6 +300,17 @@ class EdgeNode:
                 continue
             self.write(device, name, value, f"dcmd:{device}/{name}")
         return True
+
+    def owns(self, topic: str) -> bool:
+        """Whether a stored record is a DDATA of one of this node's devices."""
+        prefix = self._ddata
+        return topic.startswith(prefix) and topic[len(prefix) :] in self.encoder.metrics
+
+    def not_born(self, topic: str) -> None:
+        """A DBIRTH that could not be sent: its device is not alive for the host."""
+        prefix = f"{self.topics.node('DBIRTH')}/"
+        if topic.startswith(prefix):
+            self.encoder.alive.discard(topic[len(prefix) :])
 
     def unsent(self) -> None:
         """The message just finished was not sent after all: its seq is given again."""
