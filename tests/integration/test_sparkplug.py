@@ -31,7 +31,6 @@ EXPECTED = {
 }
 GROUP, NODE = "plant-1", "gw-test"
 PREFIX = f"spBv1.0/{GROUP}"
-SECTIONS = f"sparkplug: {{group_id: {GROUP}}}"
 
 
 class Host:
@@ -111,14 +110,19 @@ def _seqs_in_order(messages: list[tuple[str, str | None, Any]]) -> None:
         previous = payload.seq
 
 
-def _plant(workdir: Path, broker: Mosquitto) -> tuple[int, Process, Path]:
+def _plant(
+    workdir: Path, broker: Mosquitto, points: str = POINTS, sparkplug: str = ""
+) -> tuple[int, Process, Path]:
+    """A simulated press (its port and simulator) and a gateway map for it in Sparkplug mode;
+    ``sparkplug``: more keys of the sparkplug section."""
     port = free_port()
-    plc = device("press", port, POINTS, poll="200ms")
+    plc = device("press", port, points, poll="200ms")
     sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
                   log=workdir / "sim.log")  # fmt: skip
     wait_port(port)
+    section = f"sparkplug: {{group_id: {GROUP}{sparkplug}}}"
     path = write_map(workdir / "gw.yaml", broker.port, [plc], mqtt="format: sparkplug",
-                     sections=SECTIONS)  # fmt: skip
+                     sections=section)  # fmt: skip
     return port, sim, path
 
 
@@ -260,16 +264,8 @@ def test_with_a_primary_host_data_waits_for_it_and_nothing_is_lost(
     """Host offline: no birth, readings held in the buffer. Host online: births, then what
     waited (historical, in order), then live data. Host offline again: the gateway leaves the
     server (the broker publishes its NDEATH) and waits again."""
-    port = free_port()
-    plc = device("press", port, POINTS, poll="200ms")
-    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
-                  log=workdir / "sim.log")  # fmt: skip
-    wait_port(port)
-    host_id = f"scada-{port}"
-    path = write_map(
-        workdir / "gw.yaml", broker.port, [plc], mqtt="format: sparkplug",
-        sections=f"sparkplug: {{group_id: {GROUP}, primary_host_id: {host_id}}}",
-    )  # fmt: skip
+    host_id = f"scada-{free_port()}"
+    _, sim, path = _plant(workdir, broker, sparkplug=f", primary_host_id: {host_id}")
     scada = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scada-{free_port()}")
     scada.connect("127.0.0.1", broker.port)
     scada.loop_start()
@@ -320,13 +316,7 @@ SETPOINT = """
 def test_dcmd_writes_through_the_command_checks_and_the_value_comes_back_as_ddata(
     workdir: Path, broker: Mosquitto
 ) -> None:
-    port = free_port()
-    plc = device("press", port, POINTS + SETPOINT, poll="200ms")
-    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
-                  log=workdir / "sim.log")  # fmt: skip
-    wait_port(port)
-    path = write_map(workdir / "gw.yaml", broker.port, [plc], mqtt="format: sparkplug",
-                     sections=SECTIONS)  # fmt: skip
+    _, sim, path = _plant(workdir, broker, POINTS + SETPOINT)
     host = Host(broker.port)
     scada = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scada-{free_port()}")
     scada.connect("127.0.0.1", broker.port)
