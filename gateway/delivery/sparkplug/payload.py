@@ -461,20 +461,9 @@ class DeviceMetrics:
 def with_seq(payload: bytes, seq: int) -> bytes:
     """``payload`` with its ``seq`` set, without decoding it: a DATA message is stored in the
     buffer before it has a place in the session's sequence, and gets one when it is sent.
-    Protobuf takes the last occurrence of a scalar field, so the field is appended."""
-    return payload + _SEQ_TAG + _varint(seq)
-
-
-_SEQ_TAG = bytes([3 << 3])  # field 3 (seq), wire type 0 (varint)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    Two serialized protobuf messages one after the other parse as their merge, and a scalar
+    field takes its last value: a message of only the seq is appended."""
+    return payload + _serialized(Payload(seq=seq))
 
 
 def as_historical(payload: bytes) -> bytes:
