@@ -125,6 +125,8 @@ class ModbusSource:
                 await asyncio.sleep(next_due - now)
                 now = loop.time()
             groups = [g for g in self._schedule if due[g[0].interval] <= now]
+            if not groups:
+                continue  # woke a moment early (the loop's timer resolution): sleep the rest
             self.stats.polls += 1
             poll = asyncio.ensure_future(self._connect_and_poll(groups))
             try:
