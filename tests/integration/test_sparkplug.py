@@ -110,6 +110,19 @@ def _seqs_in_order(messages: list[tuple[str, str | None, Any]]) -> None:
         previous = payload.seq
 
 
+def _scada(port: int) -> mqtt.Client:
+    """A host application's client, to send what a SCADA sends (NCMD, DCMD, STATE)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scada-{free_port()}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def _close(client: mqtt.Client) -> None:
+    client.loop_stop()
+    client.disconnect()
+
+
 def _plant(
     workdir: Path, broker: Mosquitto, points: str = POINTS, sparkplug: str = ""
 ) -> tuple[int, Process, Path]:
@@ -224,9 +237,7 @@ def test_a_host_asks_for_a_rebirth_and_gets_every_birth_again(
     _, sim, path = _plant(workdir, broker)
     host = Host(broker.port)
     gateway = Process("run", str(path), log=workdir / "gw.log")
-    commander = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scada-{free_port()}")
-    commander.connect("127.0.0.1", broker.port)
-    commander.loop_start()
+    commander = _scada(broker.port)
     try:
         up = host.wait("DBIRTH", "press", temp=21.5)
         host.wait("DDATA", "press", after=up)
@@ -250,8 +261,7 @@ def test_a_host_asks_for_a_rebirth_and_gets_every_birth_again(
         host.wait("DDATA", "press", after=last)
         assert not [m for m in host.messages()[last:] if m[0] == "NBIRTH"]
     finally:
-        commander.loop_stop()
-        commander.disconnect()
+        _close(commander)
         assert gateway.stop() == 0
         sim.stop()
     _seqs_in_order(host.messages())
@@ -266,9 +276,7 @@ def test_with_a_primary_host_data_waits_for_it_and_nothing_is_lost(
     server (the broker publishes its NDEATH) and waits again."""
     host_id = f"scada-{free_port()}"
     _, sim, path = _plant(workdir, broker, sparkplug=f", primary_host_id: {host_id}")
-    scada = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scada-{free_port()}")
-    scada.connect("127.0.0.1", broker.port)
-    scada.loop_start()
+    scada = _scada(broker.port)
 
     def state(online: bool, timestamp: int) -> None:
         body = json.dumps({"online": online, "timestamp": timestamp})
@@ -301,8 +309,7 @@ def test_with_a_primary_host_data_waits_for_it_and_nothing_is_lost(
         host.wait("NBIRTH", after=death, bdSeq=1)
     finally:
         scada.publish(f"spBv1.0/STATE/{host_id}", b"", retain=True).wait_for_publish()
-        scada.loop_stop()
-        scada.disconnect()
+        _close(scada)
         assert gateway.stop() == 0
         sim.stop()
     host.close()
@@ -318,9 +325,7 @@ def test_dcmd_writes_through_the_command_checks_and_the_value_comes_back_as_ddat
 ) -> None:
     _, sim, path = _plant(workdir, broker, POINTS + SETPOINT)
     host = Host(broker.port)
-    scada = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scada-{free_port()}")
-    scada.connect("127.0.0.1", broker.port)
-    scada.loop_start()
+    scada = _scada(broker.port)
     gateway = Process("run", str(path), log=workdir / "gw.log")
 
     def dcmd(**metric: Any) -> None:
@@ -356,8 +361,7 @@ def test_dcmd_writes_through_the_command_checks_and_the_value_comes_back_as_ddat
         written = [e for e in events(gateway, "command") if e["outcome"] == "written"]
         assert [(e["new"], e["read_back"]) for e in written] == [(185.5, 185.5), (190.0, 190.0)]
     finally:
-        scada.loop_stop()
-        scada.disconnect()
+        _close(scada)
         assert gateway.stop() == 0
         sim.stop()
     _seqs_in_order(host.messages())
