@@ -21,8 +21,10 @@ proto:
 	protoc --proto_path=$(SPARKPLUG) --python_out=$(SPARKPLUG) --pyi_out=$(SPARKPLUG) \
 	  $(SPARKPLUG)/sparkplug_b.proto
 
+# make demo FORMAT=sparkplug: the same plant as a Sparkplug B edge node
+FORMAT ?= json
 demo: $(BIN)/.installed
-	$(BIN)/factory-gateway demo
+	$(BIN)/factory-gateway demo --format $(FORMAT)
 
 # The integration tests need Debian's mosquitto (they start it on a free port), its clients
 # (a flood of commands is sent with mosquitto_pub), socat, Prometheus and promtool (they scrape

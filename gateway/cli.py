@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--port", type=int, default=0, help="embedded broker port (default: a free one)"
     )
+    demo.add_argument(
+        "--format",
+        choices=["json", "sparkplug"],
+        default=None,
+        help="publish JSON or Sparkplug B (default: the map's mqtt.format)",
+    )
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(handler=_demo)
     return parser
@@ -201,11 +207,12 @@ def _write(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import DEMO_CONFIG, run_demo
+    from gateway.demo import DEMO_CONFIG, run_demo, with_format
 
     config = _load([args.config or DEMO_CONFIG])
     if config is None:
         return 1
+    config = with_format(config, args.format)
     if args.duration is not None:
         # A bounded run must end: if shutdown hangs, print every thread's stack and exit.
         faulthandler.dump_traceback_later(args.duration + 20, exit=True)

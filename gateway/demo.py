@@ -1,26 +1,42 @@
 """``factory-gateway demo``: the whole chain in one process, with a live table.
 
 simulators -> gateway -> MQTT broker (embedded amqtt, or ``--broker``) -> a subscriber that fills
-the table. The table shows what arrived *at the broker*, so the demo proves the full path.
+the table. The table shows what arrived *at the broker*, so the demo proves the full path: JSON
+messages, or with ``--format sparkplug`` Sparkplug B births, data and deaths decoded as a host
+would (names and units from the births, values by alias).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import paho.mqtt.client as mqtt
 import structlog
+from google.protobuf.message import DecodeError
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config.load import Config
+from gateway.config.schema import SparkplugSection
+from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
+from gateway.delivery.sparkplug.payload import (
+    QUALITY_BAD,
+    QUALITY_GOOD,
+    QUALITY_LAST_KNOWN,
+    QUALITY_UNCERTAIN,
+    metric_value,
+)
+from gateway.delivery.sparkplug.topics import NAMESPACE
 from gateway.runtime import Gateway
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -36,8 +52,10 @@ async def run_demo(
         broker = await _start_embedded_broker(port)
         broker_url = f"mqtt://127.0.0.1:{port}"
     mqtt_config = config.mqtt.model_copy(update={"url": broker_url})
-    # The demo keeps its buffer in memory: it leaves nothing behind in the repository.
-    buffer_config = config.buffer.model_copy(update={"mode": "memory"})
+    # The demo keeps its buffer in memory and its files (Sparkplug's bdSeq) in a temporary
+    # folder: it leaves nothing behind in the repository.
+    state = tempfile.TemporaryDirectory(prefix="factory-gateway-demo-")
+    buffer_config = config.buffer.model_copy(update={"mode": "memory", "path": Path(state.name)})
     config = dataclasses.replace(config, mqtt=mqtt_config, buffer=buffer_config)
 
     from simulators.run import start_simulators
@@ -46,9 +64,11 @@ async def run_demo(
         simulator = await start_simulators(config)
     except BaseException:
         await _stop_broker(broker)
+        state.cleanup()
         raise
     table = LiveTable(config)
-    subscriber = _subscribe(config, table)
+    view = SparkplugView(table, config) if config.sparkplug is not None else JsonView(table, config)
+    subscriber = _subscribe(config, view)
     gateway = asyncio.create_task(Gateway(config).run(), name="gateway")
     try:
         started = time.monotonic()
@@ -56,7 +76,7 @@ async def run_demo(
             await asyncio.sleep(1.0)
             if gateway.done():
                 gateway.result()  # surface the gateway's error
-            table.print(broker_url)
+            table.print(f"broker {broker_url} - {view.summary()}")
     finally:
         gateway.cancel()
         await asyncio.gather(gateway, return_exceptions=True)
@@ -64,6 +84,19 @@ async def run_demo(
         await asyncio.to_thread(subscriber.loop_stop)
         await simulator.stop()
         await _stop_broker(broker)
+        state.cleanup()
+
+
+def with_format(config: Config, format: str | None) -> Config:
+    """The map with ``mqtt.format`` set (``demo --format``); Sparkplug's group is the map's
+    site and its edge node the gateway's id unless the map has a ``sparkplug:`` section."""
+    if format is None or format == config.mqtt.format:
+        return config
+    sparkplug = None
+    if format == "sparkplug":
+        sparkplug = SparkplugSection(group_id=config.gateway.hierarchy.site)
+    mqtt_config = config.mqtt.model_copy(update={"format": format})
+    return dataclasses.replace(config, mqtt=mqtt_config, sparkplug=sparkplug)
 
 
 async def _stop_broker(broker: Any) -> None:
@@ -96,28 +129,19 @@ async def _start_embedded_broker(port: int) -> Any:
 
 
 class LiveTable:
-    """The latest reading of every point, as received from the broker."""
+    """The latest value of every point, as received from the broker."""
 
     def __init__(self, config: Config) -> None:
-        self.latest: dict[tuple[str, str], dict[str, Any]] = {}
-        self.received = 0
+        self.latest: dict[tuple[str, str], Row] = {}
         self.order = [(d.id, p.name) for d in config.devices for p in d.points]
 
-    def on_message(self, payload: bytes | bytearray) -> None:
-        try:
-            reading = orjson.loads(payload)
-            key = (reading["device"], reading["point"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return
-        reading["received"] = time.monotonic()
-        self.latest[key] = reading
-        self.received += 1
+    def update(self, device: str, point: str, value: Any, unit: str | None, quality: str) -> None:
+        self.latest[(device, point)] = Row(value, unit or "", quality, time.monotonic())
 
-    def print(self, broker_url: str) -> None:
+    def print(self, header: str) -> None:
         now = time.monotonic()
         lines = [
-            f"factory-gateway demo - broker {broker_url} - {self.received} messages received"
-            " - Ctrl-C to stop",
+            f"factory-gateway demo - {header} - Ctrl-C to stop",
             "",
             f"{'DEVICE':<14} {'POINT':<18} {'VALUE':>14} {'UNIT':<8} {'QUALITY':<22} {'AGE':>6}",
         ]
@@ -126,31 +150,180 @@ class LiveTable:
             if r is None:
                 lines.append(f"{key[0]:<14} {key[1]:<18} {'-':>14}")
                 continue
-            value = r.get("value")
-            text = f"{value:.3f}" if isinstance(value, float) else str(value)
-            quality = r.get("quality", "")
-            if quality != "good":
-                quality = f"{quality}: {r.get('reason', '')}"
-            age = now - r["received"]
-            unit = r.get("unit") or ""
+            text = f"{r.value:.3f}" if isinstance(r.value, float) else str(r.value)
+            age = now - r.received
             lines.append(
-                f"{key[0]:<14} {key[1]:<18} {text:>14} {unit:<8} {quality:<22} {age:>5.1f}s"
+                f"{key[0]:<14} {key[1]:<18} {text:>14} {r.unit:<8} {r.quality:<22} {age:>5.1f}s"
             )
         clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
         print(clear + "\n".join(lines), flush=True)
 
 
-def _subscribe(config: Config, table: LiveTable) -> mqtt.Client:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Row:
+    value: Any
+    unit: str
+    quality: str  # "good", or the quality and its reason
+    received: float  # monotonic
+
+
+class View(Protocol):
+    """What the demo's subscriber hands messages to: a decoder of one format."""
+
+    topic: str  # the subscription
+
+    def on_message(self, topic: str, payload: bytes | bytearray) -> None: ...
+
+    def summary(self) -> str: ...
+
+
+class JsonView:
+    """The gateway's JSON messages, one per point."""
+
+    def __init__(self, table: LiveTable, config: Config) -> None:
+        self.table = table
+        self.received = 0
+        h = config.gateway.hierarchy
+        self.topic = f"{h.enterprise}/{h.site}/{h.area}/#"
+
+    def on_message(self, topic: str, payload: bytes | bytearray) -> None:
+        try:
+            reading = orjson.loads(payload)
+            device, point = reading["device"], reading["point"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        quality = reading.get("quality", "")
+        if quality != "good":
+            quality = f"{quality}: {reading.get('reason', '')}"
+        self.table.update(device, point, reading.get("value"), reading.get("unit"), quality)
+        self.received += 1
+
+    def summary(self) -> str:
+        return f"{self.received} messages received"
+
+
+# The Quality property's codes (Ignition 8), as the table shows them.
+_QUALITIES = {
+    QUALITY_GOOD: "good",
+    QUALITY_UNCERTAIN: "uncertain",
+    QUALITY_LAST_KNOWN: "uncertain: stale",
+    QUALITY_BAD: "bad",
+}
+
+
+class SparkplugView:
+    """One edge node's Sparkplug B messages, decoded as a host does: a DBIRTH names each
+    metric, its alias, datatype and unit; DDATA refers to them by alias; absent quality is
+    good; DDEATH and NDEATH make the device's or the node's metrics stale."""
+
+    def __init__(self, table: LiveTable, config: Config) -> None:
+        assert config.sparkplug is not None
+        self.table = table
+        self.node = config.sparkplug.edge_node_id or config.gateway.id
+        group = config.sparkplug.group_id
+        self.topic = f"{NAMESPACE}/{group}/+/{self.node}/#"
+        # Per device: alias -> (name, datatype, unit), from its last DBIRTH.
+        self.metrics: dict[str, dict[int, tuple[str, int, str | None]]] = {}
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.bd_seq: int | None = None
+        self.seq: int | None = None
+        self.gaps = 0
+
+    def on_message(self, topic: str, payload: bytes | bytearray) -> None:
+        parts = topic.split("/")
+        if len(parts) not in (4, 5) or parts[3] != self.node:
+            return
+        kind, device = parts[2], parts[4] if len(parts) == 5 else None
+        try:
+            message = pb.Payload.FromString(payload)
+        except DecodeError:
+            return
+        self.counts[kind] += 1
+        if kind in ("NBIRTH", "NDEATH"):
+            for metric in message.metrics:
+                if metric.name == "bdSeq":
+                    self.bd_seq = metric.long_value
+        if kind == "NDEATH":
+            for name in self.metrics:
+                self._stale(name, "bad: edge node offline (NDEATH)")
+            return
+        if kind == "NBIRTH":
+            self.seq = message.seq
+            return
+        self._follow(message.seq)
+        if device is None:
+            return
+        if kind == "DBIRTH":
+            self.metrics[device] = {
+                m.alias: (m.name, m.datatype, _property(m, "engUnit")) for m in message.metrics
+            }
+        if kind == "DDEATH":
+            self._stale(device, "bad: device offline (DDEATH)")
+            return
+        if kind in ("DBIRTH", "DDATA"):
+            self._show(device, message.metrics)
+
+    def _follow(self, seq: int) -> None:
+        """Counts a ``seq`` that is not the one after the last: a message lost on the way."""
+        if self.seq is not None and seq != (self.seq + 1) % 256:
+            self.gaps += 1
+        self.seq = seq
+
+    def _show(self, device: str, metrics: Sequence[pb.Payload.Metric]) -> None:
+        known = self.metrics.get(device, {})
+        for metric in metrics:
+            name, datatype, unit = known.get(metric.alias, (metric.name, metric.datatype, None))
+            if not name:
+                continue  # an alias no DBIRTH named
+            code = _property(metric, "Quality")
+            quality = _QUALITIES.get(QUALITY_GOOD if code is None else code, f"code {code}")
+            self.table.update(device, name, _value(metric, datatype), unit, quality)
+
+    def _stale(self, device: str, quality: str) -> None:
+        for key, row in list(self.table.latest.items()):
+            if key[0] == device:
+                self.table.latest[key] = dataclasses.replace(row, quality=quality)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items()))
+        return (
+            f"Sparkplug B edge node {self.node}, bdSeq {self.bd_seq}: {counts or 'nothing yet'}"
+            f", {self.gaps} seq gaps"
+        )
+
+
+def _property(metric: pb.Payload.Metric, key: str) -> Any:
+    """A metric property's value (the Quality code as the signed Int32 it is); None when the
+    metric has no such property."""
+    for name, value in zip(metric.properties.keys, metric.properties.values, strict=False):
+        if name != key:
+            continue
+        if value.type == pb.Int32:
+            return value.int_value - (1 << 32) if value.int_value >= 1 << 31 else value.int_value
+        return value.string_value
+    return None
+
+
+def _value(metric: pb.Payload.Metric, datatype: int) -> Any:
+    if metric.is_null:
+        return None
+    try:
+        return metric_value(metric, datatype)
+    except ValueError:  # a type the table does not unpack (arrays, datetimes, bytes)
+        which = metric.WhichOneof("value")
+        return getattr(metric, which) if which else None
+
+
+def _subscribe(config: Config, view: View) -> mqtt.Client:
     """A separate MQTT client, as any consumer would be; messages are handed to the loop."""
     loop = asyncio.get_running_loop()
-    h = config.gateway.hierarchy
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{config.gateway.id}-demo-viewer")
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
-        c.subscribe(f"{h.enterprise}/{h.site}/{h.area}/#", qos=0)
+        c.subscribe(view.topic, qos=0)
 
     def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        loop.call_soon_threadsafe(table.on_message, message.payload)
+        loop.call_soon_threadsafe(view.on_message, message.topic, message.payload)
 
     client.on_connect = on_connect
     client.on_message = on_message
