@@ -29,6 +29,7 @@ from gateway.config.load import Config
 from gateway.delivery.buffer import Buffer, open_store
 from gateway.delivery.encode_json import JsonEncoder, iso_time, kept_json
 from gateway.delivery.forwarder import OFFLINE, Forwarder
+from gateway.delivery.sparkplug.aliases import Aliases
 from gateway.delivery.sparkplug.bdseq import BdSeq
 from gateway.delivery.sparkplug.session import EdgeNode, SparkplugEncoder
 from gateway.delivery.sparkplug.topics import SparkplugTopics
@@ -68,7 +69,11 @@ class Gateway:
             node = config.sparkplug.edge_node_id or config.gateway.id
             spb_topics = SparkplugTopics(config.sparkplug.group_id, node)
             self.encoder = SparkplugEncoder(
-                spb_topics, self.buffer, config.devices, _value_types(config)
+                spb_topics,
+                self.buffer,
+                config.devices,
+                _value_types(config),
+                Aliases(settings.path / "sparkplug-aliases.json"),
             )
             self.edge = EdgeNode(
                 spb_topics,

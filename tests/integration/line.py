@@ -107,8 +107,9 @@ def wait_buffered(workdir: Path, count: int, timeout: float = 60) -> int:
     deadline = time.monotonic() + timeout
     held = 0
     while time.monotonic() < deadline:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-            held = db.execute("SELECT count(*) FROM records").fetchone()[0]
+        if database.exists():  # the gateway may not have created it yet
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                held = db.execute("SELECT count(*) FROM records").fetchone()[0]
         if held >= count:
             return int(held)
         time.sleep(0.2)

@@ -315,6 +315,57 @@ def test_with_a_primary_host_data_waits_for_it_and_nothing_is_lost(
     host.close()
 
 
+def test_a_backlog_from_before_a_map_edit_resolves_to_the_same_metrics(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    """DDATA held on disk name their metrics by alias only: after a restart with a point
+    inserted first and one removed, the new births must still resolve them to the metrics
+    they were read from (the aliases are kept beside bdSeq)."""
+    host_id = f"scada-{free_port()}"
+    port, sim, path = _plant(workdir, broker, sparkplug=f", primary_host_id: {host_id}")
+    scada = _scada(broker.port)
+    topic = f"spBv1.0/STATE/{host_id}"
+    scada.publish(topic, json.dumps({"online": False, "timestamp": 1}), 1, True).wait_for_publish()
+    host = Host(broker.port)
+    gateway = Process("run", str(path), log=workdir / "gw-1.log")
+    try:
+        wait_buffered(workdir, 5)  # the first DDATA has every metric, the next the counter
+        assert gateway.stop() == 0
+
+        # The next map: a point inserted first (a word of the label), the label removed.
+        raw = "\n      - {name: raw, table: holding, address: 4, type: uint16}"
+        kept = "\n".join(line for line in POINTS.splitlines() if "label" not in line)
+        edited = device("press", port, raw + kept)
+        section = f"sparkplug: {{group_id: {GROUP}, primary_host_id: {host_id}}}"
+        write_map(path, broker.port, [edited], mqtt="format: sparkplug", sections=section)
+        gateway = Process("run", str(path), log=workdir / "gw-2.log")
+        wait_event(gateway, "waiting for the primary host to be online")
+        online = json.dumps({"online": True, "timestamp": 2})
+        scada.publish(topic, online, 1, True).wait_for_publish()
+        born = host.wait("NBIRTH")
+        live = host.wait("DDATA", "press", after=born, live=True)
+        birth = host.get("DBIRTH", "press", after=born)
+        assert {m.name for m in birth.metrics} == {"raw", "count", "temp", "pressure", "running"}
+        # The backlog's first DDATA, through the new birth: each value under its own name.
+        first = next(m[2] for m in host.messages()[born:live] if m[0] == "DDATA")
+        values = {m.name: m.value for m in first.metrics}
+        assert all(m.is_historical for m in first.metrics)
+        assert {k: values.get(k) for k in ("temp", "pressure", "running")} == {
+            "temp": 21.5,
+            "pressure": -12.3,
+            "running": True,
+        }
+        assert isinstance(values["count"], int)
+        assert "raw" not in values  # it was not read then; the label's value is left out
+    finally:
+        scada.publish(topic, b"", retain=True).wait_for_publish()
+        _close(scada)
+        assert gateway.stop() == 0
+        sim.stop()
+    _seqs_in_order(host.messages()[born:])
+    host.close()
+
+
 SETPOINT = """
       - {name: setpoint, table: holding, address: 10, type: float32, unit: degC, writable: true,
          min: 0, max: 300, sim: {constant: 180}}"""

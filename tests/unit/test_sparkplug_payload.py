@@ -171,17 +171,30 @@ def test_a_stored_data_message_gets_its_seq_when_sent() -> None:
     assert ps.DData.decode(with_seq(with_seq(stored, 3), 4), birth=birth).seq == 4
 
 
+def test_a_birth_takes_no_value_off_the_data_messages() -> None:
+    """A birth is made at send time and may never go out (the host offline, the connection
+    lost); the DATA messages are durable: every change of a value is in one of them."""
+    metrics = DeviceMetrics([MetricSpec("a", 1, pb.Double), MetricSpec("b", 2, pb.Double)])
+    first = {n: Reading("d", n, 1.0, GOOD, T0) for n in ("a", "b")}
+    metrics.birth(0, 0, first)  # with the values of the batch that follows
+    data = pb.Payload.FromString(metrics.data(1, 0, list(first.values())))
+    assert [(m.alias, m.double_value) for m in data.metrics] == [(1, 1.0), (2, 1.0)]
+
+
 def test_a_backlog_message_is_historical_in_every_metric() -> None:
     metrics = DeviceMetrics([MetricSpec("a", 1, pb.Double), MetricSpec("b", 2, pb.Int16)])
     births = {n: Reading("d", n, 1, GOOD, T0) for n in ("a", "b")}
     birth = ps.DBirth.decode(metrics.birth(0, 0, births))
     stored = metrics.data(1, 5, [Reading("d", "a", 2.0, GOOD, T0), Reading("d", "b", 3, GOOD, T0)])
-    data = ps.DData.decode(with_seq(as_historical(stored), 9), birth=birth)
+    data = ps.DData.decode(with_seq(as_historical(stored, {1, 2}), 9), birth=birth)
     assert [(m.name, m.value, m.is_historical) for m in data.metrics] == [
         ("a", 2.0, True),
         ("b", 3, True),
     ]
     assert data.seq == 9
+    # A point the map no longer has (its alias is in no birth) is left out.
+    kept = pb.Payload.FromString(as_historical(stored, {2}))
+    assert [(m.alias, m.int_value, m.is_historical) for m in kept.metrics] == [(2, 3, True)]
 
 
 def test_blocks_take_the_fast_lane_and_say_the_same_as_readings() -> None:

@@ -15,7 +15,7 @@ import math
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from weakref import WeakKeyDictionary
@@ -301,15 +301,19 @@ class _Template:
 
 class DeviceMetrics:
     """One device's metrics: their aliases and datatypes, and which were last sent not good
-    (a DATA message says ``Quality`` for those until they are good again)."""
+    (a DATA message says ``Quality`` for those until they are good again).
+
+    "Sent" is what the device's DATA messages said, in the order they were encoded: they are
+    durable (the buffer), a birth is not (it is made at send time and may never go out), so
+    a birth takes nothing off them, and every change of a value is in a DATA message."""
 
     def __init__(self, specs: Sequence[MetricSpec]) -> None:
         self.specs = {s.name: s for s in specs}
         self.names = {s.alias: s.name for s in specs}  # alias -> name (commands)
         self.datatypes: dict[str, int | None] = {s.name: s.datatype for s in specs}
         self.not_good: set[str] = set()
-        # The value each metric last went out with (a birth or a DATA message): DATA carries
-        # only what changed since [tck-id-operational-behavior-data-publish-dbirth-change].
+        # The value each metric last went out with in a DATA message: DATA carries only what
+        # changed since [tck-id-operational-behavior-data-publish-dbirth-change] (a SHOULD).
         self.sent: dict[str, Value] = {}
         # Per set of points a source reads together: the block's DDATA metrics, ready to fill.
         self._templates: WeakKeyDictionary[Points, _Template | Literal[False]] = WeakKeyDictionary()
@@ -319,12 +323,8 @@ class DeviceMetrics:
         there is none yet), unit and quality."""
         payload = Payload()
         payload.timestamp, payload.seq = timestamp, seq
-        self.not_good.clear()
-        self.sent.clear()
         for name, spec in self.specs.items():
             reading = last.get(name)
-            if reading is not None and reading.value is not None:
-                self.sent[name] = reading.value
             metric = payload.metrics.add()
             metric.name, metric.alias = name, spec.alias
             datatype = self._datatype(name, reading.value if reading else None)
@@ -339,6 +339,7 @@ class DeviceMetrics:
                 unit.type, unit.string_value = pb.String, spec.unit
             _quality(properties, code)
             if code != QUALITY_GOOD:
+                # The next DATA says its quality, whatever came before: never less is said.
                 self.not_good.add(name)
         return _serialized(payload)
 
@@ -466,11 +467,18 @@ def with_seq(payload: bytes, seq: int) -> bytes:
     return payload + _serialized(Payload(seq=seq))
 
 
-def as_historical(payload: bytes) -> bytes:
+def as_historical(payload: bytes, aliases: Container[int]) -> bytes:
     """A DATA message sent from the backlog: every metric marked ``is_historical``, so a host
-    stores it without taking it for the current value."""
+    stores it without taking it for the current value. Metrics whose alias is not in
+    ``aliases`` (the device's birth: a point the map no longer has, or has with another type)
+    are left out: no birth would resolve them."""
     message = Payload.FromString(payload)
-    for metric in message.metrics:
+    metrics = message.metrics
+    if not all(metric.alias in aliases for metric in metrics):
+        kept = [metric for metric in metrics if metric.alias in aliases]
+        del metrics[:]
+        metrics.extend(kept)
+    for metric in metrics:
         metric.is_historical = True
     return _serialized(message)
 

@@ -25,6 +25,7 @@ from gateway.config.schema import DeviceConfig
 from gateway.delivery.buffer import Record
 from gateway.delivery.encode_json import Records
 from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
+from gateway.delivery.sparkplug.aliases import Aliases
 from gateway.delivery.sparkplug.bdseq import BdSeq
 from gateway.delivery.sparkplug.payload import (
     VALUE_TYPES,
@@ -57,6 +58,7 @@ class SparkplugEncoder:
         out: Records,
         devices: Sequence[DeviceConfig],
         value_types: Mapping[str, Mapping[str, str | None]],
+        aliases: Aliases | None = None,
     ) -> None:
         self.topics = topics
         self.out = out
@@ -67,7 +69,7 @@ class SparkplugEncoder:
         self.last_blocks: dict[str, dict[Points, Block]] = {}
         self.alive: set[str] = set()  # devices a DBIRTH announced and no DDEATH since
         self.dead: set[str] = set()  # devices known not connected (their data is not sent)
-        self._aliases: dict[tuple[str, str], int] = {}
+        self.aliases = aliases if aliases is not None else Aliases(None)
         self.track(devices, value_types)
 
     def track(
@@ -76,8 +78,8 @@ class SparkplugEncoder:
         value_types: Mapping[str, Mapping[str, str | None]],
         keep: Iterable[str] = (),
     ) -> None:
-        """The devices of the map (again after a reload: those in ``keep`` are unchanged).
-        A metric keeps its alias for the process' lifetime; new ones get new aliases."""
+        """The devices of the map (again after a reload: those in ``keep`` are unchanged),
+        their metrics' aliases from the saved table (``aliases.py``)."""
         kept = set(keep)
         metrics: dict[str, DeviceMetrics] = {}
         for device in devices:
@@ -87,12 +89,12 @@ class SparkplugEncoder:
             types = value_types.get(device.id, {})
             specs = []
             for point in device.points:
-                alias = self._aliases.setdefault((device.id, point.name), len(self._aliases) + 1)
                 kind = types.get(point.name)
-                specs.append(
-                    MetricSpec(point.name, alias, VALUE_TYPES[kind] if kind else None, point.unit)
-                )
+                datatype = VALUE_TYPES[kind] if kind else None
+                alias = self.aliases.alias(device.id, point.name, datatype)
+                specs.append(MetricSpec(point.name, alias, datatype, point.unit))
             metrics[device.id] = DeviceMetrics(specs)
+        self.aliases.save()
         self.metrics = metrics
         self.last = {d: self.last.get(d, {}) if d in kept else {} for d in metrics}
         self.last_blocks = {d: self.last_blocks.get(d, {}) if d in kept else {} for d in metrics}
@@ -323,5 +325,6 @@ class EdgeNode:
             return payload
         self.seq = 0 if topic == self._nbirth else (self.seq + 1) % 256
         if replayed:
-            payload = as_historical(payload)
+            metrics = self.encoder.metrics.get(topic[len(self._ddata) :])
+            payload = as_historical(payload, metrics.names if metrics else ())
         return with_seq(payload, self.seq)
