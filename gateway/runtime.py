@@ -81,8 +81,9 @@ class Gateway:
                 BdSeq(settings.path / "bdseq"),
                 config.sparkplug.primary_host_id,
             )
-            if any(d.writable for d in config.devices):
-                self.edge.write = self._sparkplug_write
+            # DCMD is subscribed whatever the map says: a reload may make a point writable,
+            # and a write to one that is not is refused (and audited) like any command.
+            self.edge.write = self._sparkplug_write
         else:
             self.encoder = JsonEncoder(self.topics, self.buffer, batch=mqtt.batch == "device")
         self.forwarder = Forwarder(
