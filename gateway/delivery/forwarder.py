@@ -73,6 +73,9 @@ class Forwarder:
         self._control: deque[tuple[str, bytes]] = deque()  # Sparkplug births and deaths, in order
         self._born = asyncio.Event()  # Sparkplug: births sent on this connection, data may go
         self._watermark = 0  # Sparkplug: records before the births are history to the host
+        # Sparkplug's QoS 0: records written, waiting for a round trip to confirm them.
+        self._written: list[int] = []
+        self._confirming = False  # a round trip is on its way
         self._acked: list[int] = []  # seqs acknowledged since the last sync
         self._qos = qos
         # States (and the will) follow mqtt.qos up to 1, and mqtt.retain (Settings.will).
@@ -318,11 +321,53 @@ class Forwarder:
         self._room.set()  # a waiting drain sees the disconnect
         if by_broker and not self._stopping:
             self._look_for_a_culprit()
+        if self.sparkplug is not None:
+            # A clean session, at QoS 0: what was written but not confirmed may never have
+            # reached the broker. It is sent again after the next births, as history.
+            self._written.clear()
+            self._confirming = False
+            self._give_back()
 
     def acknowledged(self, mid: int) -> None:
         inflight = self.inflight
         if mid not in inflight:
             return  # not ours (a resend after a reset)
+        if self.sparkplug is not None and inflight[mid] is not None:
+            self._written.append(mid)  # QoS 0: written, not yet known to be read
+            self._confirm()
+            return
+        self._settle(mid)
+
+    def _confirm(self) -> None:
+        """A round trip to the broker for every record written since the last one: when it
+        is answered, the broker has read them, and they are delivered (as a PUBACK says at
+        QoS 1). One at a time; the next covers what was written meanwhile."""
+        client = self._client
+        if self._confirming or not self._written or client is None:
+            return
+        assert self.sparkplug is not None
+        mids, self._written = self._written, []
+        try:
+            answer = client.round_trip(self.sparkplug.round_trip_filter)
+        except NotConnected:
+            return  # they go back to the buffer with the disconnect
+        self._confirming = True
+        session = self.connections
+
+        def confirmed(answer: asyncio.Future[None]) -> None:
+            if session != self.connections or answer.cancelled():
+                return  # the connection ended: they went back to the buffer
+            self._confirming = False
+            for mid in mids:
+                if mid in self.inflight:
+                    self._settle(mid)
+            self._confirm()
+
+        answer.add_done_callback(confirmed)
+
+    def _settle(self, mid: int) -> None:
+        """Message ``mid`` is the broker's: a record is delivered."""
+        inflight = self.inflight
         entry = inflight.pop(mid)
         if entry is not None:
             record = entry[0]

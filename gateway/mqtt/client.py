@@ -157,6 +157,7 @@ class MqttClient:
         self._qos0: set[int] = set()  # QoS 0 messages handed to paho, not yet written
         self._qos2: set[int] = set()  # QoS 2 messages in flight
         self._doubtful: set[int] = set()  # ... that the broker may have lost with its session
+        self._round_trips: dict[int, asyncio.Future[None]] = {}  # UNSUBSCRIBE id -> its answer
         self._last_error: str | None = None
         self._stopping = False
         self._plain = self._properties(expiring=False)
@@ -246,6 +247,19 @@ class MqttClient:
             self._client.subscribe(topic_filter, options=options)
         else:
             self._client.subscribe(topic_filter, qos)
+
+    def round_trip(self, topic_filter: str) -> asyncio.Future[None]:
+        """Done when the broker answers an UNSUBSCRIBE of ``topic_filter`` (a filter nobody
+        subscribes: it changes nothing). A broker reads a connection's packets in order, so
+        by then it has read every message written before: what confirms QoS 0 messages.
+        Cancelled when the connection ends first; raises ``NotConnected``."""
+        if self.broker is None or not self._client.is_connected():
+            raise NotConnected("not connected")
+        code, mid = self._client.unsubscribe(topic_filter)
+        if code != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise NotConnected(f"not sent: {paho.error_string(code)}")
+        answer = self._round_trips[mid] = self._loop.create_future()
+        return answer
 
     def drop(self, reason: str) -> None:
         """End the connection without DISCONNECT, so the broker publishes the will; it
@@ -469,12 +483,15 @@ class MqttClient:
         self._close_socket()
         # QoS 0 messages paho had not written yet are dropped by it on reconnect.
         unwritten, self._qos0 = self._qos0, set()
+        round_trips, self._round_trips = self._round_trips, {}
+        for answer in round_trips.values():
+            answer.cancel()
         was_up, self.broker = self.broker is not None, None
         if not self._closed.done():
             self._closed.set_result(reason)
         if was_up:
             self.listener.disconnected(reason, by_broker)
-            for mid in sorted(unwritten):
+            for mid in sorted(unwritten, reverse=True):  # given back newest first
                 self.listener.lost(mid)
 
     def _failed(self, exc: BaseException) -> None:
@@ -526,6 +543,7 @@ class MqttClient:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
@@ -692,6 +710,18 @@ class MqttClient:
             listener.refused(mid, code.getName())
         else:
             listener.acknowledged(mid)
+
+    def _on_unsubscribe(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        mid: int,
+        _codes: Any,
+        _properties: Properties | None,
+    ) -> None:
+        answer = self._round_trips.pop(mid, None)
+        if answer is not None and not answer.done():
+            answer.set_result(None)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         found = message.properties

@@ -177,6 +177,9 @@ class EdgeNode:
         self._ndeath = topics.node("NDEATH")
         self._nbirth = topics.node("NBIRTH")
         self._ddata = f"{topics.node('DDATA')}/"
+        # The filter of the round trips that confirm QoS 0 messages: under the node's NCMD,
+        # where nothing is ever published or subscribed.
+        self.round_trip_filter = f"{topics.node('NCMD')}/confirm"
 
     def will(self) -> Will:
         """NDEATH with the bdSeq of the CONNECT about to be sent (saved first)."""
