@@ -202,7 +202,7 @@ class Gateway:
         await self._stop(stopping)
         for device in change.removed:
             if self.edge is not None:
-                self.forwarder.send_control(*self.edge.removed(device))
+                self.edge.removed(device)
                 continue
             self.forwarder.set_retained(
                 self.topics.device_status(device),
@@ -210,8 +210,7 @@ class Gateway:
             )
         if self.edge is not None:  # a restarted device is born again when it answers
             for restarted in change.restarted:
-                if (death := self.edge.device_state(restarted.id, False)) is not None:
-                    self.forwarder.send_control(*death)
+                self.edge.device_state(restarted.id, False)
         for moved in change.restarted:  # moved to another line: its old state must not stay
             old, now = self.topics.device_status(moved.id), topics.device_status(moved.id)
             if old != now and self.edge is None:
@@ -328,8 +327,8 @@ class Gateway:
         DDEATH."""
         if self.edge is None:
             self.forwarder.set_retained(topic, _device_state(*state))
-        elif (message := self.edge.device_state(device, state[0] == CONNECTED)) is not None:
-            self.forwarder.send_control(*message)
+        else:
+            self.edge.device_state(device, state[0] == CONNECTED)
 
     def _last_error(self, device: str) -> str | None:
         source = self.sources.get(device)

@@ -192,11 +192,9 @@ class Forwarder:
             record, replayed = item
             edge = self.sparkplug
             if edge is not None:
-                if not edge.owns(record.topic):  # left by a run with another map or format
-                    buffer.handed(record)
-                    self._refused([record.seq], "not_this_node", "not a DDATA of this edge node")
-                    continue
                 historical = replayed or record.seq < self._watermark
+                if not self._sendable(edge, record, historical):
+                    continue
                 payload = edge.finish(record.topic, record.payload, historical)
             else:
                 payload = mark_replayed(record.payload) if replayed else record.payload
@@ -206,6 +204,7 @@ class Forwarder:
             except MessageTooLarge as exc:
                 if edge is not None:
                     edge.unsent()
+                    edge.not_born(record.topic)
                 self._refused([record.seq], "too_large", str(exc))
                 continue
             except NotConnected:
@@ -216,6 +215,27 @@ class Forwarder:
             if sent % 200 == 0:
                 self._collect()
                 await asyncio.sleep(0)  # let polls run during a long drain
+
+    def _sendable(self, edge: EdgeNode, record: Record, historical: bool) -> bool:
+        """Whether a stored Sparkplug record goes out; one that does not is settled here."""
+        kind = edge.kind_of(record.topic)
+        if kind is None:  # left by a run with another map or format
+            self.buffer.handed(record)
+            self._refused([record.seq], "not_this_node", "not a message of this edge node",
+                          "messages of another edge node dropped")  # fmt: skip
+            return False
+        if kind != "DDATA":
+            if historical:  # of an earlier session: this session's births say it now
+                self.buffer.handed(record)
+                self.buffer.discarded([record.seq])
+                return False
+            return True
+        if not edge.resolves(record.topic):
+            self.buffer.handed(record)
+            self._refused([record.seq], "no_birth", "its device's DBIRTH was not published",
+                          "DDATA of a device without a birth dropped")  # fmt: skip
+            return False
+        return True
 
     def _window(self) -> int:
         """The window, or 1 while looking for a message that ends the connection."""
@@ -237,11 +257,6 @@ class Forwarder:
 
     def _queue_state(self, topic: str, payload: bytes) -> None:
         self._states[topic] = payload
-        self.buffer.ready.set()
-
-    def send_control(self, topic: str, payload: bytes) -> None:
-        """A Sparkplug birth or death: sent before the buffer's records, in the order given."""
-        self._control.append((topic, payload))
         self.buffer.ready.set()
 
     def _send_control(self, client: MqttClient) -> None:
@@ -509,11 +524,17 @@ class Forwarder:
             acked, self._acked = self._acked, []
             self.buffer.acknowledged(acked)
 
-    def _refused(self, seqs: list[int], kind: str, reason: str) -> None:
-        """Messages the broker will never take: dropped, counted, logged once per reason."""
+    def _refused(
+        self,
+        seqs: list[int],
+        kind: str,
+        reason: str,
+        event: str = "the broker refuses messages: they are dropped",
+    ) -> None:
+        """Messages that will never be delivered: dropped, counted, logged once per reason."""
         if (kind, reason) not in self._refusals:
             self._refusals.add((kind, reason))
-            log.error("the broker refuses messages: they are dropped", kind=kind, reason=reason)
+            log.error(event, kind=kind, reason=reason)
         self.buffer.dropped(seqs, kind)
 
     async def _sync(self) -> None:

@@ -37,7 +37,8 @@ from gateway.stats import DeviceStats, Histogram
 PREFIX = "factory_gateway"
 # Always present (0 until it happens), so an alert's expression has a series to look at.
 DROP_REASONS = (
-    "buffer_full", "disk_full", "corrupt", "refused_by_broker", "too_large", "kills_connection"
+    "buffer_full", "disk_full", "corrupt", "refused_by_broker", "too_large", "kills_connection",
+    "not_this_node", "no_birth",
 )  # fmt: skip
 
 

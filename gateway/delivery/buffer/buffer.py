@@ -229,6 +229,12 @@ class Buffer:
         commit and counted as dropped for ``reason``, not delivered."""
         self._settle(seqs, reason)
 
+    def discarded(self, seqs: list[int]) -> None:
+        """Handed records that need not go out any more (a Sparkplug birth or death of an
+        earlier session, which the current one's births replace): deleted at the next
+        commit, counted neither as delivered nor as dropped."""
+        self._settle(seqs, "")
+
     def _settle(self, seqs: list[int], dropped_for: str | None) -> None:
         outcomes = self.outcomes
         for seq in seqs:
@@ -241,7 +247,7 @@ class Buffer:
             self.bytes -= size
             if dropped_for is None:
                 outcomes.delivered += 1
-            else:
+            elif dropped_for:
                 outcomes.dropped[dropped_for] += 1
 
     def returned(self, record: Record, replayed: bool = False) -> None:

@@ -67,7 +67,6 @@ class SparkplugEncoder:
         self.last: dict[str, dict[str, Reading]] = {}  # the latest reading of each point
         # and the latest block of each set of points read together (the fast lane's)
         self.last_blocks: dict[str, dict[Points, Block]] = {}
-        self.alive: set[str] = set()  # devices a DBIRTH announced and no DDEATH since
         self.dead: set[str] = set()  # devices known not connected (their data is not sent)
         self.aliases = aliases if aliases is not None else Aliases(None)
         self.track(devices, value_types)
@@ -98,7 +97,6 @@ class SparkplugEncoder:
         self.metrics = metrics
         self.last = {d: self.last.get(d, {}) if d in kept else {} for d in metrics}
         self.last_blocks = {d: self.last_blocks.get(d, {}) if d in kept else {} for d in metrics}
-        self.alive &= kept
 
     def remember(self, batch: Sequence[Sample]) -> None:
         """Take the batch's values as the current ones (a birth made now carries them)."""
@@ -152,6 +150,13 @@ class SparkplugEncoder:
     def birth(self, device: str) -> bytes:
         return self.metrics[device].birth(0, round(time.time() * 1000), self.current(device))
 
+    def control(self, topic: str, payload: bytes) -> None:
+        """A device's DBIRTH or DDEATH, stored in the buffer like its DDATA, so the three keep
+        their order: a death never overtakes the data read before it, and the data after a
+        birth is newer than the values the birth carries."""
+        now = time.time()
+        self.out.add(Record(self.out.take_seq(), topic, payload, now, now))
+
 
 class EdgeNode:
     """The session's side of the edge node (see the module's docstring)."""
@@ -174,9 +179,12 @@ class EdgeNode:
         self.write: Callable[[str, str, Scalar, str], None] | None = None
         self.seq = 0
         self.connected: dict[str, bool] = {}  # each device's last known connection
+        self.born: set[str] = set()  # devices a DBIRTH was published for in this session
         self._ndeath = topics.node("NDEATH")
         self._nbirth = topics.node("NBIRTH")
         self._ddata = f"{topics.node('DDATA')}/"
+        self._dbirth = f"{topics.node('DBIRTH')}/"
+        self._ddeath = f"{topics.node('DDEATH')}/"
         # The filter of the round trips that confirm QoS 0 messages: under the node's NCMD,
         # where nothing is ever published or subscribed.
         self.round_trip_filter = f"{topics.node('NCMD')}/confirm"
@@ -193,35 +201,35 @@ class EdgeNode:
         encoder = self.encoder
         for device in encoder.metrics:
             messages.append((self.topics.device("DBIRTH", device), encoder.birth(device)))
-        encoder.alive = set(encoder.metrics)
         for device in encoder.metrics:
             if not self.connected.get(device, False):
                 messages.append(self._device_death(device))
         return messages
 
-    def device_state(self, device: str, connected: bool) -> tuple[str, bytes] | None:
-        """DBIRTH when a device is (back) connected, DDEATH when it is lost; None when the
-        session already says so."""
+    def device_state(self, device: str, connected: bool) -> None:
+        """A DBIRTH when a device is (back) connected, a DDEATH when it is lost, into the
+        buffer (``SparkplugEncoder.control``) unless already said. The births of a session
+        say every device's state at its start."""
+        was = self.connected.get(device, False)
         self.connected[device] = connected
         encoder = self.encoder
         if connected:
             encoder.dead.discard(device)
         else:
             encoder.dead.add(device)
-        if device not in encoder.metrics or connected == (device in encoder.alive):
-            return None
+        if device not in encoder.metrics or connected == was:
+            return
         if connected:
-            encoder.alive.add(device)
-            return self.topics.device("DBIRTH", device), encoder.birth(device)
-        return self._device_death(device)
+            encoder.control(self.topics.device("DBIRTH", device), encoder.birth(device))
+        else:
+            encoder.control(*self._device_death(device))
 
-    def removed(self, device: str) -> tuple[str, bytes]:
+    def removed(self, device: str) -> None:
         """A device a reload took out of the map: its DDEATH."""
         self.connected.pop(device, None)
-        return self._device_death(device)
+        self.encoder.control(*self._device_death(device))
 
     def _device_death(self, device: str) -> tuple[str, bytes]:
-        self.encoder.alive.discard(device)
         return self.topics.device("DDEATH", device), device_death(0, round(time.time() * 1000))
 
     def death(self) -> tuple[str, bytes]:
@@ -306,16 +314,24 @@ class EdgeNode:
             self.write(device, name, value, f"dcmd:{device}/{name}")
         return True
 
-    def owns(self, topic: str) -> bool:
-        """Whether a stored record is a DDATA of one of this node's devices."""
-        prefix = self._ddata
-        return topic.startswith(prefix) and topic[len(prefix) :] in self.encoder.metrics
+    def kind_of(self, topic: str) -> str | None:
+        """A stored record's message type: ``DDATA``, ``DBIRTH`` or ``DDEATH`` of one of this
+        node's devices; None for anything else (left by a run with another map or format)."""
+        for kind, prefix in (("DDATA", self._ddata), ("DBIRTH", self._dbirth),
+                             ("DDEATH", self._ddeath)):  # fmt: skip
+            if topic.startswith(prefix):
+                return kind if "/" not in topic[len(prefix) :] else None
+        return None
+
+    def resolves(self, topic: str) -> bool:
+        """Whether a DDATA can be resolved by the host: its device's DBIRTH was published in
+        this session (one too large for the broker never is)."""
+        return topic[len(self._ddata) :] in self.born
 
     def not_born(self, topic: str) -> None:
-        """A DBIRTH that could not be sent: its device is not alive for the host."""
-        prefix = f"{self.topics.node('DBIRTH')}/"
-        if topic.startswith(prefix):
-            self.encoder.alive.discard(topic[len(prefix) :])
+        """A DBIRTH that could not be sent: its device's data cannot be resolved."""
+        if topic.startswith(self._dbirth):
+            self.born.discard(topic[len(self._dbirth) :])
 
     def unsent(self) -> None:
         """The message just finished was not sent after all: its seq is given again."""
@@ -326,7 +342,13 @@ class EdgeNode:
         one more, 255 wraps to 0; NDEATH has none) and, from the backlog, is_historical."""
         if topic == self._ndeath:
             return payload
-        self.seq = 0 if topic == self._nbirth else (self.seq + 1) % 256
+        if topic == self._nbirth:
+            self.seq = 0
+            self.born.clear()
+        else:
+            self.seq = (self.seq + 1) % 256
+            if topic.startswith(self._dbirth):
+                self.born.add(topic[len(self._dbirth) :])
         if replayed:
             metrics = self.encoder.metrics.get(topic[len(self._ddata) :])
             payload = as_historical(payload, metrics.names if metrics else ())

@@ -1,0 +1,127 @@
+"""The edge node's messages in the order a host must see them, through the real buffer and
+forwarder (the MQTT client is a fake that records what it is given)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from gateway.delivery.buffer import Buffer, MemoryStore
+from gateway.delivery.forwarder import Forwarder
+from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
+from gateway.delivery.sparkplug.bdseq import BdSeq
+from gateway.delivery.sparkplug.session import EdgeNode, SparkplugEncoder
+from gateway.delivery.sparkplug.topics import SparkplugTopics
+from gateway.errors import MessageTooLarge
+from gateway.model import GOOD, Reading
+from gateway.mqtt.client import Broker, Settings
+
+
+class FakeClient:
+    """Takes messages up to ``limit`` bytes; a round trip is answered at once."""
+
+    def __init__(self, forwarder: Forwarder, limit: int | None = None) -> None:
+        self.forwarder, self.limit = forwarder, limit
+        self.sent: list[tuple[str, bytes]] = []
+        self.mid = 0
+
+    def publish(self, topic: str, payload: bytes, qos: int, **_: Any) -> int:
+        if self.limit is not None and len(payload) > self.limit:
+            raise MessageTooLarge(f"over the broker's maximum packet size ({self.limit} B)")
+        self.mid += 1
+        self.sent.append((topic, payload))
+        asyncio.get_running_loop().call_soon(self.forwarder.acknowledged, self.mid)
+        return self.mid
+
+    def round_trip(self, _filter: str) -> asyncio.Future[None]:
+        answer = asyncio.get_running_loop().create_future()
+        answer.set_result(None)
+        return answer
+
+    def subscribe(self, *_: Any) -> None:
+        pass
+
+    def messages(self, start: int = 0) -> list[tuple[str, str, list[tuple[Any, Any]]]]:
+        """(type, device, [(name or alias, value)])."""
+        out = []
+        for topic, raw in self.sent[start:]:
+            parts = topic.split("/")
+            metrics = pb.Payload.FromString(raw).metrics
+            values = [(m.name or m.alias, m.int_value) for m in metrics]
+            out.append((parts[2], parts[4] if len(parts) > 4 else "", values))
+        return out
+
+
+def _node(tmp_path: Path, points: int = 2, limit: int | None = None) -> Any:
+    topics = SparkplugTopics("g", "n")
+    buffer = Buffer(MemoryStore(), 10**8)
+    names = [f"p{i}" for i in range(points)]
+    device = SimpleNamespace(id="d", points=[SimpleNamespace(name=n, unit=None) for n in names])
+    encoder = SparkplugEncoder(topics, buffer, [device], {"d": dict.fromkeys(names, "uint16")})  # type: ignore[list-item]
+    edge = EdgeNode(topics, encoder, BdSeq(tmp_path / "bdseq"))
+    forwarder = Forwarder(Settings("broker", 1883, "n"), buffer, 0, "status", sparkplug=edge)
+    client = FakeClient(forwarder, limit)
+    forwarder._client = client  # type: ignore[assignment]
+    return SimpleNamespace(edge=edge, encoder=encoder, buffer=buffer, fw=forwarder, client=client)
+
+
+def _reading(point: str, value: int) -> Reading:
+    return Reading("d", point, value, GOOD, time.time())
+
+
+async def _drain(node: Any) -> None:
+    node.buffer.flush()
+    await node.fw._drain(node.client)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the acknowledgements and round trips
+    node.fw._collect()
+
+
+def test_a_device_death_and_birth_never_overtake_its_data(tmp_path: Path) -> None:
+    asyncio.run(_death_and_birth_in_order(tmp_path))
+
+
+async def _death_and_birth_in_order(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.edge.device_state("d", True)
+    node.fw.connected(Broker(session_present=False))
+    await _drain(node)  # NBIRTH, DBIRTH
+    start = len(node.client.sent)
+    # Two polls wait to be sent when the device is lost, and comes back with a new value.
+    node.encoder.send([_reading("p0", 1), _reading("p1", 1)])
+    node.encoder.send([_reading("p0", 2)])
+    node.edge.device_state("d", False)
+    node.encoder.remember([_reading("p0", 3)])  # the runtime's order: values, then state
+    node.edge.device_state("d", True)
+    node.encoder.send([_reading("p0", 3)])
+    await _drain(node)
+    kinds = [(kind, values) for kind, _, values in node.client.messages(start)]
+    assert [k for k, _ in kinds] == ["DDATA", "DDATA", "DDEATH", "DBIRTH", "DDATA"]
+    assert kinds[0][1] == [(1, 1), (2, 1)] and kinds[1][1] == [(1, 2)]
+    assert dict(kinds[3][1])["p0"] == 3  # the birth's value, and nothing older after it
+    assert kinds[4][1] == [(1, 3)]
+    # Stored and delivered: the five above. The DBIRTH stored before the connection was
+    # replaced by the session's births, and counts as nothing.
+    assert node.buffer.outcomes.delivered == 5
+    assert not node.buffer.outcomes.dropped
+
+
+def test_the_data_of_a_device_whose_birth_the_broker_refuses_is_dropped(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_birth_refused(tmp_path))
+
+
+async def _birth_refused(tmp_path: Path) -> None:
+    node = _node(tmp_path, points=300, limit=1000)
+    node.edge.device_state("d", True)
+    node.fw.connected(Broker(session_present=False))
+    await _drain(node)
+    node.encoder.send([_reading("p7", 7)])
+    await _drain(node)
+    # A host could not resolve it: no DDATA without its DBIRTH, counted as dropped.
+    assert [kind for kind, _, _ in node.client.messages()] == ["NBIRTH"]
+    assert node.buffer.outcomes.dropped["no_birth"] == 1
