@@ -12,6 +12,7 @@ from typing import Any
 from gateway.delivery.buffer import Buffer, MemoryStore
 from gateway.delivery.forwarder import Forwarder
 from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
+from gateway.delivery.sparkplug.aliases import Aliases
 from gateway.delivery.sparkplug.bdseq import BdSeq
 from gateway.delivery.sparkplug.session import EdgeNode, SparkplugEncoder
 from gateway.delivery.sparkplug.topics import SparkplugTopics
@@ -55,12 +56,17 @@ class FakeClient:
         return out
 
 
-def _node(tmp_path: Path, points: int = 2, limit: int | None = None) -> Any:
+def _node(
+    tmp_path: Path, points: int = 2, limit: int | None = None, kind: str | None = "uint16"
+) -> Any:
+    """``kind``: the points' value type; None: decided by the first value (OPC UA)."""
     topics = SparkplugTopics("g", "n")
     buffer = Buffer(MemoryStore(), 10**8)
     names = [f"p{i}" for i in range(points)]
     device = SimpleNamespace(id="d", points=[SimpleNamespace(name=n, unit=None) for n in names])
-    encoder = SparkplugEncoder(topics, buffer, [device], {"d": dict.fromkeys(names, "uint16")})  # type: ignore[list-item]
+    aliases = Aliases(tmp_path / "aliases.json")
+    types = {"d": dict.fromkeys(names, kind)}
+    encoder = SparkplugEncoder(topics, buffer, [device], types, aliases)  # type: ignore[list-item]
     edge = EdgeNode(topics, encoder, BdSeq(tmp_path / "bdseq"))
     forwarder = Forwarder(Settings("broker", 1883, "n"), buffer, 0, "status", sparkplug=edge)
     client = FakeClient(forwarder, limit)
@@ -125,3 +131,25 @@ async def _birth_refused(tmp_path: Path) -> None:
     # A host could not resolve it: no DDATA without its DBIRTH, counted as dropped.
     assert [kind for kind, _, _ in node.client.messages()] == ["NBIRTH"]
     assert node.buffer.outcomes.dropped["no_birth"] == 1
+
+
+def test_a_type_a_first_value_decides_is_born_before_its_data_and_kept(tmp_path: Path) -> None:
+    asyncio.run(_decided_type(tmp_path))
+
+
+async def _decided_type(tmp_path: Path) -> None:
+    node = _node(tmp_path, points=1, kind=None)  # an OPC UA variable: no type in the map
+    node.edge.device_state("d", True)
+    node.fw.connected(Broker(session_present=False))
+    await _drain(node)
+    (placeholder,) = pb.Payload.FromString(node.client.sent[1][1]).metrics
+    assert (placeholder.datatype, placeholder.is_null) == (pb.String, True)
+    node.encoder.send([Reading("d", "p0", 21.5, GOOD, time.time())])
+    await _drain(node)
+    # A DBIRTH with the type the value decided, then the value under it.
+    (kind, _, _), (data, _, _) = node.client.messages(2)
+    assert (kind, data) == ("DBIRTH", "DDATA")
+    (born,) = pb.Payload.FromString(node.client.sent[2][1]).metrics
+    assert (born.datatype, born.double_value) == (pb.Double, 21.5)
+    # The next run announces it from the start.
+    assert Aliases(tmp_path / "aliases.json").alias("d", "p0", None) == (1, pb.Double)

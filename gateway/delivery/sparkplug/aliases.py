@@ -48,19 +48,20 @@ class Aliases:
             log.warning("the saved aliases are damaged: numbering them again", file=str(self.path))
         return {}
 
-    def alias(self, device: str, point: str, datatype: int | None) -> int:
-        """The metric's alias: its own, or a new one when it is new or changed its datatype."""
+    def alias(self, device: str, point: str, datatype: int | None) -> Entry:
+        """The metric's alias and datatype: its own, or a new alias when it is new or changed
+        its datatype. ``datatype`` None (decided by the first value): the one saved, if any."""
         points = self._table.setdefault(device, {})
         entry = points.get(point)
         if entry is not None and (entry[1] is None or datatype is None or entry[1] == datatype):
             if entry[1] is None and datatype is not None:
-                points[point] = (entry[0], datatype)
+                entry = points[point] = (entry[0], datatype)
                 self._changed = True
-            return entry[0]
+            return entry
         alias, self._next = self._next, self._next + 1
-        points[point] = (alias, datatype)
+        entry = points[point] = (alias, datatype)
         self._changed = True
-        return alias
+        return entry
 
     def save(self) -> None:
         """Written (atomically) when it changed, before any message uses the new aliases."""

@@ -312,6 +312,8 @@ class DeviceMetrics:
         self.names = {s.alias: s.name for s in specs}  # alias -> name (commands)
         self.datatypes: dict[str, int | None] = {s.name: s.datatype for s in specs}
         self.not_good: set[str] = set()
+        self.decided: list[str] = []  # datatypes a first value decided, not yet saved
+        self.placeholders: set[str] = set()  # announced by the last birth without a datatype
         # The value each metric last went out with in a DATA message: DATA carries only what
         # changed since [tck-id-operational-behavior-data-publish-dbirth-change] (a SHOULD).
         self.sent: dict[str, Value] = {}
@@ -323,8 +325,11 @@ class DeviceMetrics:
         there is none yet), unit and quality."""
         payload = Payload()
         payload.timestamp, payload.seq = timestamp, seq
+        self.placeholders = set()
         for name, spec in self.specs.items():
             reading = last.get(name)
+            if self.datatypes.get(name) is None and (reading is None or reading.value is None):
+                self.placeholders.add(name)  # a String until a value says
             metric = payload.metrics.add()
             metric.name, metric.alias = name, spec.alias
             datatype = self._datatype(name, reading.value if reading else None)
@@ -456,6 +461,7 @@ class DeviceMetrics:
             datatype = datatype_of(value)
             if value is not None:  # decided once, by the first value
                 self.datatypes[name] = datatype
+                self.decided.append(name)
         return datatype
 
 

@@ -89,8 +89,8 @@ class SparkplugEncoder:
             specs = []
             for point in device.points:
                 kind = types.get(point.name)
-                datatype = VALUE_TYPES[kind] if kind else None
-                alias = self.aliases.alias(device.id, point.name, datatype)
+                given = VALUE_TYPES[kind] if kind else None
+                alias, datatype = self.aliases.alias(device.id, point.name, given)
                 specs.append(MetricSpec(point.name, alias, datatype, point.unit))
             metrics[device.id] = DeviceMetrics(specs)
         self.aliases.save()
@@ -127,11 +127,25 @@ class SparkplugEncoder:
                 continue  # its DDEATH says it all: no data of a device known to be gone
             self.readings += sum(len(s.values) if isinstance(s, Block) else 1 for s in group)
             payload = metrics.data(0, round(now * 1000), group)
+            if metrics.decided:
+                self._decided(device, metrics)
             if payload is None:
                 continue  # nothing changed since it last went out
             seq = self.out.take_seq()
             topic = self.topics.device("DDATA", device)
             self.out.add(Record(seq, topic, payload, now, min(s.ts for s in group)))
+
+    def _decided(self, device: str, metrics: DeviceMetrics) -> None:
+        """Metrics whose datatype a first value decided (an OPC UA variable): saved, so a
+        restart's births announce it; and when a birth went out without it, a DBIRTH now,
+        before the data, so no host reads the values under the placeholder's type."""
+        reborn = not metrics.placeholders.isdisjoint(metrics.decided)
+        for name in metrics.decided:
+            self.aliases.alias(device, name, metrics.datatypes[name])
+        metrics.decided.clear()
+        self.aliases.save()
+        if reborn:
+            self.control(self.topics.device("DBIRTH", device), self.birth(device))
 
     def current(self, device: str) -> dict[str, Reading]:
         """Each point's latest reading, from blocks and readings alike."""
