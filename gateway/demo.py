@@ -214,7 +214,8 @@ _QUALITIES = {
 class SparkplugView:
     """One edge node's Sparkplug B messages, decoded as a host does: a DBIRTH names each
     metric, its alias, datatype and unit; DDATA refers to them by alias; absent quality is
-    good; DDEATH and NDEATH make the device's or the node's metrics stale."""
+    good; historical values are not the current ones; DDEATH and NDEATH make the device's
+    or the node's metrics stale."""
 
     def __init__(self, table: LiveTable, config: Config) -> None:
         assert config.sparkplug is not None
@@ -273,8 +274,8 @@ class SparkplugView:
         known = self.metrics.get(device, {})
         for metric in metrics:
             name, datatype, unit = known.get(metric.alias, (metric.name, metric.datatype, None))
-            if not name:
-                continue  # an alias no DBIRTH named
+            if not name or metric.is_historical:
+                continue  # an alias no DBIRTH named; a value of the past, not the current
             code = _property(metric, "Quality")
             quality = _QUALITIES.get(QUALITY_GOOD if code is None else code, f"code {code}")
             self.table.update(device, name, _value(metric, datatype), unit, quality)

@@ -73,7 +73,7 @@ class Gateway:
                 self.buffer,
                 config.devices,
                 _value_types(config),
-                Aliases(settings.path / "sparkplug-aliases.json"),
+                Aliases(settings.path / "sparkplug-aliases.json", self.buffer.count > 0),
             )
             self.edge = EdgeNode(
                 spb_topics,
@@ -110,6 +110,7 @@ class Gateway:
             int(http.buffer_alarm) if http and http.buffer_alarm is not None else None,
             self._last_error,
         )
+        self.health.held = lambda: self.forwarder.held
         self.metrics = Metrics(
             Observed(
                 config.gateway.id,

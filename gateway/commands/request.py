@@ -68,7 +68,7 @@ def parse(payload: bytes) -> Command:
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
         raise CommandError(f"malformed JSON: {_first_line(exc)}") from None
     if not isinstance(data, dict):
-        return Command(None, _scalar(data))
+        return Command(None, scalar(data))
     command_id = data.get("id")
     if command_id is not None:
         if isinstance(command_id, bool) or not isinstance(command_id, str | int | float):
@@ -82,7 +82,7 @@ def parse(payload: bytes) -> Command:
     if "value" not in data:
         raise CommandError('no "value" in the command', command_id)
     try:
-        return Command(command_id, _scalar(data["value"]), data.get("ts"))
+        return Command(command_id, scalar(data["value"]), data.get("ts"))
     except CommandError as exc:
         raise CommandError(str(exc), command_id) from None
 
@@ -127,7 +127,8 @@ def check_limits(point: PointConfig, value: Scalar) -> None:
         raise CommandError(f"not allowed; allowed: {json.dumps(allowed)}")
 
 
-def _scalar(value: object) -> Scalar:
+def scalar(value: object) -> Scalar:
+    """A command's value, if a device may take it (a JSON value or a Sparkplug metric's)."""
     if value is None:
         raise CommandError("value is null")
     if isinstance(value, dict | list):

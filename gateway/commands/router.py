@@ -28,7 +28,7 @@ from gateway.commands.execute import (
     execute,
     write_bound,
 )
-from gateway.commands.request import CommandId, Incoming, check_age, parse
+from gateway.commands.request import CommandId, Incoming, check_age, parse, scalar
 from gateway.config.schema import DeviceConfig
 from gateway.errors import CommandError
 from gateway.model import Reading, Scalar
@@ -158,6 +158,7 @@ class CommandRouter:
         try:
             if device_id not in self.devices:
                 raise CommandError(f"unknown device {device_id!r}")
+            value = scalar(value)  # NaN, infinity
             self._admit(device_id, point, value)
         except CommandError as exc:
             names = (device_id, point) if device_id in self.devices else (None, None)

@@ -320,10 +320,16 @@ class RootSection(StrictModel):
     def _sparkplug_with_its_format(self) -> RootSection:
         if self.mqtt.format == "sparkplug" and self.sparkplug is None:
             raise FieldError(
-                "mqtt", "mqtt.format: sparkplug needs a sparkplug: section with its group_id"
+                "mqtt.format",
+                "mqtt.format: sparkplug needs a sparkplug: section with its group_id, "
+                "e.g. sparkplug: {group_id: plant-1}",
             )
         if self.sparkplug is not None and self.mqtt.format != "sparkplug":
-            raise FieldError("sparkplug", "sparkplug: is used with mqtt.format: sparkplug")
+            raise FieldError(
+                "sparkplug",
+                "a sparkplug: section is read only with mqtt.format: sparkplug: add format: "
+                "sparkplug under mqtt:, or remove the section",
+            )
         return self
 
     @field_validator("http", mode="before")

@@ -292,6 +292,14 @@ class Forwarder:
     def broker_connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def held(self) -> str | None:
+        """Why nothing is published on a connection that is up, or None."""
+        edge = self.sparkplug
+        if edge is None or self._born.is_set() or edge.host_online:
+            return None
+        return f"waiting for the primary host {edge.primary_host} to be online"
+
     def connected(self, broker: Broker) -> None:
         receive_maximum = broker.receive_maximum or WINDOW
         if self.settings.version != 5 and self.qos == 2:

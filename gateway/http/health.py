@@ -44,6 +44,8 @@ class Health:
         self.buffer_bytes = buffer_bytes
         self.buffer_alarm = buffer_alarm
         self.last_error = last_error  # a device's latest error, to say why it stalls
+        # Why a connected broker gets no data yet (a Sparkplug primary host offline), or None.
+        self.held: Callable[[], str | None] = lambda: None
         self.running = False
 
     def track(self, intervals: Mapping[str, float | None], keep: Iterable[str] = ()) -> None:
@@ -94,10 +96,14 @@ class Health:
         connected = self.broker_connected()
         buffered = self.buffer_bytes()
         over = self.buffer_alarm is not None and buffered > self.buffer_alarm
-        ready = self.running and connected and all_ready and not over
+        held = self.held() if connected else None
+        ready = self.running and connected and held is None and all_ready and not over
+        broker: dict[str, object] = {"connected": connected}
+        if held is not None:
+            broker["held"] = held
         report: dict[str, object] = {
             "ready": ready,
-            "broker": {"connected": connected},
+            "broker": broker,
             "buffer": {"bytes": buffered, "alarm": self.buffer_alarm, "over_alarm": over},
             "devices": devices,
         }

@@ -353,7 +353,11 @@ class MqttClient:
             raise reasons.silent(self._v5, CONNACK_TIMEOUT) from None
         if code.is_failure:
             refused = reasons.refused_connect(code, self._v5)
-            plainer = reasons.plainer_will(code, will) if self._v5 else None
+            # A will made for each connection (Sparkplug's NDEATH) must stay as it is: its
+            # refusal is waited out like any other.
+            plainer = None
+            if self._v5 and settings.will_provider is None:
+                plainer = reasons.plainer_will(code, will)
             if plainer is not None:
                 self._log.warning(
                     "the broker refuses the last will: a plainer one is sent",

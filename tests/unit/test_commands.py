@@ -694,3 +694,18 @@ def test_a_reload_cancels_a_command_that_outlasts_the_bound() -> None:
     assert answers[4]["error"] == cancelled
     assert all(a["ok"] is False for a in answers.values())
     assert source.writes == []
+
+
+def test_a_sparkplug_write_takes_the_same_value_checks() -> None:
+    """A DCMD's metric may hold NaN or infinity, which JSON cannot: refused all the same."""
+    harness = Harness()
+
+    async def submit() -> None:
+        router = await harness.send([])
+        for value in (math.nan, math.inf, 42.0):
+            router.submit("plc", "sp", value, "dcmd:plc/sp")
+        while router.tasks:
+            await asyncio.wait(list(router.tasks))
+
+    asyncio.run(submit())
+    assert harness.source.writes == [("sp", 42.0)]

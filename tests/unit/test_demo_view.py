@@ -57,7 +57,13 @@ def test_data_by_alias_resolves_through_the_birth_and_deaths_make_rows_bad() -> 
     fan, zone = table.latest[("oven-01", "fan_speed")], table.latest[("oven-01", "zone1_temp")]
     assert (fan.value, fan.quality) == (-5, "good")
     assert (zone.value, zone.unit, zone.quality) == (181.0, "degC", "good")
-    view.on_message(NODE.format("DDEATH") + "/oven-01", _payload(4))  # seq 3 was lost
+    # A value from the backlog is history: the table keeps the current one.
+    view.on_message(
+        NODE.format("DDATA") + "/oven-01",
+        _payload(3, {"alias": 7, "float_value": 170.0, "is_historical": True}),
+    )
+    assert table.latest[("oven-01", "zone1_temp")].value == 181.0
+    view.on_message(NODE.format("DDEATH") + "/oven-01", _payload(5))  # seq 4 was lost
     assert table.latest[("oven-01", "zone1_temp")].quality == "bad: device offline (DDEATH)"
     assert table.latest[("oven-01", "zone1_temp")].value == 181.0  # the last value, stale
     assert view.summary().startswith("Sparkplug B edge node edge-01, bdSeq 3: ")

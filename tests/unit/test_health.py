@@ -61,3 +61,17 @@ def test_the_broker_the_buffer_and_a_stopping_gateway_make_it_not_ready() -> Non
         if health.buffer_alarm is None and health.broker_connected():
             health.running = False  # shutting down
         assert health.ready()[0] is False
+
+
+def test_a_broker_that_gets_no_data_yet_is_not_ready_and_says_why() -> None:
+    health = _health()
+    for device in ("poller", "subscriber"):
+        health.seen(device, UP, [Reading(device, "a", 1.0, GOOD, time.time())])
+    assert health.ready()[0] is True
+    health.held = lambda: "waiting for the primary host scada-1 to be online"
+    ready, report = health.ready()
+    assert ready is False
+    assert report["broker"] == {
+        "connected": True,
+        "held": "waiting for the primary host scada-1 to be online",
+    }

@@ -9,6 +9,7 @@ read as the new). Aliases of points no longer in the map stay reserved.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import orjson
@@ -22,31 +23,46 @@ Entry = tuple[int, int | None]  # alias, datatype (None: decided by the first va
 
 
 class Aliases:
-    def __init__(self, path: Path | None) -> None:
-        """``path``: the file; None keeps the table in memory (tests)."""
+    def __init__(self, path: Path | None, backlog: bool = False) -> None:
+        """``path``: the file; None keeps the table in memory (tests). ``backlog``: the
+        buffer holds records of an earlier run, whose aliases a lost table cannot say."""
         self.path = path
-        self._table: dict[str, dict[str, Entry]] = self._read()
-        self._next = 1 + max(
-            (alias for points in self._table.values() for alias, _ in points.values()), default=0
-        )
         self._changed = False
+        self._table: dict[str, dict[str, Entry]] = {}
+        lost = self._read()
+        if lost is not None and backlog:
+            # Numbers no earlier table can have used (they grow with the clock): a waiting
+            # DDATA then resolves to nothing, and its values are left out, never misread.
+            log.error(
+                f"{lost}: new aliases are numbered apart, and the values waiting in the buffer "
+                "from earlier runs are left out of their DDATA",
+                file=str(self.path),
+            )
+            self._next = int(time.time()) << 16
+        else:
+            self._next = 1 + max(
+                (alias for points in self._table.values() for alias, _ in points.values()),
+                default=0,
+            )
 
-    def _read(self) -> dict[str, dict[str, Entry]]:
+    def _read(self) -> str | None:
+        """Fill the table from the file; what went wrong when there is none to read."""
         if self.path is None:
-            return {}
+            return None
         try:
             data = orjson.loads(self.path.read_bytes())
-            return {
+            self._table = {
                 device: {point: _entry(value) for point, value in points.items()}
                 for device, points in data.items()
             }
+            return None
         except FileNotFoundError:
-            return {}
+            return None  # the first run in Sparkplug mode
         except OSError as exc:
-            log.warning("cannot read the saved aliases: numbering them again", reason=exc.strerror)
+            return f"cannot read the saved aliases ({exc.strerror})"
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-            log.warning("the saved aliases are damaged: numbering them again", file=str(self.path))
-        return {}
+            self._table = {}
+            return "the saved aliases are damaged"
 
     def alias(self, device: str, point: str, datatype: int | None) -> Entry:
         """The metric's alias and datatype: its own, or a new alias when it is new or changed

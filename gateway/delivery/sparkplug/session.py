@@ -189,6 +189,7 @@ class EdgeNode:
         self._state_topic = state_topic(primary_host) if primary_host else None
         self.host_online = primary_host is None
         self._host_timestamp = -1  # of the latest STATE taken
+        self._said_invalid_state = False
         # Where a DCMD's writes go (the command router): device, point, value, command id.
         self.write: Callable[[str, str, Scalar, str], None] | None = None
         self.seq = 0
@@ -279,12 +280,21 @@ class EdgeNode:
             state = orjson.loads(payload)
             online, timestamp = state["online"], state["timestamp"]
         except (orjson.JSONDecodeError, TypeError, KeyError):
-            return None
+            online = timestamp = None
         if (
             not isinstance(online, bool)
             or not isinstance(timestamp, int)
             or isinstance(timestamp, bool)
         ):
+            if not self._said_invalid_state:  # the host's every retained STATE would repeat it
+                self._said_invalid_state = True
+                log.warning(
+                    "the primary host's STATE is not Sparkplug 3.0: ignored",
+                    host=self.primary_host,
+                    payload=payload[:80].decode("utf-8", "replace"),
+                    hint='a 3.0 host publishes {"online": true|false, "timestamp": <ms>} as '
+                    "JSON, retained, on spBv1.0/STATE/<host id>",
+                )
             return None
         if timestamp < self._host_timestamp:
             return None
