@@ -29,13 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config.load import Config
 from gateway.config.schema import SparkplugSection
 from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
-from gateway.delivery.sparkplug.payload import (
-    QUALITY_BAD,
-    QUALITY_GOOD,
-    QUALITY_LAST_KNOWN,
-    QUALITY_UNCERTAIN,
-    metric_value,
-)
+from gateway.delivery.sparkplug.payload import QUALITY_CODES, metric_value
 from gateway.delivery.sparkplug.topics import NAMESPACE
 from gateway.runtime import Gateway
 
@@ -202,15 +196,6 @@ class JsonView:
         return f"{self.received} messages received"
 
 
-# The Quality property's codes (Ignition 8), as the table shows them.
-_QUALITIES = {
-    QUALITY_GOOD: "good",
-    QUALITY_UNCERTAIN: "uncertain",
-    QUALITY_LAST_KNOWN: "uncertain: stale",
-    QUALITY_BAD: "bad",
-}
-
-
 class SparkplugView:
     """One edge node's Sparkplug B messages, decoded as a host does: a DBIRTH names each
     metric, its alias, datatype and unit; DDATA refers to them by alias; absent quality is
@@ -229,6 +214,14 @@ class SparkplugView:
         self.bd_seq: int | None = None
         self.seq: int | None = None
         self.gaps = 0
+        # The Quality property's codes the map says, as the table shows them.
+        codes = QUALITY_CODES[config.sparkplug.quality_codes]
+        self.qualities = {
+            codes.bad: "bad",
+            codes.uncertain: "uncertain",
+            codes.stale: "uncertain: stale",
+            codes.good: "good",
+        }
 
     def on_message(self, topic: str, payload: bytes | bytearray) -> None:
         parts = topic.split("/")
@@ -277,7 +270,7 @@ class SparkplugView:
             if not name or metric.is_historical:
                 continue  # an alias no DBIRTH named; a value of the past, not the current
             code = _property(metric, "Quality")
-            quality = _QUALITIES.get(QUALITY_GOOD if code is None else code, f"code {code}")
+            quality = self.qualities.get(code, f"code {code}") if code is not None else "good"
             self.table.update(device, name, _value(metric, datatype), unit, quality)
 
     def _stale(self, device: str, quality: str) -> None:

@@ -31,6 +31,7 @@ from gateway.delivery.encode_json import JsonEncoder, iso_time, kept_json
 from gateway.delivery.forwarder import OFFLINE, Forwarder
 from gateway.delivery.sparkplug.aliases import Aliases
 from gateway.delivery.sparkplug.bdseq import BdSeq
+from gateway.delivery.sparkplug.payload import QUALITY_CODES
 from gateway.delivery.sparkplug.session import EdgeNode, SparkplugEncoder
 from gateway.delivery.sparkplug.topics import SparkplugTopics
 from gateway.http.health import Health
@@ -74,6 +75,7 @@ class Gateway:
                 config.devices,
                 _value_types(config),
                 Aliases(settings.path / "sparkplug-aliases.json", self.buffer.count > 0),
+                QUALITY_CODES[config.sparkplug.quality_codes],
             )
             self.edge = EdgeNode(
                 spb_topics,

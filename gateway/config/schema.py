@@ -214,6 +214,8 @@ class SparkplugSection(StrictModel):
     # The primary host's id: births and data wait until its STATE says it is online, and the
     # server is left when it says offline.
     primary_host_id: Name | None = None
+    # The Quality property's values: Ignition 8's codes, or the specification's 0/192/500.
+    quality_codes: Literal["ignition", "specification"] = "ignition"
 
 
 class HttpSection(StrictModel):

@@ -11,6 +11,7 @@ import pytest
 from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
 from gateway.delivery.sparkplug.payload import (
     QUALITY_BAD,
+    QUALITY_CODES,
     QUALITY_GOOD,
     QUALITY_LAST_KNOWN,
     VALUE_TYPES,
@@ -169,6 +170,24 @@ def test_a_stored_data_message_gets_its_seq_when_sent() -> None:
         assert ps.DData.decode(with_seq(stored, seq), birth=birth).seq == seq
     # Sent again later (a new session): the last seq given wins.
     assert ps.DData.decode(with_seq(with_seq(stored, 3), 4), birth=birth).seq == 4
+
+
+def test_the_specifications_quality_codes_on_request() -> None:
+    """sparkplug.quality_codes: specification: 0 bad, 192 good, 500 stale (also for an
+    uncertain value: the specification has no other code)
+    [tck-id-payloads-propertyset-quality-value-value]."""
+    metrics = DeviceMetrics([MetricSpec("t", 1, pb.Double)], QUALITY_CODES["specification"])
+    (born,) = pb.Payload.FromString(metrics.birth(0, 0, {})).metrics
+    assert _properties(born)["Quality"] == 0
+    steps = [
+        (Reading("d", "t", 20.0, GOOD, T0), 192),
+        (Reading("d", "t", 20.0, UNCERTAIN, T0, None, "stale"), 500),
+        (Reading("d", "t", 21.0, UNCERTAIN, T0, None, "clamped"), 500),
+        (Reading("d", "t", None, BAD, T0, None, "timeout"), 0),
+    ]
+    for reading, expected in steps:
+        (sent,) = pb.Payload.FromString(metrics.data(1, 0, [reading])).metrics
+        assert _properties(sent)["Quality"] == expected, reading
 
 
 def test_a_birth_takes_no_value_off_the_data_messages() -> None:

@@ -3,10 +3,11 @@
 What the specification fixes is done here; what a session does with it (bdSeq, seq, births,
 STATE) is the session's. The metric types come from the information model's value types
 (``VALUE_TYPES``), or from a value when the map does not say (an OPC UA variable). Quality goes
-into the ``Quality`` property as Ignition reads it (Ignition 8 quality codes, Int32): 192 good,
-``Uncertain`` / ``Uncertain_LastKnownValue`` (a stale value), ``Bad``; absent means good, as
-Cirrus Link's modules publish it, so a DATA message carries it only when it is not good or was
-not good the last time.
+into the ``Quality`` property (Int32), by default as Ignition reads it (Ignition 8 quality
+codes): 192 good, ``Uncertain`` / ``Uncertain_LastKnownValue`` (a stale value), ``Bad``; or in
+the specification's 0/192/500 (``QUALITY_CODES``). Absent means good, as Cirrus Link's modules
+publish it, so a DATA message carries it only when it is not good or was not good the last
+time.
 """
 
 from __future__ import annotations
@@ -64,6 +65,32 @@ QUALITY_UNCERTAIN = 1073742080
 QUALITY_LAST_KNOWN = 1073742081  # Uncertain_LastKnownValue: a stale value
 QUALITY_BAD = -2147483136
 
+
+@dataclass(frozen=True, slots=True)
+class QualityCodes:
+    """The ``Quality`` property's value for a good, uncertain, stale and bad reading."""
+
+    good: int
+    uncertain: int
+    stale: int
+    bad: int
+
+    def of(self, reading: Reading) -> int:
+        if reading.quality == GOOD:
+            return self.good
+        if reading.quality == UNCERTAIN:
+            return self.stale if reading.reason == "stale" else self.uncertain
+        return self.bad
+
+
+# `sparkplug.quality_codes`: Ignition 8's (what Cirrus Link's modules publish and read; in
+# them 0 is Good_Unspecified), or the three the specification lists: 0 bad, 192 good, 500
+# stale [tck-id-payloads-propertyset-quality-value-value].
+QUALITY_CODES = {
+    "ignition": QualityCodes(QUALITY_GOOD, QUALITY_UNCERTAIN, QUALITY_LAST_KNOWN, QUALITY_BAD),
+    "specification": QualityCodes(192, 500, 500, 0),
+}
+
 _SIGNED_32 = (pb.Int8, pb.Int16, pb.Int32)
 _UNSIGNED_32 = (pb.UInt8, pb.UInt16, pb.UInt32)
 # Array datatypes -> struct format of one element (little endian, as Sparkplug 3.0 packs them).
@@ -99,14 +126,6 @@ def datatype_of(value: Value | None) -> int:
             return pb.DoubleArray
         return pb.StringArray
     return pb.String
-
-
-def quality_code(reading: Reading) -> int:
-    if reading.quality == GOOD:
-        return QUALITY_GOOD
-    if reading.quality == UNCERTAIN:
-        return QUALITY_LAST_KNOWN if reading.reason == "stale" else QUALITY_UNCERTAIN
-    return QUALITY_BAD
 
 
 def set_value(metric: Metric, datatype: int, value: Value | None) -> bool:
@@ -307,7 +326,10 @@ class DeviceMetrics:
     durable (the buffer), a birth is not (it is made at send time and may never go out), so
     a birth takes nothing off them, and every change of a value is in a DATA message."""
 
-    def __init__(self, specs: Sequence[MetricSpec]) -> None:
+    def __init__(
+        self, specs: Sequence[MetricSpec], codes: QualityCodes = QUALITY_CODES["ignition"]
+    ) -> None:
+        self.codes = codes
         self.specs = {s.name: s for s in specs}
         self.names = {s.alias: s.name for s in specs}  # alias -> name (commands)
         self.datatypes: dict[str, int | None] = {s.name: s.datatype for s in specs}
@@ -336,14 +358,14 @@ class DeviceMetrics:
             metric.datatype = datatype
             metric.timestamp = _ms(reading.ts) if reading else timestamp
             ok = set_value(metric, datatype, reading.value if reading else None)
-            code = quality_code(reading) if reading and ok else QUALITY_BAD
+            code = self.codes.of(reading) if reading and ok else self.codes.bad
             properties = metric.properties
             if spec.unit is not None:
                 properties.keys.append("engUnit")
                 unit = properties.values.add()
                 unit.type, unit.string_value = pb.String, spec.unit
             _quality(properties, code)
-            if code != QUALITY_GOOD:
+            if code != self.codes.good:
                 # The next DATA says its quality, whatever came before: never less is said.
                 self.not_good.add(name)
         return _serialized(payload)
@@ -391,10 +413,10 @@ class DeviceMetrics:
         datatype = self._datatype(reading.point, reading.value)
         metric.timestamp = _ms(reading.ts)
         ok = set_value(metric, datatype, reading.value)
-        code = quality_code(reading) if ok else QUALITY_BAD
+        code = self.codes.of(reading) if ok else self.codes.bad
         if reading.value is not None:
             sent[reading.point] = reading.value
-        if code != QUALITY_GOOD:
+        if code != self.codes.good:
             _quality(metric.properties, code)
             self.not_good.add(reading.point)
         elif reading.point in self.not_good:

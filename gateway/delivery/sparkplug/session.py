@@ -28,9 +28,11 @@ from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
 from gateway.delivery.sparkplug.aliases import Aliases
 from gateway.delivery.sparkplug.bdseq import BdSeq
 from gateway.delivery.sparkplug.payload import (
+    QUALITY_CODES,
     VALUE_TYPES,
     DeviceMetrics,
     MetricSpec,
+    QualityCodes,
     as_historical,
     asks_rebirth,
     command_metrics,
@@ -59,9 +61,11 @@ class SparkplugEncoder:
         devices: Sequence[DeviceConfig],
         value_types: Mapping[str, Mapping[str, str | None]],
         aliases: Aliases | None = None,
+        codes: QualityCodes = QUALITY_CODES["ignition"],
     ) -> None:
         self.topics = topics
         self.out = out
+        self.codes = codes
         self.readings = 0  # values encoded (for /metrics)
         self.metrics: dict[str, DeviceMetrics] = {}
         self.last: dict[str, dict[str, Reading]] = {}  # the latest reading of each point
@@ -92,7 +96,7 @@ class SparkplugEncoder:
                 given = VALUE_TYPES[kind] if kind else None
                 alias, datatype = self.aliases.alias(device.id, point.name, given)
                 specs.append(MetricSpec(point.name, alias, datatype, point.unit))
-            metrics[device.id] = DeviceMetrics(specs)
+            metrics[device.id] = DeviceMetrics(specs, self.codes)
         self.aliases.save()
         self.metrics = metrics
         self.last = {d: self.last.get(d, {}) if d in kept else {} for d in metrics}
