@@ -153,3 +153,23 @@ async def _decided_type(tmp_path: Path) -> None:
     assert (born.datatype, born.double_value) == (pb.Double, 21.5)
     # The next run announces it from the start.
     assert Aliases(tmp_path / "aliases.json").alias("d", "p0", None) == (1, pb.Double)
+
+
+def test_a_device_not_heard_of_yet_is_born_without_a_death(tmp_path: Path) -> None:
+    """At start the devices are still connecting: born (null, bad) so any backlog resolves,
+    not declared dead a moment before their real birth; a device that failed is."""
+    asyncio.run(_births_at_start(tmp_path))
+
+
+async def _births_at_start(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.fw.connected(Broker(session_present=False))
+    await _drain(node)
+    assert [kind for kind, _, _ in node.client.messages()] == ["NBIRTH", "DBIRTH"]
+    node.edge.device_state("d", False)  # its first attempt failed
+    await _drain(node)
+    assert [kind for kind, _, _ in node.client.messages(2)] == ["DDEATH"]
+    node.fw.disconnected("test", False)
+    node.fw.connected(Broker(session_present=False))  # known not connected now
+    await _drain(node)
+    assert [kind for kind, _, _ in node.client.messages(3)] == ["NBIRTH", "DBIRTH", "DDEATH"]

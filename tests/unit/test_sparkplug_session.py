@@ -34,6 +34,14 @@ def test_bd_seq_wraps_after_255_and_a_damaged_file_starts_again(tmp_path: Path) 
     assert BdSeq(path).next() == 0
 
 
+def test_a_bd_seq_that_cannot_be_saved_still_counts(tmp_path: Path) -> None:
+    """A full or broken disk must not keep the edge node off the broker for ever."""
+    (tmp_path / "file").write_text("")
+    bd_seq = BdSeq(tmp_path / "file" / "bdseq")  # its folder is a file: every save fails
+    assert [bd_seq.next() for _ in range(3)] == [0, 1, 2]
+    assert bd_seq.current == 2
+
+
 def test_topics() -> None:
     topics = SparkplugTopics("plant-1", "edge-01")
     assert topics.node("NBIRTH") == "spBv1.0/plant-1/NBIRTH/edge-01"

@@ -25,6 +25,7 @@ class BdSeq:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.current: int | None = None  # the value of the connection being made or made
+        self._unsaved = False  # the last value could not be saved (said once)
         self._last = self._read()
 
     def _read(self) -> int | None:
@@ -43,9 +44,19 @@ class BdSeq:
         return int(text) % WRAP
 
     def next(self) -> int:
-        """The value for a new MQTT CONNECT, saved before the CONNECT is sent."""
+        """The value for a new MQTT CONNECT, saved before the CONNECT is sent. When it cannot
+        be saved (a full disk) the gateway connects all the same: held data would wait for
+        ever; only a crash before it is saved again could make a host pair wrongly."""
         value = 0 if self._last is None else (self._last + 1) % WRAP
-        private_folder(self.path.parent)
-        write_private(self.path, f"{value}\n".encode())
+        try:
+            private_folder(self.path.parent)
+            write_private(self.path, f"{value}\n".encode())
+        except OSError as exc:
+            if not self._unsaved:
+                log.error("cannot save the bdSeq: connecting with it unsaved",
+                          file=str(self.path), reason=exc.strerror, bd_seq=value)  # fmt: skip
+            self._unsaved = True
+        else:
+            self._unsaved = False
         self._last = self.current = value
         return value

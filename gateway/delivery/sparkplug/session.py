@@ -213,7 +213,10 @@ class EdgeNode:
         return Will(self._ndeath, node_death(self.bd_seq.next()), 1, False)
 
     def births(self) -> list[tuple[str, bytes]]:
-        """After connecting: NBIRTH, a DBIRTH per device, a DDEATH per device not connected."""
+        """After connecting: NBIRTH, a DBIRTH per device (so the backlog's DDATA resolve), a
+        DDEATH per device known not to be connected. One that has not said yet (the gateway
+        is starting) is left born, its metrics null and bad until its own DBIRTH or DDEATH:
+        no death and birth again a moment later for every device at each start."""
         bd_seq = self.bd_seq.current if self.bd_seq.current is not None else 0
         node = node_birth(bd_seq, round(time.time() * 1000), NODE_METRICS)
         messages = [(self._nbirth, node)]
@@ -221,7 +224,7 @@ class EdgeNode:
         for device in encoder.metrics:
             messages.append((self.topics.device("DBIRTH", device), encoder.birth(device)))
         for device in encoder.metrics:
-            if not self.connected.get(device, False):
+            if self.connected.get(device) is False:
                 messages.append(self._device_death(device))
         return messages
 
@@ -229,7 +232,7 @@ class EdgeNode:
         """A DBIRTH when a device is (back) connected, a DDEATH when it is lost, into the
         buffer (``SparkplugEncoder.control``) unless already said. The births of a session
         say every device's state at its start."""
-        was = self.connected.get(device, False)
+        was = self.connected.get(device)  # None: not said yet
         self.connected[device] = connected
         encoder = self.encoder
         if connected:
