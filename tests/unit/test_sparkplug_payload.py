@@ -237,6 +237,7 @@ def test_blocks_take_the_fast_lane_and_say_the_same_as_readings() -> None:
     assert stored is not None
     decoded = ps.DData.decode(with_seq(stored, 1), birth=birth)
     assert [(m.name, m.value) for m in decoded.metrics] == [("b", -8)]
+    assert stored == slow.data(0, 5, moved.readings())  # the same bytes as the general way
     # All changed: the whole block, by the fast lane.
     third = Block("d", points, [2.5, 9, 1], T0 + 2)
     stored = fast.data(0, 5, [third])

@@ -313,6 +313,7 @@ _FIELDS: dict[int, str] = {
 @dataclass(frozen=True, slots=True)
 class _Template:
     payload: Payload  # the metrics, alias only
+    aliases: tuple[int, ...]
     fields: tuple[str, ...]  # the value field of each
     masks: tuple[int, ...]  # two's complement of each integer at its width (0: a float)
     ranges: tuple[tuple[float, float], ...]  # the values each takes (NaN is in none)
@@ -339,7 +340,9 @@ class DeviceMetrics:
         # The value each metric last went out with in a DATA message: DATA carries only what
         # changed since [tck-id-operational-behavior-data-publish-dbirth-change] (a SHOULD).
         self.sent: dict[str, Value] = {}
-        # Per set of points a source reads together: the block's DDATA metrics, ready to fill.
+        # Per set of points a source reads together: the values its last DDATA sent (while
+        # nothing else sent any of them since), and its DDATA metrics, ready to fill.
+        self._block_sent: WeakKeyDictionary[Points, Sequence[Value]] = WeakKeyDictionary()
         self._templates: WeakKeyDictionary[Points, _Template | Literal[False]] = WeakKeyDictionary()
 
     def birth(self, seq: int, timestamp: int, last: dict[str, Reading]) -> bytes:
@@ -381,11 +384,25 @@ class DeviceMetrics:
             if not isinstance(sample, Block):
                 self._add_reading(payload, sample)
                 continue
-            names = sample.points.names
-            if self.not_good.isdisjoint(names):
-                changed = [i for i, v in enumerate(sample.values) if sent.get(names[i], _NONE) != v]
-                if len(changed) == len(names) and self._add_block(payload, sample):
-                    sent.update(zip(names, sample.values, strict=True))
+            points, values = sample.points, sample.values
+            names = points.names
+            if not self.not_good or self.not_good.isdisjoint(names):
+                last = self._block_sent.get(points)
+                if last is values:
+                    continue  # the very list sent last time (a source's unchanged answer)
+                if last is None:
+                    changed = [i for i, v in enumerate(values) if sent.get(names[i], _NONE) != v]
+                else:  # the same points' values as last sent: a comparison of two lists
+                    changed = [
+                        i for i, (v, w) in enumerate(zip(values, last, strict=True)) if v != w
+                    ]
+                if not changed:
+                    continue
+                whole = len(changed) == len(names)
+                if self._add_block(payload, sample, None if whole else changed):
+                    for i in changed:
+                        sent[names[i]] = values[i]
+                    self._block_sent[points] = values
                     continue
             else:
                 changed = list(range(len(names)))
@@ -396,6 +413,8 @@ class DeviceMetrics:
 
     def _add_reading(self, payload: Payload, reading: Reading) -> None:
         sent = self.sent
+        if self._block_sent:
+            self._block_sent.clear()  # a value sent on its own: compare by name again
         if (
             reading.quality == GOOD
             and reading.point not in self.not_good
@@ -423,35 +442,43 @@ class DeviceMetrics:
             _quality(metric.properties, code)
             self.not_good.discard(reading.point)
 
-    def _add_block(self, payload: Payload, block: Block) -> bool:
-        """The fast lane: a block's good values into metrics copied from a template made once
-        per set of points (alias and value field), only the values and the timestamp set.
-        False when the block cannot take it (a point that was not good, a value of another
-        type than its metric's): its values then go the general way."""
+    def _add_block(self, payload: Payload, block: Block, only: list[int] | None) -> bool:
+        """The fast lane: a block's good values (``only`` those at these indexes) into
+        metrics made from a template made once per set of points (alias and value field),
+        only the values and the timestamp set. False when the block cannot take it (a value
+        of another type than its metric's): its values then go the general way."""
         template = self._templates.get(block.points)
         if template is None:
             template = self._templates[block.points] = self._template(block)
         if template is False:
             return False
         first = len(payload.metrics)
-        payload.MergeFrom(template.payload)
         metrics = payload.metrics
+        values, fields, masks = block.values, template.fields, template.masks
+        ranges = template.ranges
         ts = _ms(block.ts)
         try:
-            for i, value, field, mask, (low, high) in zip(
-                range(first, len(metrics)),
-                block.values,
-                template.fields,
-                template.masks,
-                template.ranges,
-                strict=True,
-            ):
-                if not low <= value <= high:  # out of the type's range, NaN, infinite
-                    raise ValueError(value)
-                metric = metrics[i]
-                metric.timestamp = ts
-                # A float where an integer belongs raises: the block goes the general way.
-                setattr(metric, field, value & mask if mask else value)  # type: ignore[operator]
+            if only is None:
+                payload.MergeFrom(template.payload)
+                for i, value, field, mask, (low, high) in zip(
+                    range(first, len(metrics)), values, fields, masks, ranges, strict=True
+                ):
+                    if not low <= value <= high:  # out of the type's range, NaN, infinite
+                        raise ValueError(value)
+                    metric = metrics[i]
+                    metric.timestamp = ts
+                    # A float where an integer belongs raises: the block goes the general way.
+                    setattr(metric, field, value & mask if mask else value)  # type: ignore[operator]
+            else:  # some of them: each metric made with its alias and timestamp
+                add, aliases = metrics.add, template.aliases
+                for i in only:
+                    value = values[i]
+                    low, high = ranges[i]
+                    if not low <= value <= high:
+                        raise ValueError(value)
+                    mask = masks[i]
+                    metric = add(alias=aliases[i], timestamp=ts)
+                    setattr(metric, fields[i], value & mask if mask else value)  # type: ignore[operator]
         except (TypeError, ValueError, OverflowError):
             del metrics[first:]
             return False
@@ -459,6 +486,7 @@ class DeviceMetrics:
 
     def _template(self, block: Block) -> _Template | Literal[False]:
         payload = Payload()
+        aliases: list[int] = []
         fields: list[str] = []
         masks: list[int] = []
         ranges: list[tuple[float, float]] = []
@@ -471,11 +499,12 @@ class DeviceMetrics:
             if field is None:
                 return False
             payload.metrics.add().alias = spec.alias
+            aliases.append(spec.alias)
             fields.append(field)
             floating = field in ("double_value", "float_value")
             masks.append(0 if floating else _MASKS.get(datatype, 0xFFFFFFFFFFFFFFFF))
             ranges.append(_FLOAT_RANGES.get(datatype) or _RANGES[datatype])
-        return _Template(payload, tuple(fields), tuple(masks), tuple(ranges))
+        return _Template(payload, tuple(aliases), tuple(fields), tuple(masks), tuple(ranges))
 
     def _datatype(self, name: str, value: Value | None) -> int:
         datatype = self.datatypes.get(name)
