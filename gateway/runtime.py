@@ -61,7 +61,9 @@ class Gateway:
             open_store(settings.mode, settings.path, settings.max_size),
             settings.max_size,
             settings.on_full,
-            settings.replay_rate,
+            # Sparkplug: strictly in order, the backlog first, so a host sees a device's
+            # history before its later births and deaths.
+            1.0 if config.sparkplug is not None else settings.replay_rate,
         )
         mqtt = config.mqtt
         self.encoder: JsonEncoder | SparkplugEncoder

@@ -70,12 +70,15 @@ class Forwarder:
         self.window = WINDOW
         self._client: MqttClient | None = None
         self._states: dict[str, bytes] = {}  # retained states waiting for room
-        self._control: deque[tuple[str, bytes]] = deque()  # Sparkplug births and deaths, in order
+        self._control: deque[tuple[str, bytes]] = deque()  # Sparkplug births, in order
+        # Sparkplug deaths the births decided, sent once the records before them are out.
+        self._deferred: deque[tuple[str, bytes]] = deque()
         self._born = asyncio.Event()  # Sparkplug: births sent on this connection, data may go
         self._watermark = 0  # Sparkplug: records before the births are history to the host
         # Sparkplug's QoS 0: records written, waiting for a round trip to confirm them.
         self._written: list[int] = []
         self._confirming = False  # a round trip is on its way
+        self._deadline: asyncio.TimerHandle | None = None  # ... and when it is given up
         self._acked: list[int] = []  # seqs acknowledged since the last sync
         self._qos = qos
         # States (and the will) follow mqtt.qos up to 1, and mqtt.retain (Settings.will).
@@ -160,7 +163,12 @@ class Forwarder:
             if self.sparkplug is not None and not self._born.is_set():
                 await self._born.wait()  # the primary host is not online: data waits
                 continue
-            if not buffer.pending() and not self._states and not self._control:
+            if (
+                not buffer.pending()
+                and not self._states
+                and not self._control
+                and not self._deferred
+            ):
                 buffer.ready.clear()
                 await buffer.ready.wait()
                 continue
@@ -181,7 +189,10 @@ class Forwarder:
                 await self._wait_for_room(window // 2)
                 continue
             if self._control:
-                self._send_control(client)
+                self._send_control(client, self._control)
+                continue
+            if self._deferred and not buffer.waiting_below(self._watermark):
+                self._send_control(client, self._deferred)
                 continue
             if self._states:
                 self._send_state(client)
@@ -192,9 +203,13 @@ class Forwarder:
             record, replayed = item
             edge = self.sparkplug
             if edge is not None:
-                historical = replayed or record.seq < self._watermark
-                if not self._sendable(edge, record, historical):
+                if not self._sendable(edge, record):
+                    sent += 1  # settled here: it counts for the loop's turns all the same
+                    if sent % 200 == 0:
+                        self._collect()
+                        await asyncio.sleep(0)
                     continue
+                historical = replayed or record.seq < self._watermark
                 payload = edge.finish(record.topic, record.payload, historical)
             else:
                 payload = mark_replayed(record.payload) if replayed else record.payload
@@ -216,7 +231,7 @@ class Forwarder:
                 self._collect()
                 await asyncio.sleep(0)  # let polls run during a long drain
 
-    def _sendable(self, edge: EdgeNode, record: Record, historical: bool) -> bool:
+    def _sendable(self, edge: EdgeNode, record: Record) -> bool:
         """Whether a stored Sparkplug record goes out; one that does not is settled here."""
         kind = edge.kind_of(record.topic)
         if kind is None:  # left by a run with another map or format
@@ -225,7 +240,7 @@ class Forwarder:
                           "messages of another edge node dropped")  # fmt: skip
             return False
         if kind != "DDATA":
-            if historical:  # of an earlier session: this session's births say it now
+            if record.seq < self._watermark:  # of an earlier session: its births say it now
                 self.buffer.handed(record)
                 self.buffer.discarded([record.seq])
                 return False
@@ -259,8 +274,8 @@ class Forwarder:
         self._states[topic] = payload
         self.buffer.ready.set()
 
-    def _send_control(self, client: MqttClient) -> None:
-        topic, payload = self._control.popleft()
+    def _send_control(self, client: MqttClient, queue: deque[tuple[str, bytes]]) -> None:
+        topic, payload = queue.popleft()
         assert self.sparkplug is not None
         try:
             mid = client.publish(topic, self.sparkplug.finish(topic, payload), 0)
@@ -320,12 +335,15 @@ class Forwarder:
         self._retain = retain and broker.retain_available
         self._connected_at = time.monotonic()
         self.connections += 1
+        self._written.clear()  # of a session whose end was never reported (a hung switch)
+        self._confirming = False
         self.buffer.connected()
         if self.sparkplug is not None:
             edge = self.sparkplug
             edge.session_started()
             self._born.clear()
             self._control.clear()
+            self._deferred.clear()
             if self._client is not None:
                 for topic_filter, qos in edge.subscriptions():
                     self._client.subscribe(topic_filter, qos)
@@ -349,6 +367,9 @@ class Forwarder:
             # reached the broker. It is sent again after the next births, as history.
             self._written.clear()
             self._confirming = False
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
             self._give_back()
 
     def acknowledged(self, mid: int) -> None:
@@ -376,17 +397,37 @@ class Forwarder:
             return  # they go back to the buffer with the disconnect
         self._confirming = True
         session = self.connections
+        # A broker that keeps the connection but never answers would hold them for ever.
+        keepalive = self.settings.keepalive
+        wait = float(keepalive) if keepalive > 0 else 60.0
+        self._deadline = asyncio.get_running_loop().call_later(
+            wait, self._unanswered, client, session, wait
+        )
 
         def confirmed(answer: asyncio.Future[None]) -> None:
             if session != self.connections or answer.cancelled():
                 return  # the connection ended: they went back to the buffer
             self._confirming = False
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
             for mid in mids:
                 if mid in self.inflight:
                     self._settle(mid)
             self._confirm()
 
         answer.add_done_callback(confirmed)
+
+    def _unanswered(self, client: MqttClient, session: int, wait: float) -> None:
+        self._deadline = None
+        if session != self.connections or not self._confirming:
+            return
+        log.warning(
+            "the broker does not confirm what it was sent: reconnecting",
+            waited_s=wait,
+            in_flight=len(self.inflight),
+        )
+        client.drop("no answer to a round trip")  # what it holds is sent again
 
     def _settle(self, mid: int) -> None:
         """Message ``mid`` is the broker's: a record is delivered."""
@@ -442,7 +483,8 @@ class Forwarder:
             self._birth(edge)  # the births replace whatever birth or death was still queued
 
     def _birth(self, edge: EdgeNode) -> None:
-        self._control = deque(edge.births())
+        births, deaths = edge.births()
+        self._control, self._deferred = deque(births), deque(deaths)
         # What was encoded before these births (given back by a lost connection, say) goes
         # out after them as history: the births carry the current values.
         self._watermark = self.buffer.next_seq

@@ -22,12 +22,15 @@ from gateway.mqtt.client import Broker, Settings
 
 
 class FakeClient:
-    """Takes messages up to ``limit`` bytes; a round trip is answered at once."""
+    """Takes messages up to ``limit`` bytes; a round trip is answered at once (unless
+    ``answers`` is false)."""
 
     def __init__(self, forwarder: Forwarder, limit: int | None = None) -> None:
         self.forwarder, self.limit = forwarder, limit
         self.sent: list[tuple[str, bytes]] = []
         self.mid = 0
+        self.answers = True
+        self.dropped = asyncio.Event()
 
     def publish(self, topic: str, payload: bytes, qos: int, **_: Any) -> int:
         if self.limit is not None and len(payload) > self.limit:
@@ -39,8 +42,13 @@ class FakeClient:
 
     def round_trip(self, _filter: str) -> asyncio.Future[None]:
         answer = asyncio.get_running_loop().create_future()
-        answer.set_result(None)
+        if self.answers:
+            answer.set_result(None)
         return answer
+
+    def drop(self, reason: str) -> None:
+        self.dropped.set()
+        self.forwarder.disconnected(reason, False)
 
     def subscribe(self, *_: Any) -> None:
         pass
@@ -57,7 +65,11 @@ class FakeClient:
 
 
 def _node(
-    tmp_path: Path, points: int = 2, limit: int | None = None, kind: str | None = "uint16"
+    tmp_path: Path,
+    points: int = 2,
+    limit: int | None = None,
+    kind: str | None = "uint16",
+    keepalive: int = 30,
 ) -> Any:
     """``kind``: the points' value type; None: decided by the first value (OPC UA)."""
     topics = SparkplugTopics("g", "n")
@@ -68,7 +80,8 @@ def _node(
     types = {"d": dict.fromkeys(names, kind)}
     encoder = SparkplugEncoder(topics, buffer, [device], types, aliases)  # type: ignore[list-item]
     edge = EdgeNode(topics, encoder, BdSeq(tmp_path / "bdseq"))
-    forwarder = Forwarder(Settings("broker", 1883, "n"), buffer, 0, "status", sparkplug=edge)
+    settings = Settings("broker", 1883, "n", keepalive=keepalive)
+    forwarder = Forwarder(settings, buffer, 0, "status", sparkplug=edge)
     client = FakeClient(forwarder, limit)
     forwarder._client = client  # type: ignore[assignment]
     return SimpleNamespace(edge=edge, encoder=encoder, buffer=buffer, fw=forwarder, client=client)
@@ -173,3 +186,64 @@ async def _births_at_start(tmp_path: Path) -> None:
     node.fw.connected(Broker(session_present=False))  # known not connected now
     await _drain(node)
     assert [kind for kind, _, _ in node.client.messages(3)] == ["NBIRTH", "DBIRTH", "DDEATH"]
+
+
+def test_the_backlog_goes_out_between_the_births_and_the_deaths(tmp_path: Path) -> None:
+    """A device that went down while its data waited: the new session's births make it
+    known, its history follows, and only then its DDEATH (no data after a death)."""
+    asyncio.run(_backlog_before_deaths(tmp_path))
+
+
+async def _backlog_before_deaths(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.edge.device_state("d", True)
+    node.fw.connected(Broker(session_present=False))
+    await _drain(node)
+    node.fw.disconnected("the broker went away", False)
+    node.encoder.send([_reading("p0", 1)])  # waits for the broker
+    node.edge.device_state("d", False)  # then the device goes down too
+    node.fw.connected(Broker(session_present=False))
+    start = len(node.client.sent)
+    await _drain(node)
+    sent = node.client.messages(start)
+    assert [kind for kind, _, _ in sent] == ["NBIRTH", "DBIRTH", "DDATA", "DDEATH"]
+    assert pb.Payload.FromString(node.client.sent[start + 2][1]).metrics[0].is_historical
+
+
+def test_a_device_removed_while_its_death_waited_is_declared_dead_by_a_rebirth(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_removed_then_rebirth(tmp_path))
+
+
+async def _removed_then_rebirth(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.edge.device_state("d", True)
+    node.fw.connected(Broker(session_present=False))
+    await _drain(node)
+    node.encoder.track([], {})  # a reload took it out of the map
+    node.edge.removed("d")
+    node.fw._birth(node.edge)  # a host asked for a rebirth before the DDEATH went out
+    start = len(node.client.sent)
+    await _drain(node)
+    assert [(kind, dev) for kind, dev, _ in node.client.messages(start)] == [
+        ("NBIRTH", ""),
+        ("DDEATH", "d"),
+    ]
+
+
+def test_a_round_trip_never_answered_ends_the_connection(tmp_path: Path) -> None:
+    asyncio.run(_unanswered(tmp_path))
+
+
+async def _unanswered(tmp_path: Path) -> None:
+    node = _node(tmp_path, keepalive=1)
+    node.client.answers = False
+    node.edge.device_state("d", True)
+    node.fw.connected(Broker(session_present=False))
+    await _drain(node)
+    node.encoder.send([_reading("p0", 1)])
+    await _drain(node)
+    assert node.fw.inflight  # written, not confirmed
+    await asyncio.wait_for(node.client.dropped.wait(), 10)
+    assert not node.fw.inflight and node.buffer.count == 1  # the DDATA, given back

@@ -43,7 +43,8 @@ SAY_AGAIN = 60.0  # a store that still cannot write is logged again after this l
 
 @dataclass
 class Outcomes:
-    """What became of the readings: every one is delivered, dropped (by reason) or buffered."""
+    """What became of the readings: every one is delivered, dropped (by reason) or buffered.
+    (A Sparkplug birth or death stored for its order may also be discarded: ``discarded``.)"""
 
     delivered: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -196,6 +197,16 @@ class Buffer:
     def pending(self) -> bool:
         return bool(self.resend or self.live or self.replay or self.cursor <= self.backlog_to)
 
+    def waiting_below(self, seq: int) -> bool:
+        """Whether a record older than ``seq`` is still to be handed out."""
+        if self.resend and self.resend[0][0].seq < seq:
+            return True
+        if self.replay or self.cursor <= self.backlog_to:
+            return True  # the backlog is older than anything live
+        return (bool(self.live) and self.live[0].seq < seq) or (
+            bool(self.staging) and self.staging[0].seq < seq
+        )
+
     def next(self) -> tuple[Record, bool] | None:
         """The next record to publish and whether it is replayed; None when nothing waits.
 
@@ -232,7 +243,7 @@ class Buffer:
     def discarded(self, seqs: list[int]) -> None:
         """Handed records that need not go out any more (a Sparkplug birth or death of an
         earlier session, which the current one's births replace): deleted at the next
-        commit, counted neither as delivered nor as dropped."""
+        commit, counted neither as delivered nor as dropped (they hold no reading)."""
         self._settle(seqs, "")
 
     def _settle(self, seqs: list[int], dropped_for: str | None) -> None:

@@ -199,6 +199,7 @@ class EdgeNode:
         self.seq = 0
         self.connected: dict[str, bool] = {}  # each device's last known connection
         self.born: set[str] = set()  # devices a DBIRTH was published for in this session
+        self._gone: set[str] = set()  # removed from the map, their DDEATH not published yet
         self._ndeath = topics.node("NDEATH")
         self._nbirth = topics.node("NBIRTH")
         self._ddata = f"{topics.node('DDATA')}/"
@@ -212,21 +213,26 @@ class EdgeNode:
         """NDEATH with the bdSeq of the CONNECT about to be sent (saved first)."""
         return Will(self._ndeath, node_death(self.bd_seq.next()), 1, False)
 
-    def births(self) -> list[tuple[str, bytes]]:
-        """After connecting: NBIRTH, a DBIRTH per device (so the backlog's DDATA resolve), a
-        DDEATH per device known not to be connected. One that has not said yet (the gateway
+    def births(self) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """After connecting: NBIRTH and a DBIRTH per device (so the backlog's DDATA resolve);
+        then, once the backlog is sent, a DDEATH per device known not to be connected, or
+        removed from the map while its death waited. One that has not said yet (the gateway
         is starting) is left born, its metrics null and bad until its own DBIRTH or DDEATH:
         no death and birth again a moment later for every device at each start."""
         bd_seq = self.bd_seq.current if self.bd_seq.current is not None else 0
         node = node_birth(bd_seq, round(time.time() * 1000), NODE_METRICS)
-        messages = [(self._nbirth, node)]
+        births = [(self._nbirth, node)]
         encoder = self.encoder
         for device in encoder.metrics:
-            messages.append((self.topics.device("DBIRTH", device), encoder.birth(device)))
-        for device in encoder.metrics:
-            if self.connected.get(device) is False:
-                messages.append(self._device_death(device))
-        return messages
+            births.append((self.topics.device("DBIRTH", device), encoder.birth(device)))
+        deaths = [
+            self._device_death(device)
+            for device in encoder.metrics
+            if self.connected.get(device) is False
+        ]
+        deaths += [self._device_death(device) for device in sorted(self._gone)]
+        self._gone.clear()
+        return births, deaths
 
     def device_state(self, device: str, connected: bool) -> None:
         """A DBIRTH when a device is (back) connected, a DDEATH when it is lost, into the
@@ -247,8 +253,10 @@ class EdgeNode:
             encoder.control(*self._device_death(device))
 
     def removed(self, device: str) -> None:
-        """A device a reload took out of the map: its DDEATH."""
+        """A device a reload took out of the map: its DDEATH (said by the next births if
+        they come first)."""
         self.connected.pop(device, None)
+        self._gone.add(device)
         self.encoder.control(*self._device_death(device))
 
     def _device_death(self, device: str) -> tuple[str, bytes]:
@@ -380,7 +388,9 @@ class EdgeNode:
             self.seq = (self.seq + 1) % 256
             if topic.startswith(self._dbirth):
                 self.born.add(topic[len(self._dbirth) :])
-        if replayed:
+            elif topic.startswith(self._ddeath):
+                self._gone.discard(topic[len(self._ddeath) :])
+        if replayed and topic.startswith(self._ddata):
             metrics = self.encoder.metrics.get(topic[len(self._ddata) :])
             payload = as_historical(payload, metrics.names if metrics else ())
         return with_seq(payload, self.seq)
