@@ -597,12 +597,20 @@ class Forwarder:
     async def _report(self) -> None:
         """The gateway status (retained) and a log line with the accounting, every 10 s."""
         last_dropped: dict[str, object] = {}
+        overflowed = self.buffer.outcomes.dropped["buffer_full"]
         while True:
             await asyncio.sleep(STATUS_EVERY)
             stats = self.buffer.stats()
             connected = self._connected.is_set()
             if connected and self.sparkplug is None:
                 self._queue_state(self.status_topic, self._status(stats))
+            full = self.buffer.outcomes.dropped["buffer_full"]
+            if full != overflowed and self.sparkplug is not None and self._born.is_set():
+                # A full buffer may have dropped a device's birth or death: the births say
+                # every device's state again.
+                log.warning("the buffer dropped messages: births again", dropped=full - overflowed)
+                self._birth(self.sparkplug)
+            overflowed = full
             dropped = stats["dropped"]
             if dropped != last_dropped or (stats["buffered"] and not connected):
                 log.info("delivery", connected=connected, **stats)
