@@ -99,6 +99,15 @@ async def _drain(node: Any) -> None:
     node.fw._collect()
 
 
+async def _online(tmp_path: Path, **options: Any) -> Any:
+    """A node whose device is connected, born on a session that is up."""
+    node = _node(tmp_path, **options)
+    node.edge.device_state("d", True)
+    node.fw.connected(Broker(session_present=False))
+    await _drain(node)
+    return node
+
+
 def test_a_device_death_and_birth_never_overtake_its_data(tmp_path: Path) -> None:
     asyncio.run(_death_and_birth_in_order(tmp_path))
 
@@ -135,10 +144,7 @@ def test_the_data_of_a_device_whose_birth_the_broker_refuses_is_dropped(
 
 
 async def _birth_refused(tmp_path: Path) -> None:
-    node = _node(tmp_path, points=300, limit=1000)
-    node.edge.device_state("d", True)
-    node.fw.connected(Broker(session_present=False))
-    await _drain(node)
+    node = await _online(tmp_path, points=300, limit=1000)
     node.encoder.send([_reading("p7", 7)])
     await _drain(node)
     # A host could not resolve it: no DDATA without its DBIRTH, counted as dropped.
@@ -195,10 +201,7 @@ def test_the_backlog_goes_out_between_the_births_and_the_deaths(tmp_path: Path) 
 
 
 async def _backlog_before_deaths(tmp_path: Path) -> None:
-    node = _node(tmp_path)
-    node.edge.device_state("d", True)
-    node.fw.connected(Broker(session_present=False))
-    await _drain(node)
+    node = await _online(tmp_path)
     node.fw.disconnected("the broker went away", False)
     node.encoder.send([_reading("p0", 1)])  # waits for the broker
     node.edge.device_state("d", False)  # then the device goes down too
@@ -217,10 +220,7 @@ def test_a_device_removed_while_its_death_waited_is_declared_dead_by_a_rebirth(
 
 
 async def _removed_then_rebirth(tmp_path: Path) -> None:
-    node = _node(tmp_path)
-    node.edge.device_state("d", True)
-    node.fw.connected(Broker(session_present=False))
-    await _drain(node)
+    node = await _online(tmp_path)
     node.encoder.track([], {})  # a reload took it out of the map
     node.edge.removed("d")
     node.fw._birth(node.edge)  # a host asked for a rebirth before the DDEATH went out
