@@ -1,0 +1,108 @@
+"""A point's bytes <-> its value, as S7 stores them (big endian; BCD for S5TIME and
+DATE_AND_TIME). Numbers and bits by ``struct``; DTL and DATE_AND_TIME by python-snap7's
+getters. Bad contents (a string header longer than its string, an impossible date) raise
+``ValueError`` with the reason the point's reading carries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from collections.abc import Callable
+
+from snap7.util import get_date_time_object, get_dtl
+
+from adapters.s7.config import S7Point
+from gateway.model import Value
+
+Decode = Callable[[bytes, int], Value]  # (data, offset) -> value
+
+_STRUCTS = {
+    "BYTE": "B", "USINT": "B", "SINT": "b", "WORD": "H", "UINT": "H", "INT": "h",
+    "DWORD": "I", "UDINT": "I", "DINT": "i", "REAL": "f", "LWORD": "Q", "ULINT": "Q",
+    "LINT": "q", "LREAL": "d",
+}  # fmt: skip
+S5_BASES = (0.01, 0.1, 1.0, 10.0)  # S5TIME's time base, by its two bits
+DATE_ZERO = dt.date(1990, 1, 1)
+
+
+def decoder(point: S7Point) -> Decode:
+    """How to read the point's value at an offset of a request's bytes."""
+    kind = point.kind
+    one = _scalar(point)
+    if point.count is None:
+        return one
+    size, count = kind.size, point.count
+    return lambda data, at: [one(data, at + i * size) for i in range(count)]
+
+
+def _scalar(point: S7Point) -> Decode:
+    kind = point.kind
+    name = kind.name
+    scale = point.scale if point.scale is not None else 1.0
+    offset = point.offset if point.offset is not None else 0.0
+    if name == "BOOL":
+        bit = point.where.bit_offset
+        return lambda data, at: bool(data[at] >> bit & 1)
+    if name in _STRUCTS:
+        unpack = struct.Struct(">" + _STRUCTS[name]).unpack_from
+        if (scale, offset) == (1.0, 0.0):
+            return lambda data, at: unpack(data, at)[0]
+        return lambda data, at: unpack(data, at)[0] * scale + offset
+    if name == "CHAR":
+        return lambda data, at: data[at : at + 1].decode("latin-1")
+    if name == "WCHAR":
+        return lambda data, at: data[at : at + 2].decode("utf-16-be")
+    if name == "S5TIME":
+        return _s5time
+    if name == "TIME":
+        return lambda data, at: struct.unpack_from(">i", data, at)[0] / 1000
+    if name == "TIME_OF_DAY":
+        return lambda data, at: struct.unpack_from(">I", data, at)[0] / 1000
+    if name == "DATE":
+        return lambda data, at: (
+            DATE_ZERO + dt.timedelta(struct.unpack_from(">H", data, at)[0])
+        ).isoformat()
+    if name == "DATE_AND_TIME":
+        return lambda data, at: _moment(get_date_time_object, data, at, "DATE_AND_TIME")
+    if name == "DTL":
+        return lambda data, at: _moment(get_dtl, data, at, "DTL")
+    assert kind.length is not None  # STRING[n], WSTRING[n]
+    if name == "STRING":
+        return lambda data, at: _string(data, at, kind.length or 0)
+    return lambda data, at: _wstring(data, at, kind.length or 0)
+
+
+def _s5time(data: bytes, at: int) -> float:
+    """Seconds: a time base in bits 12-13 and a count of three BCD digits below."""
+    word: int = struct.unpack_from(">H", data, at)[0]
+    digits = (word >> 8 & 0xF, word >> 4 & 0xF, word & 0xF)
+    if max(digits) > 9:
+        raise ValueError(f"not an S5TIME (digits {word:#06x})")
+    count = digits[0] * 100 + digits[1] * 10 + digits[2]
+    seconds: float = round(count * S5_BASES[word >> 12 & 0x3], 2)
+    return seconds
+
+
+def _moment(read: Callable[[bytearray, int], dt.datetime], data: bytes, at: int, name: str) -> str:
+    try:
+        return read(bytearray(data), at).isoformat(timespec="milliseconds")
+    except ValueError:
+        raise ValueError(f"not a valid {name}") from None
+
+
+def _string(data: bytes, at: int, length: int) -> str:
+    """STRING[n]: its maximum (as declared in the PLC) and actual length, then latin-1."""
+    declared, actual = data[at], data[at + 1]
+    if actual > min(declared, length):
+        raise ValueError(f"not a valid STRING (header says {actual} of {declared} characters)")
+    return data[at + 2 : at + 2 + actual].decode("latin-1")
+
+
+def _wstring(data: bytes, at: int, length: int) -> str:
+    declared, actual = struct.unpack_from(">HH", data, at)
+    if actual > min(declared, length):
+        raise ValueError(f"not a valid WSTRING (header says {actual} of {declared} characters)")
+    try:
+        return data[at + 4 : at + 4 + 2 * actual].decode("utf-16-be")
+    except UnicodeDecodeError:
+        raise ValueError("not a valid WSTRING (broken UTF-16)") from None

@@ -1,0 +1,84 @@
+"""S7 values from the bytes a PLC keeps (big endian, BCD where S7 uses it)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+from snap7.util import set_dt, set_dtl
+
+from adapters.s7.codec import decoder
+from adapters.s7.config import S7Point
+
+POINT = TypeAdapter(S7Point)
+
+
+def _read(data: bytes, at: int = 0, **keys: Any) -> Any:
+    point = POINT.validate_python({"name": "p", **keys})
+    return decoder(point)(data, at)
+
+
+@pytest.mark.parametrize(
+    ("keys", "data", "value"),
+    [
+        ({"address": "DB1.DBX0.3"}, b"\x08", True),
+        ({"address": "DB1.DBX0.2"}, b"\x08", False),
+        ({"address": "DB1.DBB0"}, b"\xfe", 254),
+        ({"address": "DB1.DBB0", "type": "SINT"}, b"\xfe", -2),
+        ({"address": "DB1.DBB0", "type": "CHAR"}, b"A", "A"),
+        ({"address": "DB1.DBW0"}, b"\xbe\xef", 0xBEEF),
+        ({"address": "DB1.DBW0", "type": "INT"}, b"\xff\xfe", -2),
+        ({"address": "DB1.DBW0", "type": "WCHAR"}, "€".encode("utf-16-be"), "€"),
+        ({"address": "DB1.DBD0", "type": "DINT"}, struct.pack(">i", -100000), -100000),
+        ({"address": "DB1.DBD0", "type": "REAL"}, struct.pack(">f", 1.5), 1.5),
+        ({"address": "DB1.DBD0"}, b"\xde\xad\xbe\xef", 0xDEADBEEF),
+        ({"address": "DB1.DBB0", "type": "LREAL"}, struct.pack(">d", -2.25), -2.25),
+        ({"address": "DB1.DBB0", "type": "LINT"}, struct.pack(">q", -(2**40)), -(2**40)),
+        ({"address": "DB1.DBB0", "type": "ULINT"}, struct.pack(">Q", 2**63), 2**63),
+        # S5TIME: a time base (10 ms, 100 ms, 1 s, 10 s) and three BCD digits.
+        ({"address": "DB1.DBW0", "type": "S5TIME"}, b"\x21\x23", 123.0),
+        ({"address": "DB1.DBW0", "type": "S5TIME"}, b"\x10\x05", 0.5),
+        ({"address": "DB1.DBD0", "type": "TIME"}, struct.pack(">i", -1234), -1.234),
+        ({"address": "DB1.DBD0", "type": "TOD"}, struct.pack(">I", 3_600_500), 3600.5),
+        ({"address": "DB1.DBW0", "type": "DATE"}, struct.pack(">H", 12_783), "2024-12-31"),
+        ({"address": "DB1.DBB0", "type": "STRING[10]"}, b"\x0a\x05hello\0\0\0\0\0", "hello"),
+        ({"address": "DB1.DBB0", "type": "WSTRING[4]"},
+         b"\x00\x04\x00\x03" + "hé€".encode("utf-16-be") + b"\0\0", "hé€"),
+        ({"address": "DB1.DBW0", "type": "INT", "count": 3}, struct.pack(">3h", 1, -2, 3),
+         [1, -2, 3]),
+        ({"address": "IW0", "type": "INT", "scale": 0.1, "offset": 1}, struct.pack(">h", 250),
+         26.0),
+    ],
+)  # fmt: skip
+def test_each_type_from_its_bytes(keys: dict[str, Any], data: bytes, value: Any) -> None:
+    assert _read(b"\x99" + data, 1, **keys) == value  # at an offset of a request's bytes
+
+
+def test_dates_and_times_as_iso_text() -> None:
+    moment = dt.datetime(2024, 2, 29, 23, 59, 58, 123000)
+    data = bytearray(12)
+    set_dtl(data, 0, moment)
+    assert _read(bytes(data), address="DB1.DBB0", type="DTL") == "2024-02-29T23:59:58.123"
+    data = bytearray(8)
+    set_dt(data, 0, moment)
+    assert _read(bytes(data), address="DB1.DBB0", type="DT") == "2024-02-29T23:59:58.123"
+
+
+@pytest.mark.parametrize(
+    ("keys", "data", "says"),
+    [
+        ({"address": "DB1.DBB0", "type": "STRING[4]"}, b"\x04\x09abcd", "not a valid STRING"),
+        ({"address": "DB1.DBB0", "type": "WSTRING[2]"}, b"\x00\x02\x00\x01\xd8\x00",
+         "not a valid WSTRING"),
+        ({"address": "DB1.DBW0", "type": "S5TIME"}, b"\x00\xaa", "not an S5TIME"),
+        ({"address": "DB1.DBB0", "type": "DTL"}, b"\x07\xe8\x0d" + bytes(9), "not a valid DTL"),
+    ],
+)  # fmt: skip
+def test_contents_that_are_not_what_the_type_says_are_refused(
+    keys: dict[str, Any], data: bytes, says: str
+) -> None:
+    with pytest.raises(ValueError, match=says):
+        _read(data, **keys)
