@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from time import perf_counter
 from typing import Any
@@ -32,6 +30,7 @@ from adapters.modbus.plan import Address, PollGroup, ReadRequest, plan_device, p
 from adapters.modbus.write import write_point
 from gateway.errors import DeviceError
 from gateway.model import BAD, UNCERTAIN, Reading, Sample, Scalar, bad_readings
+from gateway.schedule import grid_due, poll_phase, slot_phase
 from gateway.source import CONNECTED, DISCONNECTED, WriteOutcome, raise_if_cancelling
 from gateway.stats import DeviceStats
 
@@ -41,42 +40,6 @@ log = structlog.get_logger("adapters.modbus")
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 STALE_AFTER = 3  # poll intervals
-
-
-PHASES = 10  # a device is polled in one of this many slots of its interval
-MIN_SLOT = 0.05  # seconds between two slots at least
-
-
-def poll_phase(device_id: str) -> float:
-    """Where in its poll interval a device is polled: one of ``PHASES`` slots, fixed by its id.
-
-    Devices started together would otherwise all be polled in the same millisecond, every
-    interval: their answers, decoding and MQTT messages arrive as one burst, and the last
-    message of a burst waits for all the others. Spread over the interval, each slot's values
-    go out while the other slots wait for their turn. Ten slots, not a phase per device: the
-    devices of one slot are polled together (their due times are the same grid point), so the
-    loop still handles their answers, buffer writes and MQTT packets in batches (a phase per
-    device costs a wake-up each). Fixed by the id, the same after every restart.
-    """
-    return (zlib.crc32(device_id.encode()) % PHASES) / PHASES
-
-
-def slot_phase(phase: float, interval: float) -> float:
-    """``phase`` on a coarser grid when the interval is short: slots at least ``MIN_SLOT``
-    apart (a 100 ms interval has 2 slots, not 10), so a small plant's polls still come in
-    groups and each group costs one wakeup, one buffer commit and one burst of messages."""
-    slots = max(1, min(PHASES, int(interval / MIN_SLOT + 1e-9)))
-    return math.floor(phase * slots + 1e-9) / slots
-
-
-def grid_due(due: float, interval: float, now: float, phase: float) -> float:
-    """The first point of the grid ``k * interval + phase * interval`` after ``due`` and not
-    before ``now``: polls of one phase share due times, and missed slots are skipped."""
-    at = max(due, now)
-    point = math.floor(at / interval) * interval + phase * interval
-    while point < at - 1e-9:
-        point += interval
-    return point
 
 
 class ModbusSource:

@@ -9,7 +9,7 @@ import datetime as dt
 import struct
 from collections.abc import Callable
 
-from snap7.util import get_date_time_object, get_dtl
+from snap7.util import get_date_time_object, get_dtl, set_dt, set_dtl
 
 from adapters.s7.config import S7Point
 from gateway.model import Value
@@ -106,3 +106,115 @@ def _wstring(data: bytes, at: int, length: int) -> str:
         return data[at + 4 : at + 4 + 2 * actual].decode("utf-16-be")
     except UnicodeDecodeError:
         raise ValueError("not a valid WSTRING (broken UTF-16)") from None
+
+
+Encode = Callable[[Value], bytes]  # a value -> the point's bytes (a BOOL: its byte's bit set)
+
+
+def encoder(point: S7Point) -> Encode:
+    """The point's bytes for a value (the simulator; writes). ``ValueError`` for a value the
+    type cannot hold. A BOOL gives one byte with only its bit set, to be merged by the
+    caller into the byte it shares with its neighbours."""
+    one = _scalar_encoder(point)
+    if point.count is None:
+        return one
+    count = point.count
+
+    def array(value: Value) -> bytes:
+        if not isinstance(value, list) or len(value) != count or None in value:
+            raise ValueError(f"expected a list of {count} values")
+        return b"".join(one(v) for v in value if v is not None)
+
+    return array
+
+
+def _scalar_encoder(point: S7Point) -> Encode:
+    kind = point.kind
+    name = kind.name
+    scale = point.scale if point.scale is not None else 1.0
+    offset = point.offset if point.offset is not None else 0.0
+    if name == "BOOL":
+        bit = point.where.bit_offset
+        return lambda value: bytes([1 << bit if value else 0])
+    if name in _STRUCTS:
+        pack = struct.Struct(">" + _STRUCTS[name]).pack
+        floating = name in ("REAL", "LREAL")
+
+        def number(value: Value) -> bytes:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError("expected a number")
+            raw = (value - offset) / scale if (scale, offset) != (1.0, 0.0) else value
+            try:
+                return pack(raw if floating else round(raw))
+            except (struct.error, OverflowError):
+                raise ValueError(f"{value!r} is out of range for {name}") from None
+
+        return number
+    if name in ("CHAR", "WCHAR"):
+        codec, size = ("latin-1", 1) if name == "CHAR" else ("utf-16-be", 2)
+        return lambda value: _text(value, codec, size, 1)[:size]
+    if name == "S5TIME":
+        return _s5time_bytes
+    if name in ("TIME", "TIME_OF_DAY"):
+        fmt = ">i" if name == "TIME" else ">I"
+        return lambda value: _pack_number(fmt, value, 1000)
+    if name == "DATE":
+        return lambda value: struct.pack(">H", (dt.date.fromisoformat(str(value)) - DATE_ZERO).days)
+    if name == "DATE_AND_TIME":
+        return lambda value: _set_moment(set_dt, 8, value)
+    if name == "DTL":
+        return lambda value: _set_moment(set_dtl, 12, value)
+    length = kind.length or 0
+    if name == "STRING":
+        return lambda value: (
+            bytes([length, len(_text(value, "latin-1", 1, length))])
+            + _text(value, "latin-1", 1, length).ljust(length, b"\0")
+        )
+    return lambda value: (
+        struct.pack(">HH", length, len(str(value)))
+        + _text(value, "utf-16-be", 2, length).ljust(2 * length, b"\0")
+    )
+
+
+def _text(value: Value, codec: str, unit: int, length: int) -> bytes:
+    text = str(value)
+    try:
+        data = text.encode(codec)
+    except UnicodeEncodeError:
+        raise ValueError(f"{text!r} has characters a {codec} string cannot hold") from None
+    if len(data) > unit * length:
+        raise ValueError(f"{text!r} is longer than {length} characters")
+    return data
+
+
+def _pack_number(fmt: str, value: Value, factor: int) -> bytes:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a number of seconds")
+    try:
+        return struct.pack(fmt, round(value * factor))
+    except struct.error:
+        raise ValueError(f"{value!r} is out of range") from None
+
+
+def _s5time_bytes(value: Value) -> bytes:
+    """The finest time base that holds the seconds in three BCD digits."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError("expected a number of seconds, 0 to 9990")
+    for base, step in enumerate(S5_BASES):
+        count = round(value / step)
+        if count <= 999:
+            digits = f"{count:03d}"
+            return struct.pack(">H", base << 12 | int(digits, 16))
+    raise ValueError(f"{value!r} s is more than an S5TIME holds (9990 s)")
+
+
+def _set_moment(
+    write: Callable[[bytearray, int, dt.datetime], object], size: int, value: Value
+) -> bytes:
+    try:
+        moment = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO date and time") from None
+    data = bytearray(size)
+    write(data, 0, moment.replace(tzinfo=None))
+    return bytes(data)

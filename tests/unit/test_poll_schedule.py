@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from adapters.modbus.source import PHASES, grid_due, poll_phase, slot_phase
+from gateway.schedule import PHASES, grid_due, poll_phase, slot_phase
 
 
 def test_a_device_keeps_its_phase_and_devices_spread_over_the_slots() -> None:

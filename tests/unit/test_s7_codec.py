@@ -10,7 +10,7 @@ import pytest
 from pydantic import TypeAdapter
 from snap7.util import set_dt, set_dtl
 
-from adapters.s7.codec import decoder
+from adapters.s7.codec import decoder, encoder
 from adapters.s7.config import S7Point
 
 POINT = TypeAdapter(S7Point)
@@ -82,3 +82,42 @@ def test_contents_that_are_not_what_the_type_says_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=says):
         _read(data, **keys)
+
+
+@pytest.mark.parametrize(
+    ("keys", "value"),
+    [
+        ({"address": "DB1.DBB0", "type": "SINT"}, -5),
+        ({"address": "DB1.DBW0", "type": "INT"}, -1234),
+        ({"address": "DB1.DBD0", "type": "REAL"}, 21.5),
+        ({"address": "DB1.DBB0", "type": "LREAL"}, -2.25),
+        ({"address": "DB1.DBB0", "type": "ULINT"}, 2**64 - 1),
+        ({"address": "DB1.DBW0", "type": "S5TIME"}, 123.0),
+        ({"address": "DB1.DBW0", "type": "S5TIME"}, 0.5),
+        ({"address": "DB1.DBD0", "type": "TIME"}, -1.234),
+        ({"address": "DB1.DBD0", "type": "TOD"}, 3600.5),
+        ({"address": "DB1.DBW0", "type": "DATE"}, "2024-12-31"),
+        ({"address": "DB1.DBB0", "type": "DT"}, "2024-02-29T23:59:58.123"),
+        ({"address": "DB1.DBB0", "type": "DTL"}, "2024-02-29T23:59:58.123"),
+        ({"address": "DB1.DBB0", "type": "CHAR"}, "Z"),
+        ({"address": "DB1.DBB0", "type": "STRING[10]"}, "BRKT-2041"),
+        ({"address": "DB1.DBB0", "type": "WSTRING[6]"}, "Größe€"),
+        ({"address": "DB1.DBW0", "type": "INT", "count": 3}, [1, -2, 3]),
+        ({"address": "IW0", "type": "INT", "scale": 0.1}, 25.0),
+    ],
+)
+def test_what_is_written_reads_back(keys: dict[str, Any], value: Any) -> None:
+    point = POINT.validate_python({"name": "p", **keys})
+    assert decoder(point)(encoder(point)(value), 0) == value
+
+
+def test_values_a_type_cannot_hold_are_refused() -> None:
+    for keys, value in [
+        ({"address": "DB1.DBW0", "type": "INT"}, 40000),
+        ({"address": "DB1.DBB0", "type": "STRING[4]"}, "too long"),
+        ({"address": "DB1.DBW0", "type": "S5TIME"}, 10_000),
+        ({"address": "DB1.DBB0", "type": "CHAR"}, "€"),
+    ]:
+        point = POINT.validate_python({"name": "p", **keys})
+        with pytest.raises(ValueError):
+            encoder(point)(value)

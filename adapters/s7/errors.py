@@ -1,0 +1,52 @@
+"""python-snap7's exceptions -> the gateway's, by type, in one place."""
+
+from __future__ import annotations
+
+from snap7.error import (
+    S7ConnectionError,
+    S7Error,
+    S7PacketLostError,
+    S7ProtocolError,
+    S7StalePacketError,
+    S7TimeoutError,
+)
+
+from gateway.errors import DeviceError, DeviceTimeout
+
+
+class S7Refusal(DeviceError):
+    """The PLC answered, refusing the request (an address out of range, a data block that does
+    not exist, no access): the connection is fine, only the request's points are bad."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, connection_lost=False)
+
+
+def translate(exc: BaseException) -> DeviceError:
+    """The gateway's error for one raised by python-snap7 or the socket under it."""
+    if isinstance(exc, DeviceError):
+        return exc
+    if isinstance(exc, TimeoutError | S7TimeoutError):
+        return DeviceTimeout()
+    if isinstance(exc, S7StalePacketError | S7PacketLostError):
+        return DeviceError("answers out of step", connection_lost=True)
+    if isinstance(exc, S7ProtocolError):
+        # Its text is the PLC's item code in words ("Invalid address (0x05)").
+        return S7Refusal(_reason(exc) or "refused by the PLC")
+    if isinstance(exc, S7ConnectionError):
+        return DeviceError(_reason(exc) or "connection lost", connection_lost=True)
+    if isinstance(exc, ConnectionRefusedError):
+        return DeviceError("connection refused", connection_lost=True)
+    if isinstance(exc, OSError):
+        return DeviceError(exc.strerror or "connection lost", connection_lost=True)
+    if isinstance(exc, S7Error):
+        return DeviceError(_reason(exc) or type(exc).__name__, connection_lost=True)
+    raise exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The library's sentence, shortened to what a reading's reason needs."""
+    text = str(exc).strip()
+    for prefix in ("Read operation failed: ", "Write operation failed: ", "Connection failed: "):
+        text = text.removeprefix(prefix)
+    return text[:120]
