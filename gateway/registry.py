@@ -13,12 +13,13 @@ from pathlib import Path
 
 from adapters.modbus.adapter import MODBUS
 from adapters.opcua.adapter import OPCUA
+from adapters.s7.adapter import S7
 from gateway.adapter import Adapter
 from gateway.config.load import Config, read_map
 from gateway.config.schema import DeviceConfig
 from gateway.source import Source
 
-ADAPTERS: list[Adapter] = [MODBUS, OPCUA]
+ADAPTERS: list[Adapter] = [MODBUS, OPCUA, S7]
 
 
 def adapter_of(protocol: str) -> Adapter:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from snap7.util import get_date_time_object, get_dtl, set_dt, set_dtl
 
 from adapters.s7.config import S7Point
+from gateway.floats import shortest_float32
 from gateway.model import Value
 
 Decode = Callable[[bytes, int], Value]  # (data, offset) -> value
@@ -43,6 +44,9 @@ def _scalar(point: S7Point) -> Decode:
     if name == "BOOL":
         bit = point.where.bit_offset
         return lambda data, at: bool(data[at] >> bit & 1)
+    if name == "REAL" and (scale, offset) == (1.0, 0.0):  # as written: 0.1, not 0.100000001
+        real = struct.Struct(">f").unpack_from
+        return lambda data, at: shortest_float32(real(data, at)[0])
     if name in _STRUCTS:
         unpack = struct.Struct(">" + _STRUCTS[name]).unpack_from
         if (scale, offset) == (1.0, 0.0):

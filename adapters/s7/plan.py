@@ -125,9 +125,8 @@ def describe(device: S7Device) -> DevicePlan:
         for request in group.requests:
             names = ", ".join(s.point.name for s in request.slots)
             note = f", {request.unused} unused" if request.unused else ""
-            plan.lines.append(
-                f"every {group.interval:g}s: {request} ({request.size} bytes{note}): {names}"
-            )
+            size = f"{request.size} byte{'s' if request.size != 1 else ''}{note}"
+            plan.lines.append(f"every {group.interval:g}s: {request} ({size}): {names}")
             plan.requests_per_s += rate
             plan.registers_per_s += rate * request.size
             plan.unused_per_s += rate * request.unused

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from adapters.modbus.block import RequestDecoder
 from adapters.modbus.config import ModbusTcpDevice
-from adapters.modbus.decode import Float32s, PointCodec, encode, shortest_float32
+from adapters.modbus.decode import Float32s, PointCodec, encode
 from adapters.modbus.plan import plan_device
 from gateway.delivery.encode_json import JsonEncoder, encode_batch, encode_reading, split_by_point
+from gateway.floats import shortest_float32
 from gateway.model import GOOD, Block, Points, Reading, Sample, expand
 from gateway.topics import Topics
 
