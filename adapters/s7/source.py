@@ -26,15 +26,16 @@ from snap7.error import S7Error
 from snap7.type import Area as Snap7Area
 from snap7.type import Parameter
 
-from adapters.s7.codec import Decode, decoder
+from adapters.s7.codec import Decode, Encode, decoder, encoder
 from adapters.s7.config import S7Device
 from adapters.s7.errors import S7Refusal, translate
 from adapters.s7.plan import PollGroup, ReadRequest, plan_device, plan_reads
+from adapters.s7.write import as_read, command_bytes
 from gateway.backoff import Backoff
 from gateway.errors import DeviceError
-from gateway.model import BAD, GOOD, Reading, Sample, bad_readings
+from gateway.model import BAD, GOOD, Reading, Sample, Scalar, bad_readings
 from gateway.schedule import grid_due, poll_phase, slot_phase
-from gateway.source import CONNECTED, DISCONNECTED, raise_if_cancelling
+from gateway.source import CONNECTED, DISCONNECTED, WriteOutcome, raise_if_cancelling
 from gateway.stats import DeviceStats
 
 log = structlog.get_logger("adapters.s7")
@@ -54,7 +55,11 @@ class S7Source:
         self.state: tuple[str, str | None] = (DISCONNECTED, "not connected yet")
         self.stats = DeviceStats()
         self.lock = asyncio.Lock()  # one request at a time on the connection (polls, writes)
+        self._points = {p.name: p for p in device.points}
         self._decoders: dict[str, Decode] = {p.name: decoder(p) for p in device.points}
+        self._encoders: dict[str, Encode] = {
+            p.name: encoder(p) for p in device.points if p.writable
+        }
         self._client: AsyncClient | None = None
         self._pdu = device.pdu_size
         self._alone: set[str] = set()  # points the PLC refused in company: read on their own
@@ -108,6 +113,34 @@ class S7Source:
 
     async def close(self) -> None:
         await self._disconnect()
+
+    async def write(self, point: str, value: Scalar) -> WriteOutcome:
+        """A command (``gateway.source.Writable``): read, write and read back the point's
+        bytes under the connection's lock (write.py)."""
+        client = self._client
+        if client is None or self.state[0] != CONNECTED:
+            raise DeviceError(self.state[1] or "not connected")
+        spec = self._points[point]
+        where, size = spec.where, spec.size
+        area, decode = AREAS[where.area], self._decoders[point]
+        try:
+            async with self.lock, asyncio.timeout(3 * self.device.timeout):
+                old = bytes(await client.read_area(area, where.db, where.byte, size))
+                data = command_bytes(spec, self._encoders[point], value, old)
+                await client.write_area(area, where.db, where.byte, bytearray(data))
+                after = bytes(await client.read_area(area, where.db, where.byte, size))
+        except (S7Error, OSError, TimeoutError) as exc:
+            error = translate(exc)
+            if error.connection_lost:
+                await self._disconnect()  # the next poll connects again
+            raise error from exc
+        now = time.time()
+        new = as_read(decode, after)
+        quality, reason = (GOOD, None) if new is not None else (BAD, "not readable after write")
+        reading = Reading(self.device_id, point, new, quality, now, spec.unit, reason)
+        expected = as_read(decode, data)
+        assert expected is not None  # what we encoded reads back
+        return WriteOutcome(as_read(decode, old), expected, reading)
 
     # -- the connection ----------------------------------------------------------------------
 

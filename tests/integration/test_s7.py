@@ -3,10 +3,11 @@ gateway, a real mosquitto; values compared as the broker has them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import Collector, Mosquitto, Process, free_port, until, wait_port
+from tests.helpers import Collector, Commander, Mosquitto, Process, free_port, until, wait_port
 from tests.integration.line import wait_event
 from tests.integration.plant import write_map
 
@@ -135,3 +136,75 @@ def test_a_plc_that_goes_away_marks_only_its_points_bad_and_comes_back(
         gateway.stop()
         for sim in sims:
             sim.stop()
+
+
+# Writable points, the value each command writes and what it reads back as.
+WRITES: list[tuple[str, str, str, Any]] = [
+    ("valve", "DB20.DBX0.1", "BOOL", True),
+    ("mode", "DB20.DBB1", "BYTE", 42),
+    ("level", "DB20.DBW2", "INT", -321),
+    ("limit", "DB20.DBW4", "UINT", 60000),
+    ("target", "DB20.DBD6", "DINT", -70000),
+    ("mask", "DB20.DBD10", "DWORD", 0xDEADBEEF),
+    ("setpoint", "DB20.DBD14", "REAL", 185.25),
+    ("ratio", "DB20.DBB18", "LREAL", 0.1),
+    ("batch", "DB20.DBB26", "LINT", -(2**50)),
+    ("hold", "DB20.DBW34", "S5TIME", 45.0),
+    ("cycle", "DB20.DBD36", "TIME", 12.345),
+    ("due", "DB20.DBW40", "DATE", "2027-01-15"),
+    ("start", "DB20.DBB42", "DT", "2027-01-15T06:00:00.500"),
+    ("stamp", "DB20.DBB50", "DTL", "2027-01-15T06:00:00.250"),
+    ("grade", "DB20.DBB62", "CHAR", "B"),
+    ("recipe", "DB20.DBB64", "STRING[12]", "PAINT-RED"),
+    ("label", "DB20.DBB78", "WSTRING[6]", "Größe"),
+    ("speed", "MW30", "INT", 12.5),  # scaled by 0.1: 125 in the PLC
+]
+
+
+def test_a_write_of_each_type_is_read_back_and_a_bool_keeps_its_neighbours(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    port = free_port()
+    points = [
+        # The bit beside the valve's, which the valve's write must leave as it is.
+        "\n      - {name: lamp, address: DB20.DBX0.0, sim: {constant: true}}",
+        *(
+            f'\n      - {{name: {name}, address: {address}, type: "{kind}", writable: true'
+            + (", scale: 0.1" if name == "speed" else "")
+            + "}"
+            for name, address, kind, _ in WRITES
+        ),
+    ]
+    device = _s7_device("mixer", port, "".join(points), "\n    write_rate_limit: 100")
+    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [device])),
+                  log=workdir / "sim.log")  # fmt: skip
+    wait_port(port)
+    collector = Collector(broker.port, "acme/#")
+    commander = Commander(broker.port)
+    gateway = Process("run", str(write_map(workdir / "gw.yaml", broker.port, [device])),
+                      log=workdir / "gw.log")  # fmt: skip
+    prefix = "acme/plant-1/assembly/line-2/mixer"
+    try:
+        collector.wait_for(lambda r: r["device"] == "mixer" and r["point"] == "lamp")
+        for name, _, _, value in WRITES:
+            answer = commander.first_command(f"{prefix}/{name}/set", json.dumps(value))
+            assert (answer["ok"], answer.get("value")) == (True, value), (name, answer)
+        since = len(collector.readings())
+        # Two more polls: every written value holds, and the lamp's bit was not touched.
+        collector.wait_for(lambda r: r["point"] == "lamp", since=since)
+        since = len(collector.readings())
+        collector.wait_for(lambda r: r["point"] == "lamp", since=since)
+        latest = _latest(collector, "mixer")
+        for name, _, _, value in WRITES:
+            assert latest[name]["value"] == value, (name, latest[name])
+        assert latest["lamp"]["value"] is True
+        # One the type cannot hold is refused with the reason, and changes nothing.
+        refused = commander.command(f"{prefix}/level/set", "40000")
+        assert refused["ok"] is False and "out of range for INT" in refused["error"], refused
+        refused = commander.command(f"{prefix}/recipe/set", '"A-RECIPE-NAME-TOO-LONG"')
+        assert refused["ok"] is False and "longer than 12" in refused["error"], refused
+    finally:
+        commander.close()
+        collector.close()
+        gateway.stop()
+        sim.stop()
