@@ -208,3 +208,42 @@ def test_a_write_of_each_type_is_read_back_and_a_bool_keeps_its_neighbours(
         collector.close()
         gateway.stop()
         sim.stop()
+
+
+def test_a_point_the_plc_refuses_is_bad_alone(workdir: Path, broker: Mosquitto) -> None:
+    """The PLC has DB1 of 2 bytes and no DB99: a point past DB1's end, read in one request
+    with a good one, and a point in DB99 are bad with the PLC's reason; the rest flows."""
+    port = free_port()
+    count = (
+        "\n      - {name: count, address: DB1.DBW0, type: INT, sim: {counter: {interval: 100ms}}}"
+    )
+    plc = _s7_device("press", port, count)
+    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
+                  log=workdir / "sim.log")  # fmt: skip
+    wait_port(port)
+    more = (
+        "\n      - {name: tail, address: DB1.DBW2, type: INT}"
+        "\n      - {name: ghost, address: DB99.DBW0, type: INT}"
+    )
+    gateway_map = write_map(
+        workdir / "gw.yaml", broker.port, [_s7_device("press", port, count + more)]
+    )
+    collector = Collector(broker.port, "acme/#")
+    gateway = Process("run", str(gateway_map), log=workdir / "gw.log")
+    try:
+        tail = collector.wait_for(lambda r: r["point"] == "tail")
+        ghost = collector.wait_for(lambda r: r["point"] == "ghost")
+        assert (tail["quality"], tail["value"]) == ("bad", None), tail
+        assert "Invalid address" in tail["reason"], tail
+        assert (ghost["quality"], ghost["value"]) == ("bad", None), ghost
+        assert "Object does not exist" in ghost["reason"], ghost
+        first = collector.wait_for(lambda r: r["point"] == "count" and r["quality"] == "good")
+        since = len(collector.readings())
+        later = collector.wait_for(lambda r: r["point"] == "count", since=since)
+        assert later["quality"] == "good" and later["value"] > first["value"], later
+        assert gateway.proc.poll() is None
+        wait_event(gateway, "the PLC refused a request: its points are read one by one")
+    finally:
+        collector.close()
+        gateway.stop()
+        sim.stop()
