@@ -5,7 +5,8 @@ Scenarios: ``hot-path`` (CPU per value of Modbus bytes -> MQTT payload, in proce
 ``opcua-10k`` with 10,000), ``command-latency`` (command -> result round trip, Modbus and OPC UA,
 ``--commands`` each), and on the lean Modbus simulator (``simulators/lean_modbus.py``):
 ``modbus-100k``, ``modbus-fast``, ``modbus-small``, ``modbus-1000dev`` (1,000 devices, each on
-its own connection), ``report-by-exception``. Gateway CPU and RSS are read from /proc; values are
+its own connection), ``report-by-exception``; ``s7-10k`` on python-snap7's server (10 PLCs x
+1,000 addresses). Gateway CPU and RSS are read from /proc; values are
 counted by an independent subscriber through a real mosquitto. docs/performance.md has the
 figures.
 """

@@ -13,6 +13,8 @@ from typing import Any
 
 from adapters.modbus.config import ModbusTcpDevice
 from adapters.modbus.source import create_sources
+from adapters.s7.config import S7Device
+from adapters.s7.plan import plan_device
 from bench.harness import (
     Broker,
     Counter,
@@ -31,6 +33,7 @@ from bench.harness import (
 from gateway.config.schema import GatewaySection
 from gateway.delivery.encode_json import JsonEncoder, encode_batch, iso_time
 from gateway.model import Sample
+from gateway.registry import load_config
 from gateway.topics import Topics
 from tests.mosquitto import free_port, wait_port
 
@@ -492,6 +495,80 @@ def buffer_cost(args: Any) -> dict[str, Any]:
     }
 
 
+def s7_10k(args: Any) -> dict[str, Any]:
+    """10 S7 PLCs (python-snap7's server, ``factory-gateway simulate``) x 1,000 addresses at
+    1 s: REALs, INTs and BOOLs in three data blocks, device batches: 10,000 values/s."""
+    devices = args.devices or 10
+    poll = args.poll or 1.0
+    work = Path(tempfile.mkdtemp(prefix="bench-s7-"))
+    broker = Broker()
+    base = free_port_block(devices)
+    lines = [
+        "gateway: {id: bench, hierarchy: {enterprise: bench, site: s1, area: a1}}",
+        f"mqtt: {{url: 'mqtt://127.0.0.1:{broker.port}', qos: {args.qos}, batch: device}}",
+        f"buffer: {{mode: {args.buffer}}}",
+        "http: false",
+        "devices:",
+    ]
+    for d in range(devices):
+        lines += [
+            f"  - id: plc{d:02d}", "    line: l1", "    protocol: s7", "    host: 127.0.0.1",
+            f"    port: {base + d}", f"    poll_interval: {poll}s", "    timeout: 2s",
+            "    points:",
+        ]  # fmt: skip
+        for i in range(400):  # REALs, every 5th moving
+            sim = (
+                "{sine: {min: 0, max: 100, period: 20s}}" if i % 5 == 0 else f"{{constant: {i}.5}}"
+            )
+            lines.append(f"      - {{name: r{i}, address: DB1.DBD{4 * i}, type: REAL, sim: {sim}}}")
+        for i in range(400):  # INTs with gaps of a word
+            sim = "{counter: {interval: 1s}}" if i % 5 == 0 else f"{{constant: {i}}}"
+            lines.append(f"      - {{name: n{i}, address: DB2.DBW{4 * i}, type: INT, sim: {sim}}}")
+        for i in range(200):  # BOOLs, 8 to a byte
+            address = f"DB3.DBX{i // 8}.{i % 8}"
+            lines.append(
+                f"      - {{name: b{i}, address: {address}, sim: {{toggle: {{period: 10s}}}}}}"
+            )
+    path = work / "map.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    first = load_config([path]).devices[0]
+    assert isinstance(first, S7Device)
+    counter = Counter(broker.port, "bench/#", clock=True)
+    simulator = gateway_process("simulate", str(path), log=work / "simulator.log")
+    gateway = None
+    try:
+        for port in (base, base + devices - 1):
+            wait_port(port, timeout=120)
+        gateway, first_value_s = start_gateway(path, counter)
+        time.sleep(args.warmup)
+        counter.reset()
+        start_cpu, start = cpu_seconds(gateway.pid), time.monotonic()
+        sim_cpu = cpu_seconds(simulator.pid)
+        time.sleep(args.duration)
+        elapsed = time.monotonic() - start
+        cpu = cpu_seconds(gateway.pid) - start_cpu
+        with counter.lock:
+            values, messages = counter.values, counter.messages
+        return {
+            "devices": devices,
+            "points": devices * 1000,
+            "poll_interval_s": poll,
+            "requests_per_poll_per_plc": sum(len(g.requests) for g in plan_device(first)),
+            "first_value_after_s": round(first_value_s, 1),
+            "expected_values_per_s": round(devices * 1000 / poll),
+            "values_per_s": round(values / elapsed),
+            "messages_per_s": round(messages / elapsed),
+            "gateway_cpu_per_s": round(cpu / elapsed, 3),
+            "values_per_cpu_s": round(values / cpu) if cpu else None,
+            "rss_mb": round(rss_mb(gateway.pid), 1),
+            "simulator_cpu_per_s": round((cpu_seconds(simulator.pid) - sim_cpu) / elapsed, 3),
+            "lost_seq": counter.lost(),
+            "duplicate_seq": counter.duplicates,
+        }
+    finally:
+        stop_all(counter, gateway, [simulator], broker)
+
+
 SCENARIOS = {
     "buffer-cost": buffer_cost,
     "command-latency": command_latency,
@@ -503,4 +580,5 @@ SCENARIOS = {
     "opcua-10k": opcua_10k,
     "opcua-latency": opcua_latency,
     "report-by-exception": report_by_exception,
+    "s7-10k": s7_10k,
 }

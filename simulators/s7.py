@@ -46,6 +46,7 @@ class SimulatedPoint:
         self.value_type = point.value_type.removesuffix("[]")  # engineering units
         self.generate: Generator = make_generator(point.sim, _generator_type(point), seed)
         self.last: bytes | None = None  # what the ticker wrote last
+        self.generated: object = None  # ... and the value it encoded (unchanged: not again)
         self.held = False  # a client wrote it: it keeps that value
 
     def value(self, elapsed: float) -> object:
@@ -121,8 +122,12 @@ class S7DeviceSimulator:
                 if simulated.last is not None and _changed(simulated, now):
                     simulated.held = True  # a client wrote it
                     continue
+                value = simulated.value(elapsed)
+                if value == simulated.generated and simulated.last is not None:
+                    continue  # the same value: the bytes are already there
+                simulated.generated = value
                 try:
-                    data = simulated.encode(simulated.value(elapsed))  # type: ignore[arg-type]
+                    data = simulated.encode(value)  # type: ignore[arg-type]
                 except ValueError as exc:  # a generator the type cannot hold: said once
                     simulated.held = True
                     log.warning("cannot simulate point", point=simulated.point.name,
