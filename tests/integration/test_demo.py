@@ -35,6 +35,8 @@ def test_demo_shows_every_point_good_through_the_embedded_broker(format: str) ->
     assert rows[("press-01", "recipe")].split()[2] == "BRKT-2041"
     assert rows[("oven-01", "zone1_setpoint")].split()[2:4] == ["180.000", "degC"]
     assert rows[("dryer-01", "state")].split()[2] == "DRYING"  # over OPC UA
+    assert rows[("welder-01", "recipe")].split()[2] == "SPOT-A7"  # over S7
+    assert rows[("welder-01", "weld_time")].split()[2:4] == ["0.800", "s"]
     # A slow sine behind a deadband still moves from one printed table to the next.
     tables = result.stdout.split("factory-gateway demo - broker")[1:]
     air = {line.split()[2] for t in tables for line in t.splitlines() if "air_temp" in line}

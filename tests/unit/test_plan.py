@@ -74,9 +74,15 @@ def test_plan_command_prints_requests_and_totals() -> None:
         "  every 500ms: FC3 holding 0..15 (16, 4 unused): "
         "temperature, oil_pressure, stroke_count, recipe"
     ) in lines
+    assert "welder-01  (s7 127.0.0.1:10102 rack 0 slot 1, PDU 480)" in lines
+    assert (
+        "  every 0.5s: DB10 bytes 0..25 (26 bytes, 1 unused): current, welds, running, recipe, "
+        "weld_time"
+    ) in lines
+    # Modbus registers and S7 bytes are counted apart.
     assert lines[-1] == (
-        "TOTAL  3 devices: 28.0 requests/s, 192.0 registers/s (86.0 unused); "
-        "one request per point would be 70.0 requests/s (60% fewer)"
+        "TOTAL  4 devices: 32.0 requests/s, 192.0 registers/s (86.0 unused), "
+        "56.0 bytes/s (2.0 unused); one request per point would be 82.0 requests/s (61% fewer)"
     )
 
 
