@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.mosquitto import Mosquitto, no_delay
+from tests.mosquitto import Mosquitto, no_delay, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -365,6 +366,20 @@ def start_gateway(path: Path, counter: Counter, minimum: int = 1) -> tuple[Any, 
             raise RuntimeError(f"the gateway did not start: see {path.parent / 'gateway.log'}")
         time.sleep(0.2)
     return gateway, time.monotonic() - launched
+
+
+def warm_up(
+    path: Path, counter: Counter, ports: Sequence[int], warmup: float, timeout: float = 300
+) -> tuple[Any, float]:
+    """Wait for the simulators' ports, start the gateway, let it run ``warmup`` seconds and
+    zero the counter: what a measurement starts from. The gateway and its first value's
+    delay, as ``start_gateway`` gives them."""
+    for port in ports:
+        wait_port(port, timeout=timeout)
+    gateway, first_value_s = start_gateway(path, counter)
+    time.sleep(warmup)
+    counter.reset()
+    return gateway, first_value_s
 
 
 def stop_all(counter: Counter, gateway: Any, others: list[Any], broker: Broker) -> None:

@@ -26,9 +26,9 @@ from bench.harness import (
     gateway_process,
     percentiles,
     rss_mb,
-    start_gateway,
     stop_all,
     threads,
+    warm_up,
 )
 from gateway.config.schema import GatewaySection
 from gateway.delivery.encode_json import JsonEncoder, encode_batch, iso_time
@@ -291,11 +291,7 @@ def _lean_modbus(
     )
     gateway = None
     try:
-        for port in (base, base + devices - 1):
-            wait_port(port, timeout=300)
-        gateway, first_value_s = start_gateway(path, counter)
-        time.sleep(args.warmup)
-        counter.reset()
+        gateway, first_value_s = warm_up(path, counter, (base, base + devices - 1), args.warmup)
         start_cpu, start = cpu_seconds(gateway.pid), time.monotonic()
         sim_cpu = cpu_seconds(simulator.pid)
         rss = [rss_mb(gateway.pid)]
@@ -537,11 +533,7 @@ def s7_10k(args: Any) -> dict[str, Any]:
     simulator = gateway_process("simulate", str(path), log=work / "simulator.log")
     gateway = None
     try:
-        for port in (base, base + devices - 1):
-            wait_port(port, timeout=120)
-        gateway, first_value_s = start_gateway(path, counter)
-        time.sleep(args.warmup)
-        counter.reset()
+        gateway, first_value_s = warm_up(path, counter, (base, base + devices - 1), args.warmup)
         start_cpu, start = cpu_seconds(gateway.pid), time.monotonic()
         sim_cpu = cpu_seconds(simulator.pid)
         time.sleep(args.duration)

@@ -3,8 +3,10 @@ grid that does not drift (shared by every protocol that polls)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import zlib
+from collections.abc import Mapping
 
 PHASES = 10  # a device is polled in one of this many slots of its interval
 MIN_SLOT = 0.05  # seconds between two slots at least
@@ -40,3 +42,15 @@ def grid_due(due: float, interval: float, now: float, phase: float) -> float:
     while point < at - 1e-9:
         point += interval
     return point
+
+
+async def until_due(due: Mapping[float, float]) -> float:
+    """Sleep until the earliest of the due times (interval -> loop time); the loop's time
+    then. The caller checks what is due: a timer may wake a moment early."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    next_due = min(due.values())
+    if next_due > now:
+        await asyncio.sleep(next_due - now)
+        now = loop.time()
+    return now

@@ -30,7 +30,7 @@ from adapters.modbus.plan import Address, PollGroup, ReadRequest, plan_device, p
 from adapters.modbus.write import write_point
 from gateway.errors import DeviceError
 from gateway.model import BAD, UNCERTAIN, Reading, Sample, Scalar, bad_readings
-from gateway.schedule import grid_due, poll_phase, slot_phase
+from gateway.schedule import grid_due, poll_phase, slot_phase, until_due
 from gateway.source import CONNECTED, DISCONNECTED, WriteOutcome, raise_if_cancelling
 from gateway.stats import DeviceStats
 
@@ -82,11 +82,7 @@ class ModbusSource:
         phases = {g.interval: slot_phase(phase, g.interval) for g in self.groups}
         outage: str | None = None  # reason of the current outage, None while healthy
         while True:
-            now = loop.time()
-            next_due = min(due.values())
-            if next_due > now:
-                await asyncio.sleep(next_due - now)
-                now = loop.time()
+            now = await until_due(due)
             groups = [g for g in self._schedule if due[g[0].interval] <= now]
             if not groups:
                 continue  # woke a moment early (the loop's timer resolution): sleep the rest

@@ -39,8 +39,7 @@ def decoder(point: S7Point) -> Decode:
 def _scalar(point: S7Point) -> Decode:
     kind = point.kind
     name = kind.name
-    scale = point.scale if point.scale is not None else 1.0
-    offset = point.offset if point.offset is not None else 0.0
+    scale, offset = point.linear
     if name == "BOOL":
         bit = point.where.bit_offset
         return lambda data, at: bool(data[at] >> bit & 1)
@@ -135,8 +134,7 @@ def encoder(point: S7Point) -> Encode:
 def _scalar_encoder(point: S7Point) -> Encode:
     kind = point.kind
     name = kind.name
-    scale = point.scale if point.scale is not None else 1.0
-    offset = point.offset if point.offset is not None else 0.0
+    scale, offset = point.linear
     if name == "BOOL":
         bit = point.where.bit_offset
         return lambda value: bytes([1 << bit if value else 0])

@@ -70,6 +70,14 @@ class S7Point(PointConfig):
         return self.kind.size * (self.count or 1)
 
     @property
+    def linear(self) -> tuple[float, float]:
+        """(scale, offset) of the engineering conversion: raw * scale + offset."""
+        return (
+            self.scale if self.scale is not None else 1.0,
+            self.offset if self.offset is not None else 0.0,
+        )
+
+    @property
     def value_type(self) -> str:
         """The information model's type of its values (a Sparkplug birth declares it)."""
         base = "float64" if self.scale is not None or self.offset is not None else None

@@ -34,7 +34,7 @@ from adapters.s7.write import as_read, command_bytes
 from gateway.backoff import Backoff
 from gateway.errors import DeviceError
 from gateway.model import BAD, GOOD, Reading, Sample, Scalar, bad_readings
-from gateway.schedule import grid_due, poll_phase, slot_phase
+from gateway.schedule import grid_due, poll_phase, slot_phase, until_due
 from gateway.source import CONNECTED, DISCONNECTED, WriteOutcome, raise_if_cancelling
 from gateway.stats import DeviceStats
 
@@ -76,11 +76,7 @@ class S7Source:
         backoff = Backoff(initial=0.5, cap=30.0)
         outage: str | None = None
         while True:
-            now = loop.time()
-            next_due = min(due.values())
-            if next_due > now:
-                await asyncio.sleep(next_due - now)
-                now = loop.time()
+            now = await until_due(due)
             groups = [g for g in self.groups if due.get(g.interval, now + 1) <= now]
             if not groups:
                 continue  # woke a moment early: sleep the rest
