@@ -3,8 +3,10 @@
 Each device's memory (its data blocks, M, I and Q) is sized to hold its points (or the
 ``db_sizes`` the map gives). A ticker writes the points' ``sim:`` generators into it ten
 times a second; a point a client wrote holds that value until written again, as a PLC's
-memory would (the ticker sees the bytes are not what it wrote last). The server runs in
-python-snap7's own threads; the memory is changed under the server's area locks.
+memory would (the ticker sees the bytes are not what it wrote last). The device-level
+``sim:`` block makes answers late: ``delay`` on every read, 30 s on every ``drop_every``-th
+(a wedged PLC). The server runs in python-snap7's own threads; the memory is changed under
+the server's area locks.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from snap7.server import Server
 from snap7.type import SrvArea
 
 from adapters.s7.codec import encoder
-from adapters.s7.config import S7Device, S7Point
+from adapters.s7.config import S7Device, S7Faults, S7Point
 from simulators.errors import ListenError
 from simulators.generators import Generated, Generator, make_generator
 
@@ -29,6 +31,7 @@ log = structlog.get_logger("simulators.s7")
 logging.getLogger("snap7").setLevel(logging.ERROR)
 
 TICK = 0.1  # seconds between two updates of the generated values
+DROPPED_ANSWER_DELAY = 30.0  # long past any client timeout
 SRV_AREAS = {"DB": SrvArea.DB, "M": SrvArea.MK, "I": SrvArea.PE, "Q": SrvArea.PA}
 INT_RANGES = {
     "int8": (-(2**7), 2**7 - 1), "uint8": (0, 2**8 - 1),
@@ -97,6 +100,19 @@ class S7DeviceSimulator:
             memory = self.memory[(area, number)] = bytearray(size)
             self.server.register_area(SRV_AREAS[area], number, memory)
         self.started = time.monotonic()
+        self.reads = 0
+        faults = device.sim
+        if faults is not None and (faults.delay or faults.drop_every):
+            # Called in the server's thread of the client, before the answer goes out.
+            self.server.set_read_events_callback(lambda _event: self._fault(faults))
+
+    def _fault(self, faults: S7Faults) -> None:
+        """A late answer: ``delay`` on every read, 30 s on every ``drop_every``-th."""
+        self.reads += 1
+        if faults.drop_every and self.reads % faults.drop_every == 0:
+            time.sleep(DROPPED_ANSWER_DELAY)
+        elif faults.delay:
+            time.sleep(faults.delay)
 
     def start(self) -> None:
         self.update()

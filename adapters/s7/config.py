@@ -11,7 +11,7 @@ from pydantic.dataclasses import dataclass
 from adapters.s7.address import S7Address, parse_address
 from adapters.s7.types import S7Type, parse_type
 from gateway.config.schema import DeviceConfig, PointConfig
-from gateway.config.types import POINT_CONFIG, Duration, FieldError
+from gateway.config.types import POINT_CONFIG, Duration, FieldError, Pause, StrictModel
 
 # The type an address reads when the map gives none: what its width holds.
 DEFAULT_TYPES = {"X": "BOOL", "B": "BYTE", "W": "WORD", "D": "DWORD"}
@@ -113,6 +113,13 @@ def _with_width(where: S7Address, width: str) -> str:
     return f"{prefix}{width}{where.byte}"
 
 
+class S7Faults(StrictModel):
+    """Device-level ``sim:`` block: faults the simulator injects (ignored by ``run``)."""
+
+    delay: Pause = 0.0  # added to every read's answer
+    drop_every: int | None = Field(default=None, ge=2)  # every Nth read answered 30 s late
+
+
 class S7Device(DeviceConfig):
     protocol: Literal["s7"]
     host: str
@@ -128,6 +135,7 @@ class S7Device(DeviceConfig):
     # Data block sizes, when known: a point that runs past its block's end is a map error.
     db_sizes: Mapping[int, int] | None = None
     points: Sequence[S7Point] = Field(min_length=1)
+    sim: S7Faults | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> S7Device:

@@ -4,6 +4,8 @@ gateway, a real mosquitto; values compared as the broker has them."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +245,69 @@ def test_a_point_the_plc_refuses_is_bad_alone(workdir: Path, broker: Mosquitto) 
         assert later["quality"] == "good" and later["value"] > first["value"], later
         assert gateway.proc.poll() is None
         wait_event(gateway, "the PLC refused a request: its points are read one by one")
+    finally:
+        collector.close()
+        gateway.stop()
+        sim.stop()
+
+
+def test_a_plc_that_hangs_times_out_and_comes_back(workdir: Path, broker: Mosquitto) -> None:
+    """A PLC that keeps the connection but stops answering (its process frozen): the points
+    are bad with reason timeout after the device's timeout, and good again when it answers."""
+    port = free_port()
+    points = (
+        "\n      - {name: count, address: DB1.DBW0, type: INT, sim: {counter: {interval: 100ms}}}"
+    )
+    plc = _s7_device("oven", port, points)
+    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
+                  log=workdir / "sim.log")  # fmt: skip
+    wait_port(port)
+    collector = Collector(broker.port, "acme/#")
+    gateway = Process("run", str(write_map(workdir / "gw.yaml", broker.port, [plc])),
+                      log=workdir / "gw.log")  # fmt: skip
+    try:
+        collector.wait_for(lambda r: r["point"] == "count" and r["quality"] == "good")
+        os.kill(sim.proc.pid, signal.SIGSTOP)
+        try:
+            bad = collector.wait_for(lambda r: r["point"] == "count" and r["quality"] == "bad")
+            assert bad["reason"] == "timeout", bad
+            since = len(collector.readings())
+        finally:
+            os.kill(sim.proc.pid, signal.SIGCONT)
+        back = collector.wait_for(
+            lambda r: r["point"] == "count" and r["quality"] == "good", since=since, timeout=40
+        )
+        assert isinstance(back["value"], int)
+    finally:
+        collector.close()
+        gateway.stop()
+        sim.stop()
+
+
+def test_the_simulators_faults_late_answers_are_timeouts_and_the_plc_comes_back(
+    workdir: Path, broker: Mosquitto
+) -> None:
+    """``sim: {drop_every: 6}``: every 6th read is answered 30 s late, far past the timeout;
+    the gateway reconnects and reads on."""
+    port = free_port()
+    points = (
+        "\n      - {name: count, address: DB1.DBW0, type: INT, sim: {counter: {interval: 100ms}}}"
+    )
+    plc = _s7_device("lathe", port, points, "\n    sim: {drop_every: 6}")
+    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
+                  log=workdir / "sim.log")  # fmt: skip
+    wait_port(port)
+    collector = Collector(broker.port, "acme/#")
+    gateway = Process("run", str(write_map(workdir / "gw.yaml", broker.port, [plc])),
+                      log=workdir / "gw.log")  # fmt: skip
+    try:
+        bad = collector.wait_for(lambda r: r["point"] == "count" and r["quality"] == "bad")
+        assert bad["reason"] == "timeout", bad
+        since = len(collector.readings())
+        back = collector.wait_for(
+            lambda r: r["point"] == "count" and r["quality"] == "good", since=since, timeout=40
+        )
+        assert isinstance(back["value"], int)
     finally:
         collector.close()
         gateway.stop()
