@@ -125,7 +125,10 @@ class S7DeviceSimulator:
             ) from None
 
     def update(self) -> None:
-        """Write each point's generated value (unless a client wrote the point)."""
+        """Write each point's generated value, unless a client wrote the point: its bytes
+        (its bit) are no longer what they were at the end of the last update, when every
+        point's bytes were taken, so points sharing bytes do not mistake each other's new
+        values for a client's."""
         elapsed = time.monotonic() - self.started
         for simulated in self.points:
             if simulated.held:
@@ -153,7 +156,11 @@ class S7DeviceSimulator:
                     mask = 1 << where.bit_offset
                     data = bytes([now[0] & ~mask | data[0]])
                 memory[start : start + size] = data
-                simulated.last = data
+        for simulated in self.points:  # what every point's bytes are now
+            where = simulated.where
+            memory = self.memory[(where.area, where.db)]
+            with self._locked(where.area, where.db):
+                simulated.last = bytes(memory[where.byte : where.byte + simulated.point.size])
 
     def _locked(self, area: str, number: int) -> _AreaLock:
         return _AreaLock(self.server, SRV_AREAS[area], number)

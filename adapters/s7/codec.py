@@ -24,6 +24,7 @@ _STRUCTS = {
 }  # fmt: skip
 S5_BASES = (0.01, 0.1, 1.0, 10.0)  # S5TIME's time base, by its two bits
 DATE_ZERO = dt.date(1990, 1, 1)
+DATE_LAST = dt.date(2168, 12, 31)  # the last a PLC's DATE takes (D#2168-12-31)
 
 
 def decoder(point: S7Point) -> Decode:
@@ -66,7 +67,7 @@ def _scalar(point: S7Point) -> Decode:
             DATE_ZERO + dt.timedelta(struct.unpack_from(">H", data, at)[0])
         ).isoformat()
     if name == "DATE_AND_TIME":
-        return lambda data, at: _moment(get_date_time_object, data, at, "DATE_AND_TIME")
+        return _date_and_time
     if name == "DTL":
         return lambda data, at: _moment(get_dtl, data, at, "DTL")
     assert kind.length is not None  # STRING[n], WSTRING[n]
@@ -84,6 +85,15 @@ def _s5time(data: bytes, at: int) -> float:
     count = digits[0] * 100 + digits[1] * 10 + digits[2]
     seconds: float = round(count * S5_BASES[word >> 12 & 0x3], 2)
     return seconds
+
+
+def _date_and_time(data: bytes, at: int) -> str:
+    """DATE_AND_TIME: BCD digits (checked: python-snap7 reads 0x0A as 10), the weekday in the
+    last nibble."""
+    digits = data[at : at + 8]
+    if len(digits) < 8 or any(b >> 4 > 9 or b & 0xF > 9 for b in digits[:7]) or digits[7] >> 4 > 9:
+        raise ValueError("not a valid DATE_AND_TIME")
+    return _moment(get_date_time_object, data, at, "DATE_AND_TIME")
 
 
 def _moment(read: Callable[[bytearray, int], dt.datetime], data: bytes, at: int, name: str) -> str:
@@ -118,7 +128,14 @@ def encoder(point: S7Point) -> Encode:
     """The point's bytes for a value (the simulator; writes). ``ValueError`` for a value the
     type cannot hold. A BOOL gives one byte with only its bit set, to be merged by the
     caller into the byte it shares with its neighbours."""
-    one = _scalar_encoder(point)
+    scalar = _scalar_encoder(point)
+
+    def one(value: Value) -> bytes:
+        try:
+            return scalar(value)
+        except (struct.error, OverflowError, ZeroDivisionError):
+            raise ValueError(f"{value!r} is out of range for {point.kind.name}") from None
+
     if point.count is None:
         return one
     count = point.count
@@ -154,14 +171,14 @@ def _scalar_encoder(point: S7Point) -> Encode:
         return number
     if name in ("CHAR", "WCHAR"):
         codec, size = ("latin-1", 1) if name == "CHAR" else ("utf-16-be", 2)
-        return lambda value: _text(value, codec, size, 1)[:size]
+        return lambda value: _char(value, codec, size)
     if name == "S5TIME":
         return _s5time_bytes
     if name in ("TIME", "TIME_OF_DAY"):
         fmt = ">i" if name == "TIME" else ">I"
         return lambda value: _pack_number(fmt, value, 1000)
     if name == "DATE":
-        return lambda value: struct.pack(">H", (dt.date.fromisoformat(str(value)) - DATE_ZERO).days)
+        return _date_bytes
     if name == "DATE_AND_TIME":
         return lambda value: _set_moment(set_dt, 8, value)
     if name == "DTL":
@@ -172,10 +189,31 @@ def _scalar_encoder(point: S7Point) -> Encode:
             bytes([length, len(_text(value, "latin-1", 1, length))])
             + _text(value, "latin-1", 1, length).ljust(length, b"\0")
         )
-    return lambda value: (
-        struct.pack(">HH", length, len(str(value)))
-        + _text(value, "utf-16-be", 2, length).ljust(2 * length, b"\0")
-    )
+    return lambda value: _wstring_bytes(value, length)
+
+
+def _wstring_bytes(value: Value, length: int) -> bytes:
+    """The header (maximum and actual length, in UTF-16 words: a character outside the BMP
+    takes two) and the text."""
+    data = _text(value, "utf-16-be", 2, length)
+    return struct.pack(">HH", length, len(data) // 2) + data.ljust(2 * length, b"\0")
+
+
+def _char(value: Value, codec: str, size: int) -> bytes:
+    data = _text(value, codec, size, 1)
+    if len(data) != size:
+        raise ValueError(f"expected one character, not {str(value)!r}")
+    return data
+
+
+def _date_bytes(value: Value) -> bytes:
+    try:
+        date = dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO date") from None
+    if not DATE_ZERO <= date <= DATE_LAST:
+        raise ValueError(f"{value} is outside what a DATE holds (1990-01-01 to 2168-12-31)")
+    return struct.pack(">H", (date - DATE_ZERO).days)
 
 
 def _text(value: Value, codec: str, unit: int, length: int) -> bytes:

@@ -47,6 +47,8 @@ class S7Point(PointConfig):
             raise FieldError("count", f"arrays of {kind.name} are not supported: a point each")
         if (self.scale is not None or self.offset is not None) and not kind.numeric:
             raise FieldError("scale", f"scale and offset do not apply to {kind.name}")
+        if self.scale == 0:
+            raise FieldError("scale", "scale 0 would make every value the offset")
         if self.writable and where.area == "I":
             raise FieldError(
                 "writable", "inputs (I, E) are written by the process, not by commands"

@@ -34,6 +34,8 @@ def translate(exc: BaseException) -> DeviceError:
         # Its text is the PLC's item code in words ("Invalid address (0x05)").
         return S7Refusal(_reason(exc) or "refused by the PLC")
     if isinstance(exc, S7ConnectionError):
+        if isinstance(exc.__context__, ConnectionRefusedError):  # wrapped by the client
+            return DeviceError("connection refused", connection_lost=True)
         return DeviceError(_reason(exc) or "connection lost", connection_lost=True)
     if isinstance(exc, ConnectionRefusedError):
         return DeviceError("connection refused", connection_lost=True)

@@ -120,7 +120,11 @@ class S7Source:
         where, size = spec.where, spec.size
         area, decode = AREAS[where.area], self._decoders[point]
         try:
-            async with self.lock, asyncio.timeout(3 * self.device.timeout):
+            # The bound covers waiting for a poll's request too: the command's own deadline
+            # (gateway/commands) is longer, so it never cuts a request in the middle.
+            async with asyncio.timeout(3 * self.device.timeout), self.lock:
+                if self._client is not client:
+                    raise DeviceError("connection lost")
                 old = bytes(await client.read_area(area, where.db, where.byte, size))
                 data = command_bytes(spec, self._encoders[point], value, old)
                 await client.write_area(area, where.db, where.byte, bytearray(data))
@@ -130,12 +134,16 @@ class S7Source:
             if error.connection_lost:
                 await self._disconnect()  # the next poll connects again
             raise error from exc
+        except asyncio.CancelledError:
+            await self._disconnect()  # cut in the middle of a request: the stream may be too
+            raise
         now = time.time()
         new = as_read(decode, after)
         quality, reason = (GOOD, None) if new is not None else (BAD, "not readable after write")
         reading = Reading(self.device_id, point, new, quality, now, spec.unit, reason)
         expected = as_read(decode, data)
-        assert expected is not None  # what we encoded reads back
+        if expected is None:  # what was encoded does not read back: a bug of ours
+            raise DeviceError("the written value does not read back", connection_lost=False)
         return WriteOutcome(as_read(decode, old), expected, reading)
 
     # -- the connection ----------------------------------------------------------------------
@@ -166,9 +174,13 @@ class S7Source:
             client.connection.timeout = device.timeout
         self._client = client
         pdu = client.get_pdu_length()
-        if pdu != self._pdu:
-            self._log.info("PDU size negotiated", asked=device.pdu_size, given=pdu)
+        # A new connection: points refused before (a data block being downloaded, PUT/GET
+        # switched on since) are tried in company again.
+        if pdu != self._pdu or self._alone:
+            if pdu != self._pdu:
+                self._log.info("PDU size negotiated", asked=device.pdu_size, given=pdu)
             self._pdu = pdu
+            self._alone.clear()
             self._replan()
 
     async def _disconnect(self) -> None:
@@ -187,21 +199,24 @@ class S7Source:
         learned = False
         for group in groups:
             for request in group.requests:
-                learned |= await self._read(request, batch, task)
+                learned |= await self._read(request, batch, task) == "split"
         if learned:
             self._replan()
         return batch
 
     async def _read(
         self, request: ReadRequest, batch: list[Sample], task: asyncio.Task[Any] | None
-    ) -> bool:
-        """Read one request into ``batch``; True when the PLC refused it in company (its
-        points are read alone from now on)."""
-        client, stats = self._client, self.stats
-        assert client is not None
+    ) -> str | None:
+        """Read one request into ``batch``: ``"split"`` when the PLC refused it in company
+        (its points were read one by one, the plan changes), ``"refused"`` when it refused a
+        point alone, None when it answered."""
+        stats = self.stats
         stats.requests += 1
         try:
             async with self.lock:
+                client = self._client
+                if client is None:  # a write's failure closed it meanwhile
+                    raise DeviceError("connection lost")
                 started = perf_counter()
                 async with asyncio.timeout(self.device.timeout):
                     data = await client.read_area(
@@ -215,30 +230,33 @@ class S7Source:
                 raise error from exc
             stats.failed(error)
             if len(request.slots) > 1:
-                return await self._split(request, batch, task)
+                await self._split(request, batch, task)
+                return "split"
             self._refused(request, error)
             now = time.time()
             point = request.slots[0].point
             batch.append(
                 Reading(self.device_id, point.name, None, BAD, now, point.unit, error.reason)
             )
-            return False
+            return "refused"
         self._decode(request, bytes(data), batch)
-        return False
+        return None
 
     async def _split(
         self, request: ReadRequest, batch: list[Sample], task: asyncio.Task[Any] | None
-    ) -> bool:
-        """The PLC refused a request of several points: each is read on its own, now and
-        from now on, so only the one it refuses is bad."""
-        names = [s.point.name for s in request.slots]
-        self._alone.update(names)
+    ) -> None:
+        """The PLC refused a request of several points: each is read on its own, and those
+        it refuses alone are read alone from now on (until the next connection), so only
+        they are bad and the others are read together again."""
+        names = frozenset(s.point.name for s in request.slots)
         self._log.info(
             "the PLC refused a request: its points are read one by one", request=str(request)
         )
-        for part in plan_reads([s.point for s in request.slots], 1 << 16, 0, frozenset(names)):
-            await self._read(part, batch, task)
-        return True
+        refused: set[str] = set()
+        for part in plan_reads([s.point for s in request.slots], 1 << 16, 0, names):
+            if await self._read(part, batch, task) == "refused":
+                refused.update(s.point.name for s in part.slots)
+        self._alone = (self._alone - names) | refused
 
     def _refused(self, request: ReadRequest, error: S7Refusal) -> None:
         if error.reason in self._refusals:

@@ -31,6 +31,10 @@ def command_bytes(point: S7Point, encode: Encode, value: Scalar, old: bytes) -> 
             raise CommandError("expected true or false")
         mask = 1 << point.where.bit_offset
         return bytes([old[0] | mask if value else old[0] & ~mask])
+    if kind in ("STRING", "WSTRING"):
+        if not isinstance(value, str):
+            raise CommandError("expected a string")
+        return _string_bytes(point, value, old)
     if point.kind.value_type == "string" or kind in ("DATE", "DATE_AND_TIME", "DTL"):
         if not isinstance(value, str):
             raise CommandError("expected a string")
@@ -57,3 +61,22 @@ def as_read(decode: Decode, data: bytes) -> Value | None:
         return decode(data, 0)
     except (ValueError, IndexError):
         return None
+
+
+def _string_bytes(point: S7Point, text: str, old: bytes) -> bytes:
+    """A STRING's or WSTRING's header and characters, and no more: the maximum length in the
+    header is the PLC's declaration (kept as read; the map's ``[n]`` when the header is still
+    empty), and the bytes past the text are left as they are."""
+    length = point.kind.length or 0
+    wide = point.kind.name == "WSTRING"
+    unit, codec = (2, "utf-16-be") if wide else (1, "latin-1")
+    declared = int.from_bytes(old[:unit], "big") or length
+    room = min(length, declared)
+    try:
+        data = text.encode(codec)
+    except UnicodeEncodeError:
+        raise CommandError(f"{text!r} has characters a {point.kind.name} cannot hold") from None
+    if len(data) > unit * room:
+        raise CommandError(f"longer than {room} characters (the string's maximum length)")
+    count = len(data) // unit
+    return declared.to_bytes(unit, "big") + count.to_bytes(unit, "big") + data

@@ -12,6 +12,8 @@ from snap7.util import set_dt, set_dtl
 
 from adapters.s7.codec import decoder, encoder
 from adapters.s7.config import S7Point
+from adapters.s7.write import command_bytes
+from gateway.errors import CommandError
 
 POINT = TypeAdapter(S7Point)
 
@@ -121,3 +123,41 @@ def test_values_a_type_cannot_hold_are_refused() -> None:
         point = POINT.validate_python({"name": "p", **keys})
         with pytest.raises(ValueError):
             encoder(point)(value)
+
+
+def test_what_the_review_found() -> None:
+    # A WSTRING's actual length counts UTF-16 words: a character outside the BMP takes two.
+    point = POINT.validate_python({"name": "p", "address": "DB1.DBB0", "type": "WSTRING[4]"})
+    data = encoder(point)("ab😀")
+    assert data[:4] == b"\x00\x04\x00\x04"
+    assert decoder(point)(data, 0) == "ab😀"
+    # A DATE holds 1990-01-01 to 2168-12-31; outside, a plain refusal, not a struct error.
+    date = POINT.validate_python({"name": "p", "address": "DB1.DBW0", "type": "DATE"})
+    for outside in ("1989-12-31", "2169-01-01", "yesterday"):
+        with pytest.raises(ValueError):
+            encoder(date)(outside)
+    # DATE_AND_TIME's digits are BCD: 0x0A is no month.
+    moment = POINT.validate_python({"name": "p", "address": "DB1.DBB0", "type": "DT"})
+    with pytest.raises(ValueError, match="not a valid DATE_AND_TIME"):
+        decoder(moment)(bytes([0x24, 0x0A, 0x01, 0, 0, 0, 0, 0x01]), 0)
+    # A CHAR is one character.
+    char = POINT.validate_python({"name": "p", "address": "DB1.DBB0", "type": "CHAR"})
+    with pytest.raises(ValueError, match="expected one character"):
+        encoder(char)("")
+
+
+def test_a_string_write_keeps_the_plcs_declared_length_and_the_bytes_after_the_text() -> None:
+    point = POINT.validate_python(
+        {"name": "p", "address": "DB1.DBB0", "type": "STRING[8]", "writable": True}
+    )
+    old = b"\x1e\x03abc" + b"X" * 5  # the PLC declares STRING[30]; the map reads 8 of it
+    data = command_bytes(point, encoder(point), "xy", old)
+    assert data == b"\x1e\x02xy"  # the header's maximum as the PLC has it; nothing after
+    declared_short = b"\x04\x00" + b"\0" * 8  # the PLC declares STRING[4]: 4 at most
+    with pytest.raises(CommandError, match="longer than 4 characters"):
+        command_bytes(point, encoder(point), "ABCDEF", declared_short)
+    wide = POINT.validate_python(
+        {"name": "w", "address": "DB1.DBB0", "type": "WSTRING[4]", "writable": True}
+    )
+    data = command_bytes(wide, encoder(wide), "é😀", b"\x00\x0a\x00\x00" + b"\0" * 8)
+    assert data == b"\x00\x0a\x00\x03" + "é😀".encode("utf-16-be")

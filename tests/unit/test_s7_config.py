@@ -141,3 +141,8 @@ def test_a_string_that_runs_past_its_data_block_is_refused_when_the_size_is_know
     assert "point #1 (recipe: DB5.DBB90, 12 bytes) runs past the end of DB5 (100 bytes)" in str(
         error.value
     )
+
+
+def test_a_scale_of_zero_is_refused() -> None:
+    with pytest.raises(ValidationError, match="scale 0 would make every value the offset"):
+        _point(address="IW0", type="INT", scale=0)
