@@ -59,6 +59,8 @@ class SimulatedPoint:
             now = dt.datetime.now().replace(microsecond=0)  # a clock, unless the map says
             return now.date().isoformat() if kind == "DATE" else now.isoformat()
         value = _coerce(generated, self.value_type)
+        if kind in ("CHAR", "WCHAR") and isinstance(value, str):
+            value = (value or "?")[:1]
         if self.point.count is not None:
             return [value] * self.point.count
         return value

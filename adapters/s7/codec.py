@@ -174,9 +174,10 @@ def _scalar_encoder(point: S7Point) -> Encode:
         return lambda value: _char(value, codec, size)
     if name == "S5TIME":
         return _s5time_bytes
-    if name in ("TIME", "TIME_OF_DAY"):
-        fmt = ">i" if name == "TIME" else ">I"
-        return lambda value: _pack_number(fmt, value, 1000)
+    if name == "TIME":
+        return lambda value: _pack_number(">i", value, 1000)
+    if name == "TIME_OF_DAY":
+        return _time_of_day_bytes
     if name == "DATE":
         return _date_bytes
     if name == "DATE_AND_TIME":
@@ -234,6 +235,12 @@ def _pack_number(fmt: str, value: Value, factor: int) -> bytes:
         return struct.pack(fmt, round(value * factor))
     except struct.error:
         raise ValueError(f"{value!r} is out of range") from None
+
+
+def _time_of_day_bytes(value: Value) -> bytes:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 86400:
+        raise ValueError("expected seconds since midnight, 0 to 86399.999")
+    return struct.pack(">I", round(value * 1000))
 
 
 def _s5time_bytes(value: Value) -> bytes:

@@ -160,6 +160,8 @@ class S7Device(DeviceConfig):
 
     @property
     def endpoint(self) -> str:
+        if self.local_tsap is not None and self.remote_tsap is not None:
+            return f"{self.host}:{self.port} TSAP {self.local_tsap:#06x}/{self.remote_tsap:#06x}"
         return f"{self.host}:{self.port} rack {self.rack} slot {self.slot}"
 
     @property

@@ -83,6 +83,9 @@ class S7Source:
             self.stats.polls += 1
             try:
                 await self._connect()
+                # A connection just made may have changed the plan (the PDU it negotiated).
+                intervals = {g.interval for g in groups}
+                groups = [g for g in self.groups if g.interval in intervals]
                 batch = await self._poll(groups)
             except DeviceError as exc:
                 raise_if_cancelling()
