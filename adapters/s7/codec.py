@@ -187,8 +187,8 @@ def _scalar_encoder(point: S7Point) -> Encode:
     length = kind.length or 0
     if name == "STRING":
         return lambda value: (
-            bytes([length, len(_text(value, "latin-1", 1, length))])
-            + _text(value, "latin-1", 1, length).ljust(length, b"\0")
+            bytes([length, len(text_bytes(value, "latin-1", 1, length))])
+            + text_bytes(value, "latin-1", 1, length).ljust(length, b"\0")
         )
     return lambda value: _wstring_bytes(value, length)
 
@@ -196,12 +196,12 @@ def _scalar_encoder(point: S7Point) -> Encode:
 def _wstring_bytes(value: Value, length: int) -> bytes:
     """The header (maximum and actual length, in UTF-16 words: a character outside the BMP
     takes two) and the text."""
-    data = _text(value, "utf-16-be", 2, length)
+    data = text_bytes(value, "utf-16-be", 2, length)
     return struct.pack(">HH", length, len(data) // 2) + data.ljust(2 * length, b"\0")
 
 
 def _char(value: Value, codec: str, size: int) -> bytes:
-    data = _text(value, codec, size, 1)
+    data = text_bytes(value, codec, size, 1)
     if len(data) != size:
         raise ValueError(f"expected one character, not {str(value)!r}")
     return data
@@ -217,7 +217,8 @@ def _date_bytes(value: Value) -> bytes:
     return struct.pack(">H", (date - DATE_ZERO).days)
 
 
-def _text(value: Value, codec: str, unit: int, length: int) -> bytes:
+def text_bytes(value: Value, codec: str, unit: int, length: int) -> bytes:
+    """A text in ``codec``, of at most ``length`` characters of ``unit`` bytes."""
     text = str(value)
     try:
         data = text.encode(codec)

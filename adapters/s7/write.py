@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from adapters.s7.codec import Decode, Encode
+from adapters.s7.codec import Decode, Encode, text_bytes
 from adapters.s7.config import S7Point
 from gateway.errors import CommandError
 from gateway.model import Scalar, Value
@@ -73,10 +73,8 @@ def _string_bytes(point: S7Point, text: str, old: bytes) -> bytes:
     declared = int.from_bytes(old[:unit], "big") or length
     room = min(length, declared)
     try:
-        data = text.encode(codec)
-    except UnicodeEncodeError:
-        raise CommandError(f"{text!r} has characters a {point.kind.name} cannot hold") from None
-    if len(data) > unit * room:
-        raise CommandError(f"longer than {room} characters (the string's maximum length)")
+        data = text_bytes(text, codec, unit, room)  # room: the string's maximum length
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     count = len(data) // unit
     return declared.to_bytes(unit, "big") + count.to_bytes(unit, "big") + data

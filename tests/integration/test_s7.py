@@ -3,9 +3,12 @@ gateway, a real mosquitto; values compared as the broker has them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,33 @@ def _points() -> str:
     return "".join(lines)
 
 
+@dataclass
+class Running:
+    sim: Process
+    collector: Collector
+    gateway: Process
+
+
+@contextlib.contextmanager
+def _running(
+    workdir: Path, broker: Mosquitto, port: int, device: str, gateway_device: str | None = None
+) -> Iterator[Running]:
+    """The simulator of ``device`` (a software PLC on ``port``), a subscriber and a gateway
+    for ``gateway_device`` (default: the same device), all ended afterwards."""
+    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [device])),
+                  log=workdir / "sim.log")  # fmt: skip
+    wait_port(port)
+    collector = Collector(broker.port, "acme/#")
+    gw_map = write_map(workdir / "gw.yaml", broker.port, [gateway_device or device])
+    gateway = Process("run", str(gw_map), log=workdir / "gw.log")
+    try:
+        yield Running(sim, collector, gateway)
+    finally:
+        collector.close()
+        gateway.stop()
+        sim.stop()
+
+
 def _latest(collector: Collector, device: str) -> dict[str, dict[str, Any]]:
     return {r["point"]: r for r in collector.readings() if r.get("device") == device}
 
@@ -75,26 +105,18 @@ def _latest(collector: Collector, device: str) -> dict[str, dict[str, Any]]:
 def test_every_type_arrives_with_its_value_and_unit(workdir: Path, broker: Mosquitto) -> None:
     port = free_port()
     device = _s7_device("welder", port, _points())
-    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [device])),
-                  log=workdir / "sim.log")  # fmt: skip
-    wait_port(port)
-    collector = Collector(broker.port, "acme/#")
-    gateway = Process("run", str(write_map(workdir / "gw.yaml", broker.port, [device])),
-                      log=workdir / "gw.log")  # fmt: skip
-    try:
+    with _running(workdir, broker, port, device) as plant:
         names = {name for name, *_ in TYPES}
-        until(lambda: names <= set(_latest(collector, "welder")), "every point once", timeout=30)
-        latest = _latest(collector, "welder")
+        until(
+            lambda: names <= set(_latest(plant.collector, "welder")), "every point once", timeout=30
+        )
+        latest = _latest(plant.collector, "welder")
         for name, _, _, value in TYPES:
             reading = latest[name]
             assert reading["quality"] == "good", reading
             assert reading["value"] == value, (name, reading)
         assert latest["temp"]["unit"] == "degC"
         assert latest["setpoint"]["value"] == 150.0
-    finally:
-        collector.close()
-        gateway.stop()
-        sim.stop()
 
 
 def test_a_plc_that_goes_away_marks_only_its_points_bad_and_comes_back(
@@ -220,19 +242,12 @@ def test_a_point_the_plc_refuses_is_bad_alone(workdir: Path, broker: Mosquitto) 
         "\n      - {name: count, address: DB1.DBW0, type: INT, sim: {counter: {interval: 100ms}}}"
     )
     plc = _s7_device("press", port, count)
-    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
-                  log=workdir / "sim.log")  # fmt: skip
-    wait_port(port)
     more = (
         "\n      - {name: tail, address: DB1.DBW2, type: INT}"
         "\n      - {name: ghost, address: DB99.DBW0, type: INT}"
     )
-    gateway_map = write_map(
-        workdir / "gw.yaml", broker.port, [_s7_device("press", port, count + more)]
-    )
-    collector = Collector(broker.port, "acme/#")
-    gateway = Process("run", str(gateway_map), log=workdir / "gw.log")
-    try:
+    with _running(workdir, broker, port, plc, _s7_device("press", port, count + more)) as plant:
+        collector = plant.collector
         tail = collector.wait_for(lambda r: r["point"] == "tail")
         ghost = collector.wait_for(lambda r: r["point"] == "ghost")
         assert (tail["quality"], tail["value"]) == ("bad", None), tail
@@ -243,12 +258,8 @@ def test_a_point_the_plc_refuses_is_bad_alone(workdir: Path, broker: Mosquitto) 
         since = len(collector.readings())
         later = collector.wait_for(lambda r: r["point"] == "count", since=since)
         assert later["quality"] == "good" and later["value"] > first["value"], later
-        assert gateway.proc.poll() is None
-        wait_event(gateway, "the PLC refused a request: its points are read one by one")
-    finally:
-        collector.close()
-        gateway.stop()
-        sim.stop()
+        assert plant.gateway.proc.poll() is None
+        wait_event(plant.gateway, "the PLC refused a request: its points are read one by one")
 
 
 def test_a_plc_that_hangs_times_out_and_comes_back(workdir: Path, broker: Mosquitto) -> None:
@@ -259,29 +270,21 @@ def test_a_plc_that_hangs_times_out_and_comes_back(workdir: Path, broker: Mosqui
         "\n      - {name: count, address: DB1.DBW0, type: INT, sim: {counter: {interval: 100ms}}}"
     )
     plc = _s7_device("oven", port, points)
-    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
-                  log=workdir / "sim.log")  # fmt: skip
-    wait_port(port)
-    collector = Collector(broker.port, "acme/#")
-    gateway = Process("run", str(write_map(workdir / "gw.yaml", broker.port, [plc])),
-                      log=workdir / "gw.log")  # fmt: skip
-    try:
-        collector.wait_for(lambda r: r["point"] == "count" and r["quality"] == "good")
-        os.kill(sim.proc.pid, signal.SIGSTOP)
+    with _running(workdir, broker, port, plc) as plant:
+        plant.collector.wait_for(lambda r: r["point"] == "count" and r["quality"] == "good")
+        os.kill(plant.sim.proc.pid, signal.SIGSTOP)
         try:
-            bad = collector.wait_for(lambda r: r["point"] == "count" and r["quality"] == "bad")
+            bad = plant.collector.wait_for(
+                lambda r: r["point"] == "count" and r["quality"] == "bad"
+            )
             assert bad["reason"] == "timeout", bad
-            since = len(collector.readings())
+            since = len(plant.collector.readings())
         finally:
-            os.kill(sim.proc.pid, signal.SIGCONT)
-        back = collector.wait_for(
+            os.kill(plant.sim.proc.pid, signal.SIGCONT)
+        back = plant.collector.wait_for(
             lambda r: r["point"] == "count" and r["quality"] == "good", since=since, timeout=40
         )
         assert isinstance(back["value"], int)
-    finally:
-        collector.close()
-        gateway.stop()
-        sim.stop()
 
 
 def test_the_simulators_faults_late_answers_are_timeouts_and_the_plc_comes_back(
@@ -294,21 +297,11 @@ def test_the_simulators_faults_late_answers_are_timeouts_and_the_plc_comes_back(
         "\n      - {name: count, address: DB1.DBW0, type: INT, sim: {counter: {interval: 100ms}}}"
     )
     plc = _s7_device("lathe", port, points, "\n    sim: {drop_every: 6}")
-    sim = Process("simulate", str(write_map(workdir / "sim.yaml", broker.port, [plc])),
-                  log=workdir / "sim.log")  # fmt: skip
-    wait_port(port)
-    collector = Collector(broker.port, "acme/#")
-    gateway = Process("run", str(write_map(workdir / "gw.yaml", broker.port, [plc])),
-                      log=workdir / "gw.log")  # fmt: skip
-    try:
-        bad = collector.wait_for(lambda r: r["point"] == "count" and r["quality"] == "bad")
+    with _running(workdir, broker, port, plc) as plant:
+        bad = plant.collector.wait_for(lambda r: r["point"] == "count" and r["quality"] == "bad")
         assert bad["reason"] == "timeout", bad
-        since = len(collector.readings())
-        back = collector.wait_for(
+        since = len(plant.collector.readings())
+        back = plant.collector.wait_for(
             lambda r: r["point"] == "count" and r["quality"] == "good", since=since, timeout=40
         )
         assert isinstance(back["value"], int)
-    finally:
-        collector.close()
-        gateway.stop()
-        sim.stop()
