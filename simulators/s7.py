@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import logging
 import math
+import socket
 import time
 
 import structlog
@@ -61,6 +62,8 @@ class SimulatedPoint:
         value = _coerce(generated, self.value_type)
         if kind in ("CHAR", "WCHAR") and isinstance(value, str):
             value = (value or "?")[:1]
+        elif self.point.kind.length and isinstance(value, str) and self.point.sim is None:
+            value = value[: self.point.kind.length]  # the default text, cut to fit
         if self.point.count is not None:
             return [value] * self.point.count
         return value
@@ -119,6 +122,11 @@ class S7DeviceSimulator:
     def start(self) -> None:
         self.update()
         try:
+            # python-snap7's server binds with SO_REUSEPORT, so a port in use is shared
+            # silently (connections then land on either server): a plain bind says first.
+            with socket.socket() as probe:  # SO_REUSEADDR: a closed connection may linger
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((self.device.host, self.device.port))
             self.server.start_to(self.device.host, self.device.port)
         except (S7Error, OSError, ValueError):
             raise ListenError(
@@ -195,6 +203,14 @@ class S7Simulator:
     """Every S7 device of a map, each on its own host:port."""
 
     def __init__(self, devices: list[S7Device]) -> None:
+        endpoints: dict[tuple[str, int], str] = {}
+        for device in devices:
+            other = endpoints.setdefault((device.host, device.port), device.id)
+            if other != device.id:
+                raise ListenError(
+                    f"devices {other!r} and {device.id!r} are both on {device.host}:"
+                    f"{device.port}: a simulated PLC serves one device, give each its port"
+                )
         self.devices = [S7DeviceSimulator(d) for d in devices]
         self._ticker: asyncio.Task[None] | None = None
 

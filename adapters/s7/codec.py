@@ -225,7 +225,7 @@ def text_bytes(value: Value, codec: str, unit: int, length: int) -> bytes:
     except UnicodeEncodeError:
         raise ValueError(f"{text!r} has characters a {codec} string cannot hold") from None
     if len(data) > unit * length:
-        raise ValueError(f"{text!r} is longer than {length} characters")
+        raise ValueError(f"{text!r} is longer than {length} character{'s' if length > 1 else ''}")
     return data
 
 

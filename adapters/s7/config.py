@@ -45,6 +45,8 @@ class S7Point(PointConfig):
             )
         if self.count is not None and kind.length is not None:
             raise FieldError("count", f"arrays of {kind.name} are not supported: a point each")
+        if self.count is not None and self.writable:
+            raise FieldError("writable", "an array is not written by commands: a point each")
         if (self.scale is not None or self.offset is not None) and not kind.numeric:
             raise FieldError("scale", f"scale and offset do not apply to {kind.name}")
         if self.scale == 0:
@@ -91,15 +93,20 @@ def _fits(where: S7Address, kind: S7Type, address: str) -> None:
     """The address's width and the type must agree: a REAL at a word address is a mistake."""
     if kind.name == "BOOL":
         if where.width != "X":
+            bit = (
+                f"DB{where.db}.DBX{where.byte}.0"
+                if where.area == "DB"
+                else f"{where.area}{where.byte}.0"
+            )
             raise FieldError(
-                "type", f"{address} is {WIDTH_NAMES[where.width]}: a BOOL is a bit, e.g. M3.7"
+                "type", f"{address} is {WIDTH_NAMES[where.width]}: a BOOL is a bit, e.g. {bit}"
             )
         return
     if where.width == "X":
         raise FieldError(
             "type",
-            f"{address} is a bit: it holds a BOOL, not {kind.name}; "
-            "address the byte instead (DBB, MB, IB, QB)",
+            f"{address} is a bit: it holds a BOOL, not {kind.name}; write "
+            f"{_with_width(where, kind.width or 'B')}",
         )
     width = kind.width
     if width is not None and width != where.width:
@@ -143,6 +150,10 @@ class S7Device(DeviceConfig):
     def _rules(self) -> S7Device:
         if (self.local_tsap is None) != (self.remote_tsap is None):
             raise FieldError("local_tsap", "give both local_tsap and remote_tsap, or neither")
+        if self.local_tsap is not None and self.model_fields_set & {"rack", "slot"}:
+            raise FieldError(
+                "local_tsap", "TSAPs are instead of rack and slot: give one or the other"
+            )
         if self.db_sizes:
             for index, point in enumerate(self.points):
                 where = point.where

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -146,3 +147,16 @@ def test_a_string_that_runs_past_its_data_block_is_refused_when_the_size_is_know
 def test_a_scale_of_zero_is_refused() -> None:
     with pytest.raises(ValidationError, match="scale 0 would make every value the offset"):
         _point(address="IW0", type="INT", scale=0)
+
+
+def test_mistakes_a_new_user_made() -> None:
+    with pytest.raises(ValidationError, match="TSAPs are instead of rack and slot"):
+        _device(
+            rack=0, slot=1, local_tsap=1, remote_tsap=2, points=[{"name": "t", "address": "MW0"}]
+        )
+    with pytest.raises(ValidationError, match="an array is not written by commands"):
+        _point(address="DB1.DBW0", type="INT", count=4, writable=True)
+    with pytest.raises(ValidationError, match=re.escape("write DB1.DBW7")):
+        _point(address="DB1.DBX7.1", type="INT")
+    with pytest.raises(ValidationError, match=re.escape("a BOOL is a bit, e.g. DB10.DBX4.0")):
+        _point(address="DB10.DBB4", type="BOOL")
