@@ -133,6 +133,7 @@ class CommandRouter:
             return
         device_id, point, exact = target
         command_id: CommandId = None
+        value: Scalar | None = None  # the audit says what was asked, once it is read
         try:
             command_id, value, ts = parse(message.payload)
             if self.max_age is not None:
@@ -147,9 +148,10 @@ class CommandRouter:
             self._admit(device_id, point, value)
         except CommandError as exc:
             known = device_id in self.devices  # echo only names that exist
-            names = (device_id, point) if known else (None, None)
-            self._answer(message, _refused(exc, command_id, *names))
+            named, named_point = (device_id, point) if known else (None, None)
+            self._answer(message, _refused(exc, command_id, named, named_point, value))
             return
+        assert value is not None
         self._start(message, device_id, point, value, command_id)
 
     def submit(self, device_id: str, point: str, value: Scalar, command_id: CommandId) -> None:
@@ -161,8 +163,9 @@ class CommandRouter:
             value = scalar(value)  # NaN, infinity
             self._admit(device_id, point, value)
         except CommandError as exc:
-            names = (device_id, point) if device_id in self.devices else (None, None)
-            self._answer(None, _refused(exc, command_id, *names))
+            known = device_id in self.devices
+            named, named_point = (device_id, point) if known else (None, None)
+            self._answer(None, _refused(exc, command_id, named, named_point, value))
             return
         self._start(None, device_id, point, value, command_id)
 
@@ -252,13 +255,17 @@ class CommandRouter:
 
 
 def _refused(
-    error: CommandError, command_id: CommandId, device: str | None, point: str | None
+    error: CommandError,
+    command_id: CommandId,
+    device: str | None,
+    point: str | None,
+    requested: Scalar | None = None,
 ) -> Result:
     return Result(
         error.command_id if error.command_id is not None else command_id,
         device,
         point,
-        None,
+        requested,
         REFUSED,
         error=str(error),
     )

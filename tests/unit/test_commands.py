@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import structlog.testing
 from asyncua import ua
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -709,3 +710,11 @@ def test_a_sparkplug_write_takes_the_same_value_checks() -> None:
 
     asyncio.run(submit())
     assert harness.source.writes == [("sp", 42.0)]
+
+
+def test_the_audit_of_a_refused_command_says_what_was_asked() -> None:
+    harness = Harness()
+    with structlog.testing.capture_logs() as logs:
+        _run(harness, [Incoming(f"{PREFIX}/plc/sp/set", b'{"value": 500, "id": "too-hot"}')])
+    (audit,) = [line for line in logs if line["event"] == "command"]
+    assert (audit["outcome"], audit["new"], audit["id"]) == ("refused", 500, "too-hot")
