@@ -34,10 +34,12 @@ def slot_phase(phase: float, interval: float) -> float:
     return math.floor(phase * slots + 1e-9) / slots
 
 
-def grid_due(due: float, interval: float, now: float, phase: float) -> float:
-    """The first point of the grid ``k * interval + phase * interval`` after ``due`` and not
-    before ``now``: polls of one phase share due times, and missed slots are skipped."""
-    at = max(due, now)
+def grid_due(last: float, interval: float, now: float, phase: float) -> float:
+    """The poll after the one due at ``last``: the first point of the grid ``k * interval +
+    phase * interval`` at least half an interval after ``last`` and not before ``now``. Polls
+    of one phase share due times, and missed slots are skipped; from an immediate first poll,
+    the second comes 0.5 to 1.5 intervals later (on average one), then on the grid."""
+    at = max(last + interval / 2, now)
     point = math.floor(at / interval) * interval + phase * interval
     while point < at - 1e-9:
         point += interval

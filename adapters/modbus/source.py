@@ -126,7 +126,7 @@ class ModbusSource:
             now = loop.time()
             for group, _ in groups:
                 interval = group.interval
-                due[interval] = grid_due(due[interval] + interval, interval, now, phases[interval])
+                due[interval] = grid_due(due[interval], interval, now, phases[interval])
 
     async def close(self) -> None:
         self.link.release()

@@ -166,8 +166,9 @@ def _scalar_encoder(point: S7Point) -> Encode:
             try:
                 return pack(raw if floating else round(raw))
             except (struct.error, OverflowError):
-                raise ValueError(f"{value!r} is out of range for {name}") from None
+                raise ValueError(f"{value!r} is out of range for {name} [{span}]") from None
 
+        span = _span(_STRUCTS[name], scale, offset)
         return number
     if name in ("CHAR", "WCHAR"):
         codec, size = ("latin-1", 1) if name == "CHAR" else ("utf-16-be", 2)
@@ -175,7 +176,7 @@ def _scalar_encoder(point: S7Point) -> Encode:
     if name == "S5TIME":
         return _s5time_bytes
     if name == "TIME":
-        return lambda value: _pack_number(">i", value, 1000)
+        return _time_bytes
     if name == "TIME_OF_DAY":
         return _time_of_day_bytes
     if name == "DATE":
@@ -229,13 +230,28 @@ def text_bytes(value: Value, codec: str, unit: int, length: int) -> bytes:
     return data
 
 
-def _pack_number(fmt: str, value: Value, factor: int) -> bytes:
+def _span(code: str, scale: float, offset: float) -> str:
+    """What a number type holds, in the point's engineering units: "-3276.8, 3276.7"."""
+    if code in "fd":
+        top = 3.4028234663852886e38 if code == "f" else 1.7976931348623157e308
+        low, high = -top * abs(scale) + offset, top * abs(scale) + offset
+    else:
+        bits = 8 * struct.calcsize(code)
+        ends = (-(1 << bits - 1), (1 << bits - 1) - 1) if code.islower() else (0, (1 << bits) - 1)
+        low, high = sorted(end * scale + offset for end in ends)
+    return f"{low:g}, {high:g}"
+
+
+def _time_bytes(value: Value) -> bytes:
+    """TIME: signed milliseconds, about ±24.8 days."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("expected a number of seconds")
     try:
-        return struct.pack(fmt, round(value * factor))
+        return struct.pack(">i", round(value * 1000))
     except struct.error:
-        raise ValueError(f"{value!r} is out of range") from None
+        raise ValueError(
+            f"{value!r} s is out of range for TIME [-2147483.648, 2147483.647]"
+        ) from None
 
 
 def _time_of_day_bytes(value: Value) -> bytes:

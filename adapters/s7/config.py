@@ -160,9 +160,9 @@ class S7Device(DeviceConfig):
                 size = self.db_sizes.get(where.db) if where.area == "DB" else None
                 if size is not None and where.byte + point.size > size:
                     raise FieldError(
-                        "db_sizes",
-                        f"point #{index + 1} ({point.name}: {point.address}, {point.size} "
-                        f"bytes) runs past the end of DB{where.db} ({size} bytes)",
+                        f"points.{index}.address",
+                        f"{point.name} ({point.address}, {point.size} bytes) runs past the "
+                        f"end of DB{where.db}: db_sizes gives it {size} bytes",
                     )
         return self
 

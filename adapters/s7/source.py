@@ -62,6 +62,7 @@ class S7Source:
         }
         self._client: AsyncClient | None = None
         self._pdu = device.pdu_size
+        self._told_pdu: int | None = None
         self._alone: set[str] = set()  # points the PLC refused in company: read on their own
         self.groups: list[PollGroup] = plan_device(device)
         self._log = log.bind(device=device.id, plc=device.endpoint)
@@ -108,7 +109,7 @@ class S7Source:
             now = loop.time()
             for group in groups:
                 interval = group.interval
-                due[interval] = grid_due(due[interval] + interval, interval, now, phases[interval])
+                due[interval] = grid_due(due[interval], interval, now, phases[interval])
 
     async def close(self) -> None:
         await self._disconnect()
@@ -116,11 +117,14 @@ class S7Source:
     async def write(self, point: str, value: Scalar) -> WriteOutcome:
         """A command (``gateway.source.Writable``): read, write and read back the point's
         bytes under the connection's lock (write.py)."""
+        spec = self._points[point]
+        where, size = spec.where, spec.size
+        # A value the point cannot take is refused as such, whether the PLC is up or not (the
+        # bytes it shares are checked again against what the PLC holds).
+        command_bytes(spec, self._encoders[point], value, bytes(size))
         client = self._client
         if client is None or self.state[0] != CONNECTED:
             raise DeviceError(self.state[1] or "not connected")
-        spec = self._points[point]
-        where, size = spec.where, spec.size
         area, decode = AREAS[where.area], self._decoders[point]
         try:
             # The bound covers waiting for a poll's request too: the command's own deadline
@@ -179,9 +183,10 @@ class S7Source:
         pdu = client.get_pdu_length()
         # A new connection: points refused before (a data block being downloaded, PUT/GET
         # switched on since) are tried in company again.
+        if pdu != self._told_pdu:  # said at the first connection, and when it changes
+            self._log.info("PDU size negotiated", asked=device.pdu_size, given=pdu)
+            self._told_pdu = pdu
         if pdu != self._pdu or self._alone:
-            if pdu != self._pdu:
-                self._log.info("PDU size negotiated", asked=device.pdu_size, given=pdu)
             self._pdu = pdu
             self._alone.clear()
             self._replan()

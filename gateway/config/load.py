@@ -230,7 +230,7 @@ def _issues_from(
         ctx_error = error.get("ctx", {}).get("error")
         field = getattr(ctx_error, "field", None)
         if isinstance(field, str):
-            loc = (*loc, *field.split("."))
+            loc = (*loc, *(int(p) if p.isdigit() else p for p in field.split(".")))
         issues.append(source_map.issue(data, loc, message, at_key=at_key))
     return issues
 

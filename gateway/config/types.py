@@ -112,8 +112,8 @@ POINT_CONFIG = ConfigDict(extra="forbid")
 
 
 class FieldError(ValueError):
-    """A cross-field rule broken by one named key (``a.b`` for one in a section): the error is
-    reported at that key's line."""
+    """A cross-field rule broken by one named key (``a.b`` for one in a section, ``points.3.a``
+    for one of a list's items): the error is reported at that key's line."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)

@@ -19,19 +19,18 @@ def test_a_device_keeps_its_phase_and_devices_spread_over_the_slots() -> None:
 @pytest.mark.parametrize("phase", [0.0, 0.3, 0.9])
 def test_due_times_sit_on_the_grid_and_missed_slots_are_skipped(phase: float) -> None:
     interval = 0.5
-    # From an immediate first poll at 12.34 s onto the grid: not before one interval later.
-    first = grid_due(12.34 + interval, interval, now=12.35, phase=phase)
-    assert 12.84 <= first < 12.84 + interval
+    # From an immediate first poll at 12.34 s onto the grid: half to one and a half intervals
+    # later, so the second value comes about one interval after the first.
+    first = grid_due(12.34, interval, now=12.35, phase=phase)
+    assert 12.34 + interval / 2 <= first < 12.34 + 1.5 * interval
     assert round((first / interval - phase) % 1, 9) in (0.0, 1.0)
     # On time: exactly one interval later, the same float for every device of the phase.
-    assert grid_due(first + interval, interval, now=first + 0.01, phase=phase) == pytest.approx(
+    assert grid_due(first, interval, now=first + 0.01, phase=phase) == pytest.approx(
         first + interval
     )
     # Fell behind by 2.3 intervals: the next grid point after now, not a burst of catch-ups.
     late = first + 2.3 * interval
-    assert grid_due(first + interval, interval, now=late, phase=phase) == pytest.approx(
-        first + 3 * interval
-    )
+    assert grid_due(first, interval, now=late, phase=phase) == pytest.approx(first + 3 * interval)
 
 
 @pytest.mark.parametrize(

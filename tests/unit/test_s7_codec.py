@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import struct
 from typing import Any
@@ -11,9 +12,10 @@ from pydantic import TypeAdapter
 from snap7.util import set_dt, set_dtl
 
 from adapters.s7.codec import decoder, encoder
-from adapters.s7.config import S7Point
+from adapters.s7.config import S7Device, S7Point
+from adapters.s7.source import S7Source
 from adapters.s7.write import command_bytes
-from gateway.errors import CommandError
+from gateway.errors import CommandError, DeviceError
 
 POINT = TypeAdapter(S7Point)
 
@@ -113,15 +115,20 @@ def test_what_is_written_reads_back(keys: dict[str, Any], value: Any) -> None:
     assert decoder(point)(encoder(point)(value), 0) == value
 
 
-def test_values_a_type_cannot_hold_are_refused() -> None:
-    for keys, value in [
-        ({"address": "DB1.DBW0", "type": "INT"}, 40000),
-        ({"address": "DB1.DBB0", "type": "STRING[4]"}, "too long"),
-        ({"address": "DB1.DBW0", "type": "S5TIME"}, 10_000),
-        ({"address": "DB1.DBB0", "type": "CHAR"}, "€"),
+def test_values_a_type_cannot_hold_are_refused_with_what_it_holds() -> None:
+    for keys, value, says in [
+        ({"address": "DB1.DBW0", "type": "INT"}, 40000, r"INT \[-32768, 32767\]"),
+        # a scaled point: the range in its engineering units, as a command gives them
+        ({"address": "DB1.DBW0", "type": "INT", "scale": 0.1}, 5000, r"INT \[-3276.8, 3276.7\]"),
+        ({"address": "DB1.DBB0", "type": "BYTE", "scale": -2, "offset": 1}, 9, r"\[-509, 1\]"),
+        ({"address": "DB1.DBD0", "type": "REAL"}, 1e39, r"REAL \[-3.40282e\+38, 3.40282e\+38\]"),
+        ({"address": "DB1.DBD0", "type": "TIME"}, 3e6, r"TIME \[-2147483.648, 2147483.647\]"),
+        ({"address": "DB1.DBB0", "type": "STRING[4]"}, "too long", "longer than 4 characters"),
+        ({"address": "DB1.DBW0", "type": "S5TIME"}, 10_000, "more than an S5TIME holds"),
+        ({"address": "DB1.DBB0", "type": "CHAR"}, "€", "cannot hold"),
     ]:
         point = POINT.validate_python({"name": "p", **keys})
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=says):
             encoder(point)(value)
 
 
@@ -161,3 +168,26 @@ def test_a_string_write_keeps_the_plcs_declared_length_and_the_bytes_after_the_t
     )
     data = command_bytes(wide, encoder(wide), "é😀", b"\x00\x0a\x00\x00" + b"\0" * 8)
     assert data == b"\x00\x0a\x00\x03" + "é😀".encode("utf-16-be")
+
+
+def test_a_value_a_point_cannot_take_is_refused_as_such_while_the_plc_is_down() -> None:
+    device = S7Device.model_validate(
+        {"id": "plc", "line": "l", "protocol": "s7", "host": "127.0.0.1", "points": [
+            {"name": "speed", "address": "DB1.DBW0", "type": "INT", "writable": True},
+            {"name": "recipe", "address": "DB1.DBB2", "type": "STRING[4]", "writable": True},
+        ]}
+    )  # fmt: skip
+    source = S7Source(device)  # never connected
+
+    async def attempt(point: str, value: Any) -> str:
+        try:
+            await source.write(point, value)
+        except (CommandError, DeviceError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "written"
+
+    assert asyncio.run(attempt("speed", 40000)).startswith("CommandError: 40000 is out of range")
+    assert asyncio.run(attempt("recipe", "too long")) == (
+        "CommandError: 'too long' is longer than 4 characters"
+    )
+    assert asyncio.run(attempt("speed", 12)) == "DeviceError: not connected yet"

@@ -139,7 +139,7 @@ def test_a_string_that_runs_past_its_data_block_is_refused_when_the_size_is_know
     assert _device(points=points).points[0].size == 12
     with pytest.raises(ValidationError) as error:
         _device(db_sizes={5: 100}, points=points)
-    assert "point #1 (recipe: DB5.DBB90, 12 bytes) runs past the end of DB5 (100 bytes)" in str(
+    assert "recipe (DB5.DBB90, 12 bytes) runs past the end of DB5: db_sizes gives it 100" in str(
         error.value
     )
 
