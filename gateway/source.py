@@ -54,6 +54,11 @@ class Writable(Protocol):
     device_id: str
     state: tuple[str, str | None]
 
+    def check(self, point: str, value: Scalar) -> None:
+        """Raise ``CommandError`` when the value cannot fit the point, as far as that is known
+        without the device: a bad command is refused as such while the device is down."""
+        ...
+
     async def write(self, point: str, value: Scalar) -> WriteOutcome:
         """Read the old value, write ``value``, read it back: one uninterrupted sequence on the
         device's connection, so no poll request of the device runs in between.

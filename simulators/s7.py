@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import math
 import socket
@@ -56,11 +57,11 @@ class SimulatedPoint:
     def value(self, elapsed: float) -> object:
         generated = self.generate(elapsed)
         kind = self.point.kind.name
+        value = _coerce(generated, self.value_type)
         if kind in ("DATE", "DATE_AND_TIME", "DTL") and self.point.sim is None:
             now = dt.datetime.now().replace(microsecond=0)  # a clock, unless the map says
-            return now.date().isoformat() if kind == "DATE" else now.isoformat()
-        value = _coerce(generated, self.value_type)
-        if kind in ("CHAR", "WCHAR") and isinstance(value, str):
+            value = now.date().isoformat() if kind == "DATE" else now.isoformat()
+        elif kind in ("CHAR", "WCHAR") and isinstance(value, str):
             value = (value or "?")[:1]
         elif self.point.kind.length and isinstance(value, str) and self.point.sim is None:
             value = value[: self.point.kind.length]  # the default text, cut to fit
@@ -105,7 +106,7 @@ class S7DeviceSimulator:
             memory = self.memory[(area, number)] = bytearray(size)
             self.server.register_area(SRV_AREAS[area], number, memory)
         self.started = time.monotonic()
-        self.reads = 0
+        self.reads = itertools.count(1)  # next() is atomic: the server answers in threads
         faults = device.sim
         if faults is not None and (faults.delay or faults.drop_every):
             # Called in the server's thread of the client, before the answer goes out.
@@ -113,8 +114,7 @@ class S7DeviceSimulator:
 
     def _fault(self, faults: S7Faults) -> None:
         """A late answer: ``delay`` on every read, 30 s on every ``drop_every``-th."""
-        self.reads += 1
-        if faults.drop_every and self.reads % faults.drop_every == 0:
+        if faults.drop_every and next(self.reads) % faults.drop_every == 0:
             time.sleep(DROPPED_ANSWER_DELAY)
         elif faults.delay:
             time.sleep(faults.delay)

@@ -27,7 +27,7 @@ from adapters.modbus.decode import PointCodec, shared_codec
 from adapters.modbus.errors import ModbusExceptionAnswer
 from adapters.modbus.link import ModbusLink
 from adapters.modbus.plan import Address, PollGroup, ReadRequest, plan_device, plan_reads
-from adapters.modbus.write import write_point
+from adapters.modbus.write import command_value, write_point
 from gateway.errors import DeviceError
 from gateway.model import BAD, UNCERTAIN, Reading, Sample, Scalar, bad_readings
 from gateway.schedule import grid_due, poll_phase, slot_phase, until_due
@@ -130,6 +130,9 @@ class ModbusSource:
 
     async def close(self) -> None:
         self.link.release()
+
+    def check(self, point: str, value: Scalar) -> None:
+        command_value(self._points[point], self._codecs[point], value)
 
     async def write(self, point: str, value: Scalar) -> WriteOutcome:
         """A command (``gateway.source.Writable``): see adapters/modbus/write.py."""

@@ -134,6 +134,9 @@ class OpcUaSource:
             self._subscription_id = None
         client.disconnect_socket()
 
+    def check(self, point: str, value: Scalar) -> None:
+        """Nothing to check without the server: the node's DataType decides."""
+
     async def write(self, point: str, value: Scalar) -> WriteOutcome:
         """A command (``gateway.source.Writable``): read the old value and the node's DataType
         (once), write the Value as exactly that type, read it back."""

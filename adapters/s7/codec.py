@@ -6,6 +6,7 @@ getters. Bad contents (a string header longer than its string, an impossible dat
 from __future__ import annotations
 
 import datetime as dt
+import math
 import struct
 from collections.abc import Callable
 
@@ -25,6 +26,13 @@ _STRUCTS = {
 S5_BASES = (0.01, 0.1, 1.0, 10.0)  # S5TIME's time base, by its two bits
 DATE_ZERO = dt.date(1990, 1, 1)
 DATE_LAST = dt.date(2168, 12, 31)  # the last a PLC's DATE takes (D#2168-12-31)
+DAY_MS = 86_400_000
+# What DATE_AND_TIME and DTL hold (Siemens: DT#1990-01-01 to DT#2089-12-31, DTL#1970-01-01
+# to DTL#2262-04-11 23:47:16.854775807).
+MOMENTS = {
+    "DATE_AND_TIME": (dt.datetime(1990, 1, 1), dt.datetime(2089, 12, 31, 23, 59, 59, 999000)),
+    "DTL": (dt.datetime(1970, 1, 1), dt.datetime(2262, 4, 11, 23, 47, 16, 854775)),
+}
 
 
 def decoder(point: S7Point) -> Decode:
@@ -61,7 +69,7 @@ def _scalar(point: S7Point) -> Decode:
     if name == "TIME":
         return lambda data, at: struct.unpack_from(">i", data, at)[0] / 1000
     if name == "TIME_OF_DAY":
-        return lambda data, at: struct.unpack_from(">I", data, at)[0] / 1000
+        return _time_of_day
     if name == "DATE":
         return lambda data, at: (
             DATE_ZERO + dt.timedelta(struct.unpack_from(">H", data, at)[0])
@@ -74,6 +82,13 @@ def _scalar(point: S7Point) -> Decode:
     if name == "STRING":
         return lambda data, at: _string(data, at, kind.length or 0)
     return lambda data, at: _wstring(data, at, kind.length or 0)
+
+
+def _time_of_day(data: bytes, at: int) -> float:
+    millis: int = struct.unpack_from(">I", data, at)[0]
+    if millis >= DAY_MS:
+        raise ValueError(f"not a TIME_OF_DAY ({millis} ms is past midnight)")
+    return millis / 1000
 
 
 def _s5time(data: bytes, at: int) -> float:
@@ -182,9 +197,9 @@ def _scalar_encoder(point: S7Point) -> Encode:
     if name == "DATE":
         return _date_bytes
     if name == "DATE_AND_TIME":
-        return lambda value: _set_moment(set_dt, 8, value)
+        return lambda value: _set_moment(set_dt, "DATE_AND_TIME", 8, value)
     if name == "DTL":
-        return lambda value: _set_moment(set_dtl, 12, value)
+        return lambda value: _set_moment(set_dtl, "DTL", 12, value)
     length = kind.length or 0
     if name == "STRING":
         return lambda value: (
@@ -255,9 +270,14 @@ def _time_bytes(value: Value) -> bytes:
 
 
 def _time_of_day_bytes(value: Value) -> bytes:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 86400:
+    millis = (
+        round(value * 1000)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        else -1
+    )
+    if not 0 <= millis < DAY_MS:
         raise ValueError("expected seconds since midnight, 0 to 86399.999")
-    return struct.pack(">I", round(value * 1000))
+    return struct.pack(">I", millis)
 
 
 def _s5time_bytes(value: Value) -> bytes:
@@ -273,12 +293,21 @@ def _s5time_bytes(value: Value) -> bytes:
 
 
 def _set_moment(
-    write: Callable[[bytearray, int, dt.datetime], object], size: int, value: Value
+    write: Callable[[bytearray, int, dt.datetime], object], name: str, size: int, value: Value
 ) -> bytes:
+    """A local date and time as the PLC keeps it: an offset is refused (the PLC's clock has
+    none, and the gateway does not know the PLC's zone), so is a moment the type cannot hold."""
     try:
         moment = dt.datetime.fromisoformat(str(value))
     except ValueError:
         raise ValueError(f"{value!r} is not an ISO date and time") from None
+    if moment.tzinfo is not None:
+        raise ValueError(f"{value!r}: give the PLC's local time, without an offset")
+    first, last = MOMENTS[name]
+    if not first <= moment <= last:
+        raise ValueError(
+            f"{value} is outside what a {name} holds ({first.date()} to {last.date()})"
+        )
     data = bytearray(size)
-    write(data, 0, moment.replace(tzinfo=None))
+    write(data, 0, moment)
     return bytes(data)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
@@ -122,6 +122,10 @@ def _with_width(where: S7Address, width: str) -> str:
     return f"{prefix}{width}{where.byte}"
 
 
+DbNumber = Annotated[int, Field(ge=1, le=65535)]  # DB1 to DB65535
+DbSize = Annotated[int, Field(ge=1, le=65536)]  # bytes
+
+
 class S7Faults(StrictModel):
     """Device-level ``sim:`` block: faults the simulator injects (ignored by ``run``)."""
 
@@ -142,7 +146,7 @@ class S7Device(DeviceConfig):
     pdu_size: int = Field(default=480, ge=240, le=960)  # requested; the PLC may give less
     max_gap: int | None = Field(default=None, ge=0, le=900)  # unused bytes worth reading
     # Data block sizes, when known: a point that runs past its block's end is a map error.
-    db_sizes: Mapping[int, int] | None = None
+    db_sizes: Mapping[DbNumber, DbSize] | None = None
     points: Sequence[S7Point] = Field(min_length=1)
     sim: S7Faults | None = None
 

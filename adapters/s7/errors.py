@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from snap7.error import (
-    S7ConnectionError,
-    S7Error,
-    S7PacketLostError,
-    S7ProtocolError,
-    S7StalePacketError,
-    S7TimeoutError,
-)
+from snap7.error import S7ConnectionError, S7Error, S7ProtocolError, S7TimeoutError
 
 from gateway.errors import DeviceError, DeviceTimeout
 
 
 class S7Refusal(DeviceError):
     """The PLC answered, refusing the request (an address out of range, a data block that does
-    not exist, no access): the connection is fine, only the request's points are bad."""
+    not exist, no access): the connection is fine, only the request's points are bad.
+
+    python-snap7 raises one type for an item the PLC refuses and for an answer it cannot read,
+    with nothing but the text to tell them apart: both are taken as a refusal, and the source
+    starts a new connection when every request of a poll is refused (source.py)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason, connection_lost=False)
@@ -28,8 +25,6 @@ def translate(exc: BaseException) -> DeviceError:
         return exc
     if isinstance(exc, TimeoutError | S7TimeoutError):
         return DeviceTimeout()
-    if isinstance(exc, S7StalePacketError | S7PacketLostError):
-        return DeviceError("answers out of step", connection_lost=True)
     if isinstance(exc, S7ProtocolError):
         # Its text is the PLC's item code in words ("Invalid address (0x05)").
         return S7Refusal(_reason(exc) or "refused by the PLC")

@@ -119,16 +119,24 @@ def plan_device(
 
 def describe(device: S7Device) -> DevicePlan:
     """The plan of one device as text and rates, for ``factory-gateway plan``."""
-    plan = DevicePlan(device.id, f"s7 {device.endpoint}, PDU {device.pdu_size}", unit="bytes")
+    title = f"s7 {device.endpoint}, PDU {device.pdu_size} asked (the PLC may give less)"
+    plan = DevicePlan(device.id, title, unit="bytes")
+    limit = max_bytes(device.pdu_size)
     for group in plan_device(device):
         rate = 1.0 / group.interval
         for request in group.requests:
             names = ", ".join(s.point.name for s in request.slots)
             note = f", {request.unused} unused" if request.unused else ""
+            # A point longer than a PDU's answer is read in parts, a request each.
+            parts = -(-request.size // limit)
+            if parts > 1:
+                note += f", in {parts} requests"
             size = f"{request.size} byte{'s' if request.size != 1 else ''}{note}"
             plan.lines.append(f"every {group.interval:g}s: {request} ({size}): {names}")
-            plan.requests_per_s += rate
+            plan.requests_per_s += rate * parts
             plan.registers_per_s += rate * request.size
             plan.unused_per_s += rate * request.unused
-            plan.naive_requests_per_s += rate * len(request.slots)
+            plan.naive_requests_per_s += rate * sum(
+                -(-s.point.size // limit) for s in request.slots
+            )
     return plan

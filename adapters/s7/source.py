@@ -4,8 +4,10 @@
   marks every point of the device bad (once per outage, logged once); the connection is made
   again with capped, jittered backoff.
 - A PLC that refuses one request (an address out of range, a data block that does not exist)
-  marks only that request's points bad; a request of several points is split at once and
-  its points read one by one from then on, so the one the PLC refuses is the only bad one.
+  marks only that request's points bad: a request of several points is split at once, the
+  points it refuses alone are read alone from then on (until the next connection), so they
+  are the only bad ones, and the others are read together again.
+- A poll whose every request is refused (or unreadable) ends the connection, as an outage.
 - The PDU size the PLC negotiates sets how many bytes one request reads.
 """
 
@@ -67,6 +69,8 @@ class S7Source:
         self.groups: list[PollGroup] = plan_device(device)
         self._log = log.bind(device=device.id, plc=device.endpoint)
         self._refusals: set[str] = set()  # reasons logged already
+        self._answered = False  # this poll: some request was answered
+        self._refused_for: str | None = None  # this poll: the reason of a refusal
 
     async def readings(self) -> AsyncIterator[Sequence[Sample]]:
         device = self.device
@@ -114,36 +118,51 @@ class S7Source:
     async def close(self) -> None:
         await self._disconnect()
 
+    def check(self, point: str, value: Scalar) -> None:
+        """The value against the point's type; the bytes it shares (a BOOL's byte, a STRING's
+        declared length) are checked again against what the PLC holds when written."""
+        spec = self._points[point]
+        command_bytes(spec, self._encoders[point], value, bytes(spec.size))
+
     async def write(self, point: str, value: Scalar) -> WriteOutcome:
         """A command (``gateway.source.Writable``): read, write and read back the point's
         bytes under the connection's lock (write.py)."""
         spec = self._points[point]
         where, size = spec.where, spec.size
-        # A value the point cannot take is refused as such, whether the PLC is up or not (the
-        # bytes it shares are checked again against what the PLC holds).
-        command_bytes(spec, self._encoders[point], value, bytes(size))
         client = self._client
         if client is None or self.state[0] != CONNECTED:
             raise DeviceError(self.state[1] or "not connected")
         area, decode = AREAS[where.area], self._decoders[point]
+        timeout = self.device.timeout
         try:
-            # The bound covers waiting for a poll's request too: the command's own deadline
-            # (gateway/commands) is longer, so it never cuts a request in the middle.
-            async with asyncio.timeout(3 * self.device.timeout), self.lock:
-                if self._client is not client:
-                    raise DeviceError("connection lost")
+            # A poll holds the lock for one request at a time, each bounded by the timeout.
+            async with asyncio.timeout(timeout):
+                await self.lock.acquire()
+        except TimeoutError:
+            raise DeviceError("the PLC's connection stayed busy", connection_lost=False) from None
+        started = False  # a request under way: cut, it leaves the stream unusable
+        try:
+            if self._client is not client:
+                raise DeviceError("connection lost")
+            started = True
+            async with asyncio.timeout(timeout):
                 old = bytes(await client.read_area(area, where.db, where.byte, size))
-                data = command_bytes(spec, self._encoders[point], value, old)
+            data = command_bytes(spec, self._encoders[point], value, old)
+            async with asyncio.timeout(timeout):
                 await client.write_area(area, where.db, where.byte, bytearray(data))
+            async with asyncio.timeout(timeout):
                 after = bytes(await client.read_area(area, where.db, where.byte, size))
         except (S7Error, OSError, TimeoutError) as exc:
             error = translate(exc)
             if error.connection_lost:
-                await self._disconnect()  # the next poll connects again
+                await self._disconnect(client)  # the next poll connects again
             raise error from exc
         except asyncio.CancelledError:
-            await self._disconnect()  # cut in the middle of a request: the stream may be too
+            if started:
+                await self._disconnect(client)
             raise
+        finally:
+            self.lock.release()
         now = time.time()
         new = as_read(decode, after)
         quality, reason = (GOOD, None) if new is not None else (BAD, "not readable after write")
@@ -156,8 +175,10 @@ class S7Source:
     # -- the connection ----------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        if self._client is not None and self._client.get_connected():
-            return
+        if self._client is not None:
+            if self._client.get_connected():
+                return
+            await self._disconnect(self._client)  # closed under us: let its socket go
         device = self.device
         client = AsyncClient()
         client.set_param(Parameter.PDURequest, device.pdu_size)
@@ -191,10 +212,14 @@ class S7Source:
             self._alone.clear()
             self._replan()
 
-    async def _disconnect(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await _quietly_disconnect(client)
+    async def _disconnect(self, which: AsyncClient | None = None) -> None:
+        """Close the connection (``which``: only if it is still that one; a poll may have
+        made a new one meanwhile)."""
+        client = self._client
+        if client is None or (which is not None and client is not which):
+            return
+        self._client = None
+        await _quietly_disconnect(client)
 
     def _replan(self) -> None:
         self.groups = plan_device(self.device, self._pdu, frozenset(self._alone))
@@ -205,11 +230,18 @@ class S7Source:
         batch: list[Sample] = []
         task = asyncio.current_task()
         learned = False
+        self._answered, self._refused_for = False, None
         for group in groups:
             for request in group.requests:
                 learned |= await self._read(request, batch, task) == "split"
         if learned:
             self._replan()
+        if not self._answered and self._refused_for is not None:
+            # Nothing read at all: the PLC refuses every request (PUT/GET off), or what it
+            # sends cannot be read (errors.py). A new connection, with backoff, covers both.
+            raise DeviceError(
+                f"the PLC refuses every request: {self._refused_for}", connection_lost=True
+            )
         return batch
 
     async def _read(
@@ -237,6 +269,7 @@ class S7Source:
             if not isinstance(error, S7Refusal):
                 raise error from exc
             stats.failed(error)
+            self._refused_for = error.reason
             if len(request.slots) > 1:
                 await self._split(request, batch, task)
                 return "split"
@@ -247,6 +280,7 @@ class S7Source:
                 Reading(self.device_id, point.name, None, BAD, now, point.unit, error.reason)
             )
             return "refused"
+        self._answered = True
         self._decode(request, bytes(data), batch)
         return None
 

@@ -28,6 +28,8 @@ class S7Type:
         """The address width that reads exactly this type (None: wider than a double word)."""
         if self.name == "BOOL":
             return "X"
+        if self.length is not None:  # a string starts at a byte, whatever its size
+            return None
         return {1: "B", 2: "W", 4: "D"}.get(self.size)  # type: ignore[return-value]
 
 

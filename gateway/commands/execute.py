@@ -84,6 +84,7 @@ async def execute(
     result = Result(command_id, device.id, point, value, REFUSED)
     try:
         check_command(device, point, value)
+        source.check(point, value)
     except CommandError as exc:
         result.error = str(exc)
         return result, None

@@ -283,6 +283,9 @@ class Recorder:
         self.writes: list[tuple[str, Scalar]] = []
         self.codecs = {p.name: PointCodec(p, "big", "big") for p in DEVICE.points}
 
+    def check(self, point: str, value: Scalar) -> None:
+        command_value(POINTS[point], self.codecs[point], value)
+
     async def write(self, point: str, value: Scalar) -> WriteOutcome:
         value = command_value(POINTS[point], self.codecs[point], value)
         self.writes.append((point, value))
@@ -389,6 +392,14 @@ class Failing(Recorder):
 def test_device_failures_become_answers(source: Failing, error: str) -> None:
     result, reading = asyncio.run(execute(DEVICE, source, "count", 3, "x"))
     assert (result.ok, result.error, result.command_id, reading) == (False, error, "x", None)
+
+
+def test_a_value_the_point_cannot_take_is_refused_as_such_while_the_device_is_down() -> None:
+    down = Failing(RuntimeError("never called"), DISCONNECTED)
+    result, _ = asyncio.run(execute(DEVICE, down, "count", 1.5, "x"))
+    assert (result.outcome, result.error) == ("refused", "expected an integer (int16)")
+    result, _ = asyncio.run(execute(DEVICE, down, "count", 3, "x"))
+    assert (result.outcome, result.error) == ("failed", "device disconnected: connection refused")
 
 
 def test_read_back_mismatch_is_not_ok() -> None:

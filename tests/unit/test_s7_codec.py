@@ -15,7 +15,8 @@ from adapters.s7.codec import decoder, encoder
 from adapters.s7.config import S7Device, S7Point
 from adapters.s7.source import S7Source
 from adapters.s7.write import command_bytes
-from gateway.errors import CommandError, DeviceError
+from gateway.commands.execute import execute
+from gateway.errors import CommandError
 
 POINT = TypeAdapter(S7Point)
 
@@ -153,6 +154,53 @@ def test_what_the_review_found() -> None:
         encoder(char)("")
 
 
+def test_what_the_second_review_found() -> None:
+    # TIME_OF_DAY stays within a day: 86399.9996 s rounds to midnight, which is no time of day.
+    tod = POINT.validate_python({"name": "p", "address": "DB1.DBD0", "type": "TOD"})
+    with pytest.raises(ValueError, match="seconds since midnight"):
+        encoder(tod)(86399.9996)
+    with pytest.raises(ValueError, match="past midnight"):
+        decoder(tod)(struct.pack(">I", 86_400_000), 0)
+    # A STRING of 2 characters takes 4 bytes, yet starts at a byte address like any string.
+    assert POINT.validate_python({"name": "p", "address": "DB1.DBB0", "type": "STRING[2]"})
+    # Dates and times: what the type holds, in the PLC's local time, without an offset.
+    dtl = POINT.validate_python({"name": "p", "address": "DB1.DBB0", "type": "DTL"})
+    moment = POINT.validate_python({"name": "p", "address": "DB1.DBB0", "type": "DT"})
+    for point, value, says in [
+        (dtl, "1969-12-31T23:59:59", "outside what a DTL holds"),
+        (moment, "1989-12-31T23:59:59", "outside what a DATE_AND_TIME holds"),
+        (moment, "2090-01-01T00:00:00", "outside what a DATE_AND_TIME holds"),
+        (dtl, "2024-02-29T12:00:00+02:00", "without an offset"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            encoder(point)(value)
+
+
+@pytest.mark.parametrize(
+    ("keys", "value", "data"),
+    [
+        # S5TIME: time base 1 s (bits 12-13 = 2), BCD count 123
+        ({"address": "DB1.DBW0", "type": "S5TIME"}, 123.0, bytes.fromhex("2123")),
+        # S5TIME: 0.5 s is 50 x 10 ms (base 0)
+        ({"address": "DB1.DBW0", "type": "S5TIME"}, 0.5, bytes.fromhex("0050")),
+        # DATE_AND_TIME: BCD year, month, day, hour, minute, second, ms and weekday (Thursday = 5)
+        ({"address": "DB1.DBB0", "type": "DT"}, "2024-02-29T23:59:58.123",
+         bytes.fromhex("2402292359581235")),
+        # DTL: year (word), month, day, weekday (Thursday = 5), hour, minute, second, ns (dword)
+        ({"address": "DB1.DBB0", "type": "DTL"}, "2024-02-29T23:59:58.123",
+         bytes.fromhex("07e8021d05173b3a") + (123_000_000).to_bytes(4, "big")),
+        ({"address": "DB1.DBW0", "type": "DATE"}, "1990-01-02", bytes.fromhex("0001")),
+        ({"address": "DB1.DBD0", "type": "TIME"}, -1.5, (-1500).to_bytes(4, "big", signed=True)),
+    ],
+)  # fmt: skip
+def test_times_are_the_bytes_siemens_documents(
+    keys: dict[str, Any], value: Any, data: bytes
+) -> None:
+    point = POINT.validate_python({"name": "p", **keys})
+    assert encoder(point)(value) == data
+    assert decoder(point)(data, 0) == value
+
+
 def test_a_string_write_keeps_the_plcs_declared_length_and_the_bytes_after_the_text() -> None:
     point = POINT.validate_python(
         {"name": "p", "address": "DB1.DBB0", "type": "STRING[8]", "writable": True}
@@ -179,15 +227,10 @@ def test_a_value_a_point_cannot_take_is_refused_as_such_while_the_plc_is_down() 
     )  # fmt: skip
     source = S7Source(device)  # never connected
 
-    async def attempt(point: str, value: Any) -> str:
-        try:
-            await source.write(point, value)
-        except (CommandError, DeviceError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return "written"
+    def attempt(point: str, value: Any) -> tuple[str, str | None]:
+        result, _ = asyncio.run(execute(device, source, point, value, "x"))
+        return result.outcome, result.error
 
-    assert asyncio.run(attempt("speed", 40000)).startswith("CommandError: 40000 is out of range")
-    assert asyncio.run(attempt("recipe", "too long")) == (
-        "CommandError: 'too long' is longer than 4 characters"
-    )
-    assert asyncio.run(attempt("speed", 12)) == "DeviceError: not connected yet"
+    assert attempt("speed", 40000) == ("refused", "40000 is out of range for INT [-32768, 32767]")
+    assert attempt("recipe", "too long") == ("refused", "'too long' is longer than 4 characters")
+    assert attempt("speed", 12) == ("failed", "device disconnected: not connected yet")

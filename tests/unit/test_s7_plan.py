@@ -77,3 +77,15 @@ def test_gaps_pdu_and_intervals_split_requests() -> None:
     wide = [{"name": f"w{i}", "address": f"DB2.DBD{4 * i}", "type": "DINT"} for i in range(100)]
     assert [r.size for r in plan_device(_device(wide), pdu_size=240)[0].requests] == [220, 180]
     assert [r.size for r in plan_device(_device(wide))[0].requests] == [400]
+
+
+def test_a_point_longer_than_a_pdu_counts_the_requests_the_client_sends() -> None:
+    points = [
+        {"name": "log", "address": "DB3.DBB0", "type": "WSTRING[400]"},  # 804 bytes
+        {"name": "t", "address": "DB4.DBD0", "type": "REAL"},
+    ]
+    plan = describe(_device(points))
+    assert plan.requests_per_s == 3.0  # 804 bytes in 462-byte answers, and the REAL
+    assert plan.naive_requests_per_s == 3.0
+    assert "(804 bytes, in 2 requests): log" in "\n".join(plan.lines)
+    assert "PDU 480 asked (the PLC may give less)" in plan.link

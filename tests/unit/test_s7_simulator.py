@@ -7,8 +7,11 @@ import asyncio
 import socket
 
 import pytest
+from structlog.testing import capture_logs
 
 from adapters.s7.config import S7Device
+from adapters.s7.source import S7Source
+from gateway.model import Reading, Sample
 from simulators.errors import ListenError
 from simulators.s7 import S7Simulator
 from tests.mosquitto import free_port
@@ -35,3 +38,69 @@ def test_a_port_in_use_is_refused() -> None:
         simulator = S7Simulator([_device("a", port)])
         with pytest.raises(ListenError, match="address in use"):
             asyncio.run(simulator.start())
+
+
+def test_the_plan_follows_the_pdu_size_the_plc_gives() -> None:
+    """Asked for 960, python-snap7's server gives 480: the source plans for 480 (a request's
+    answer at most 462 bytes), says so, and reads every value."""
+    points = [
+        {"name": f"r{i}", "address": f"DB1.DBD{4 * i}", "type": "REAL", "sim": {"constant": i}}
+        for i in range(200)  # 800 bytes: one request at 960, two at 480
+    ]
+    port = free_port()
+    device = S7Device.model_validate(
+        {"id": "plc", "line": "l", "protocol": "s7", "host": "127.0.0.1", "port": port,
+         "pdu_size": 960, "points": points}
+    )  # fmt: skip
+    assert [r.size for r in S7Source(device).groups[0].requests] == [800]
+
+    async def first_batch() -> tuple[list[int], list[Sample]]:
+        simulator = S7Simulator([device])
+        await simulator.start()
+        source = S7Source(device)
+        try:
+            async with asyncio.timeout(20):
+                batch = await anext(aiter(source.readings()))
+            return [r.size for g in source.groups for r in g.requests], list(batch)
+        finally:
+            await source.close()
+            await simulator.stop()
+
+    with capture_logs() as logs:
+        sizes, batch = asyncio.run(first_batch())
+    assert sizes == [460, 340]  # whole REALs within 462 bytes
+    assert {"event": "PDU size negotiated", "asked": 960, "given": 480} in [
+        {k: e.get(k) for k in ("event", "asked", "given")} for e in logs
+    ]
+    values = {r.point: r.value for r in batch if isinstance(r, Reading)}
+    assert values == {f"r{i}": float(i) for i in range(200)}
+
+
+def test_a_plc_that_refuses_every_request_is_an_outage() -> None:
+    """Every point in a data block the PLC does not have: nothing is read, so the device is
+    down with the PLC's reason (and reconnects with backoff), not connected with bad points."""
+    port = free_port()
+    plc = _device("plc", port)  # has M only
+    missing = S7Device.model_validate(
+        {"id": "plc", "line": "l", "protocol": "s7", "host": "127.0.0.1", "port": port,
+         "points": [{"name": "a", "address": "DB7.DBW0"}, {"name": "b", "address": "DB7.DBW2"}]}
+    )  # fmt: skip
+
+    async def first_batch() -> tuple[list[Sample], tuple[str, str | None]]:
+        simulator = S7Simulator([plc])
+        await simulator.start()
+        source = S7Source(missing)
+        try:
+            async with asyncio.timeout(20):
+                batch = await anext(aiter(source.readings()))
+            return list(batch), source.state
+        finally:
+            await source.close()
+            await simulator.stop()
+
+    batch, state = asyncio.run(first_batch())
+    reasons = {(r.point, r.quality, r.reason) for r in batch if isinstance(r, Reading)}
+    reason = state[1]
+    assert state[0] == "disconnected" and reason is not None
+    assert reason.startswith("the PLC refuses every request: "), reason
+    assert reasons == {("a", "bad", reason), ("b", "bad", reason)}
