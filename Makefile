@@ -28,15 +28,18 @@ demo: $(BIN)/.installed
 
 # The integration tests need Debian's mosquitto (they start it on a free port), its clients
 # (a flood of commands is sent with mosquitto_pub), socat, Prometheus and promtool (they scrape
-# /metrics), systemd-analyze (it verifies the unit; systemd itself need not run) and protoc (the
-# Sparkplug module must be what `make proto` makes).
+# /metrics), systemd-analyze (it verifies the unit; systemd itself need not run), protoc (the
+# Sparkplug module must be what `make proto` makes) and chromium with its driver (the status
+# page is tested in a real browser).
 test-tools:
 	@(command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto) && \
 	  command -v mosquitto_pub >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 && \
 	  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && \
-	  command -v systemd-analyze >/dev/null 2>&1 && command -v protoc >/dev/null 2>&1 || \
+	  command -v systemd-analyze >/dev/null 2>&1 && command -v protoc >/dev/null 2>&1 && \
+	  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    mosquitto mosquitto-clients socat prometheus systemd protobuf-compiler)
+	    mosquitto mosquitto-clients socat prometheus systemd protobuf-compiler \
+	    chromium chromium-driver)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -39,10 +39,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--http",
-        choices=("off", "on", "scrape"),
+        choices=("off", "on", "scrape", "page"),
         default="on",
-        help="Modbus scenarios: the HTTP listener off, on (the default of a map), or on and "
-        "/metrics scraped every second",
+        help="Modbus scenarios: the HTTP listener off, on (the default of a map), on and "
+        "/metrics scraped every second, or on with the status page open in a headless "
+        "chromium (one device's points shown)",
     )
     parser.add_argument("--items", type=int, default=1000, help="OPC UA monitored items")
     parser.add_argument("--rate", type=float, default=1000.0, help="OPC UA changes per second")

@@ -355,6 +355,51 @@ class Scraper:
         self._thread.join()
 
 
+class PageWatcher:
+    """The status page open in a headless chromium, the first device's points shown: what a
+    commissioning engineer's tablet costs the gateway. Also what the page weighs."""
+
+    def __init__(self, port: int) -> None:
+        from tests.browser import chromium  # selenium: a dev dependency, as the bench is
+
+        self.url = f"http://127.0.0.1:{port}/"
+        self._stack = contextlib.ExitStack()
+        self.browser = browser = self._stack.enter_context(chromium(1280, 900))
+        browser.get(self.url)
+        deadline = time.monotonic() + 30
+        while not browser.execute_script("return !!document.querySelector('tr.device')"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the status page shows no device")
+            time.sleep(0.2)
+        browser.execute_script("document.querySelector('tr.device').click()")
+        self.page_bytes = sum(
+            len(urllib.request.urlopen(self.url + name, timeout=10).read())
+            for name in ("", "assets/status.js", "assets/status.css")
+        )
+
+    def shown(self) -> int:
+        """Point rows the page shows (for the result: the page really followed)."""
+        return int(
+            self.browser.execute_script(
+                "return document.querySelectorAll('tr[data-point] td.value[data-value]').length"
+            )
+        )
+
+    def stop(self) -> None:
+        self._stack.close()
+
+
+def event_bytes_per_s(port: int, device: str, seconds: float = 5.0) -> float:
+    """Bytes per second of the page's event stream with ``device`` open."""
+    url = f"http://127.0.0.1:{port}/events?open={device}"
+    received = 0
+    with urllib.request.urlopen(url, timeout=10) as stream:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            received += len(stream.read1(65536))
+    return received / seconds
+
+
 def start_gateway(path: Path, counter: Counter, minimum: int = 1) -> tuple[Any, float]:
     """``factory-gateway run PATH`` (log beside the map); returns it once the counter has seen
     ``minimum`` messages, with the seconds that took (loading the map, connecting)."""

@@ -18,10 +18,12 @@ from adapters.s7.plan import plan_device
 from bench.harness import (
     Broker,
     Counter,
+    PageWatcher,
     Requester,
     Scraper,
     SparkplugCounter,
     cpu_seconds,
+    event_bytes_per_s,
     free_port_block,
     gateway_process,
     percentiles,
@@ -296,6 +298,7 @@ def _lean_modbus(
         sim_cpu = cpu_seconds(simulator.pid)
         rss = [rss_mb(gateway.pid)]
         scraper = Scraper(http_port) if args.http == "scrape" else None
+        page = PageWatcher(http_port) if args.http == "page" else None
         while time.monotonic() - start < args.duration:
             time.sleep(5)
             rss.append(rss_mb(gateway.pid))
@@ -307,6 +310,10 @@ def _lean_modbus(
         with counter.lock:
             values, messages, changes = counter.values, counter.messages, list(counter.changes)
             timed = list(counter.latencies)
+        shown = page.shown() if page is not None else None
+        if page is not None:
+            page.stop()
+        events = event_bytes_per_s(http_port, "dev000") if page is not None else None
         p50, p99, worst = percentiles(changes, 50, 99, 100)
         read_to_receive = percentiles([r for r, _ in timed], 50, 99, 100) if timed else None
         # read -> gw_ts (the publisher took it in): the part before the buffer and the broker
@@ -336,6 +343,9 @@ def _lean_modbus(
             "http": args.http,
             "format": args.format,
             "metrics_scrapes_bytes": [scraper.scrapes, scraper.bytes] if scraper else None,
+            "page_bytes": page.page_bytes if page else None,
+            "page_points_shown": shown,
+            "page_event_bytes_per_s": round(events) if events is not None else None,
         }
     finally:
         stop_all(counter, gateway, [simulator], broker)

@@ -63,14 +63,17 @@ async def run_demo(
     table = LiveTable(config)
     view = SparkplugView(table, config) if config.sparkplug is not None else JsonView(table, config)
     subscriber = _subscribe(config, view)
-    gateway = asyncio.create_task(Gateway(config).run(), name="gateway")
+    running = Gateway(config)
+    gateway = asyncio.create_task(running.run(), name="gateway")
     try:
         started = time.monotonic()
         while duration is None or time.monotonic() - started < duration:
             await asyncio.sleep(1.0)
             if gateway.done():
                 gateway.result()  # surface the gateway's error
-            table.print(f"broker {broker_url} - {view.summary()}")
+            listener = running.listener
+            page = listener.url if listener is not None and listener.listening else "not served"
+            table.print(f"broker {broker_url} - status page {page} - {view.summary()}")
     finally:
         gateway.cancel()
         await asyncio.gather(gateway, return_exceptions=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -96,6 +97,8 @@ class Reloader:
         self._files: list[str] = []
         self._folders: list[str] = []
         self.outcomes: Counter[str] = Counter()  # applied | refused (for /metrics)
+        # The latest reload: (wall time, applied | refused, why refused), for the status page.
+        self.last: tuple[float, str, str | None] | None = None
 
     def request(self) -> None:
         """Reload soon (a signal handler calls it)."""
@@ -143,17 +146,23 @@ class Reloader:
                 "the new device map is not valid: the running one stays",
                 errors=len(exc.issues),
             )
+            first = str(exc.issues[0]) if exc.issues else "invalid"
+            reason = f"{len(exc.issues)} error(s), the first: {first}"
         except OSError as exc:
             log.error("the device map cannot be read: the running one stays", reason=str(exc))
+            reason = f"cannot be read: {exc}"
         except GatewayError as exc:  # e.g. a TLS file that cannot be loaded: nothing was changed
             log.error(
                 "the new device map cannot be applied: the running one stays", reason=str(exc)
             )
+            reason = f"cannot be applied: {exc}"
         else:
             self.outcomes["applied"] += 1
+            self.last = (time.time(), "applied", None)
             self.watching(config)
             return
         self.outcomes["refused"] += 1
+        self.last = (time.time(), "refused", reason)
 
     def _fingerprint(self) -> dict[str, tuple[int, int, int, int] | None]:
         """What the files and their folders look like now: a file replaced (a new inode), one

@@ -36,7 +36,10 @@ from gateway.delivery.sparkplug.session import EdgeNode, SparkplugEncoder
 from gateway.delivery.sparkplug.topics import SparkplugTopics
 from gateway.http.health import Health
 from gateway.http.listener import HttpListener
-from gateway.http.metrics import Metrics, Observed
+from gateway.http.metrics import Metrics
+from gateway.http.observed import CommandRow, Observed, ReloadRow
+from gateway.http.page import StatusPage
+from gateway.http.status import Status
 from gateway.model import Reading, Scalar, expand
 from gateway.mqtt.client import Settings, Will
 from gateway.mqtt.settings import command_session, data_session
@@ -115,23 +118,33 @@ class Gateway:
             self._last_error,
         )
         self.health.held = lambda: self.forwarder.held
-        self.metrics = Metrics(
-            Observed(
-                config.gateway.id,
-                self._device_stats,
-                self.health,
-                self.buffer,
-                lambda: self.encoder.readings,
-                lambda: self.forwarder.broker_connected,
-                lambda: self.forwarder.connections,
-                self.forwarder.ack_age,
-                self._command_outcomes,
-                lambda: self.reloads,
-            )
+        observed = Observed(
+            config.gateway.id,
+            self._device_stats,
+            self.health,
+            self.buffer,
+            lambda: self.encoder.readings,
+            lambda: self.forwarder.broker_connected,
+            lambda: self.forwarder.connections,
+            self.forwarder.ack_age,
+            self._command_outcomes,
+            lambda: self.reloads,
+            started=time.time(),
+            broker_since=lambda: self.forwarder.since,
+            broker_url=config.mqtt.url,
+            map_files=lambda: self.config.sources,
+            last_reload=self._last_reload,
+            recent_commands=self._recent_commands,
         )
+        self.metrics = Metrics(observed)
+        # The status page's memory of the points: fed only while a listener serves the page.
+        self.status = Status(config.devices)
         self.listener = (
-            HttpListener(http.host, http.port, self.health, self.metrics) if http else None
+            HttpListener(http, self.health, self.metrics, StatusPage(observed, self.status))
+            if http
+            else None
         )
+        self._reloader: Reloader | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._commands_task: asyncio.Task[None] | None = None
@@ -152,12 +165,14 @@ class Gateway:
                 self._tasks = tasks
                 if self.listener is not None:
                     tasks.create_task(self.listener.run(), name="http")
+                    tasks.create_task(self.status.run(), name="status-trends")
                 tasks.create_task(self.forwarder.run(), name="mqtt-forwarder")
                 tasks.create_task(self.intake.run(self._command), name="command-intake")
                 self._follow_commands(self.forwarder.settings)
                 for source in self.sources.values():
                     self._start(source)
                 if reloader is not None:
+                    self._reloader = reloader
                     reloader.watching(self.config)
                     self.reloads = reloader.outcomes
                     tasks.create_task(reloader.run(), name="reload")
@@ -228,6 +243,7 @@ class Gateway:
             self.encoder.track(new.devices, _value_types(new), keep=change.unchanged)
         self.deadband.track(new.devices, keep=change.unchanged)
         self.health.track(reading_intervals(new.devices), keep=change.unchanged)
+        self.status.track(new.devices, keep=change.unchanged)
         self.sources.update((s.device_id, s) for s in fresh)
         router, self.router = self.router, self._router(new)
         self.router.take_over(router, change.unchanged)
@@ -339,6 +355,26 @@ class Gateway:
         source = self.sources.get(device)
         return source.stats.last_error if source is not None else None
 
+    def _last_reload(self) -> ReloadRow | None:
+        last = self._reloader.last if self._reloader is not None else None
+        return ReloadRow(*last) if last is not None else None
+
+    def _recent_commands(self) -> list[CommandRow]:
+        return [
+            CommandRow(
+                answered,
+                None if result.command_id is None else str(result.command_id),
+                result.device,
+                result.point,
+                result.requested,
+                result.outcome,
+                result.value,
+                result.error,
+                client,
+            )
+            for result, client, answered in self.router.recent
+        ]
+
     def _command_outcomes(self) -> dict[str, int]:
         return {**self.router.outcomes, "dropped": self.intake.dropped.total}
 
@@ -347,6 +383,8 @@ class Gateway:
         also becomes the deadband's reference, so the next poll does not repeat it)."""
         self.deadband.remember(reading)
         self.encoder.send([reading])
+        if self.listener is not None:
+            self.status.tap_one(reading)
 
     async def _pump(self, source: Source) -> None:
         send = self.encoder.send
@@ -356,6 +394,8 @@ class Gateway:
         # Blocks of values go to the sink as they are unless a transform must see readings.
         transforms = [t for t in self.transforms if t.covers(source.device_id)]
         seen = self.health.seen
+        # What goes to the broker, for the status page (one list append a batch).
+        tap = self.status.table(source.device_id).tap if self.listener is not None else None
         try:
             async for batch in source.readings():
                 seen(source.device_id, source.state, batch)
@@ -371,6 +411,8 @@ class Gateway:
                     batch = readings
                 if batch:
                     send(batch)
+                    if tap is not None:
+                        tap(batch)
                 if not room.is_set():  # buffer full with on_full: block_oldest_first
                     await self.buffer.wait_for_room()
         finally:

@@ -40,6 +40,18 @@ __all__ = [
 T = TypeVar("T")
 
 
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``factory-gateway ARGS`` run to its end (60 s at most), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **env} if env else None,
+    )
+
+
 def until(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
     """The first truthy result of ``check()``, polled every 0.1 s; fails after ``timeout``."""
     deadline = time.monotonic() + timeout

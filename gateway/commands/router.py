@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 
 import structlog
@@ -39,6 +39,7 @@ log = structlog.get_logger("gateway.commands")
 
 # Commands waiting or running, all devices together; beyond it new ones are refused.
 MAX_PENDING = 1000
+RECENT = 20  # commands the status page lists
 
 # (topic, payload, correlation data) -> published at QoS 1, not retained.
 Respond = Callable[[str, bytes, bytes | None], None]
@@ -90,6 +91,8 @@ class CommandRouter:
         self.retiring: set[str] = set()  # devices a reload is about to stop
         self.answered = 0
         self.outcomes: Counter[str] = Counter()  # written | refused | failed (for /metrics)
+        # The last commands, who sent them and when they were answered (the status page).
+        self.recent: deque[tuple[Result, str | None, float]] = deque(maxlen=RECENT)
 
     def take_over(self, old: CommandRouter, keep: Iterable[str]) -> None:
         """After a reload: commands still running finish and are answered; the devices in
@@ -97,6 +100,7 @@ class CommandRouter:
         self.tasks, self.device_of = old.tasks, old.device_of
         self.answered = old.answered
         self.outcomes = old.outcomes
+        self.recent = old.recent
         for device in keep:
             if device in old.locks and device in self.locks:
                 self.locks[device] = old.locks[device]
@@ -232,8 +236,10 @@ class CommandRouter:
 
     def _answer(self, message: Incoming | None, result: Result) -> None:
         """Audit and count; answer on MQTT when the command came with a topic to answer."""
-        result.audit(message.client if message is not None else None)
+        client = message.client if message is not None else None
+        result.audit(client)
         self.outcomes[result.outcome] += 1
+        self.recent.append((result, client, time.time()))
         if message is None:
             return
         topic, prefix = message.response_topic, self.response_prefix

@@ -6,6 +6,7 @@ Each adapter extends ``DeviceConfig`` and ``PointConfig`` with its own keys (see
 
 from __future__ import annotations
 
+import ipaddress
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from gateway.config.types import (
     Name,
     OptionalText,
     StrictModel,
-    relative_to_map,
+    existing_files,
 )
 
 DEFAULT_TOPIC = "{enterprise}/{site}/{area}/{line}/{device}/{point}"
@@ -88,11 +89,7 @@ class MqttSection(StrictModel):
             raise FieldError("ca", "ca, cert and key need a TLS broker URL (mqtts://)")
         if self.message_expiry is not None and self.version != 5:
             raise FieldError("message_expiry", "message_expiry needs mqtt.version: 5")
-        relative_to_map(self, ("ca", "cert", "key"), info)
-        for name in ("ca", "cert", "key"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise FieldError(name, f"{path}: no such file")
+        existing_files(self, ("ca", "cert", "key"), info)
         return self
 
     @field_validator("url")
@@ -218,8 +215,47 @@ class SparkplugSection(StrictModel):
     quality_codes: Literal["ignition", "specification"] = "ignition"
 
 
+def _loopback(host: str) -> bool:
+    """Only this host can reach an address: 127.0.0.0/8, ::1 or localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class HttpAuth(StrictModel):
+    """Who may read the listener (every path but /healthz): a user name and password (HTTP
+    Basic, what a browser asks for), or a token (``Authorization: Bearer``, or a browser's
+    password with any user name). Every key empty (``${HTTP_TOKEN:-}`` unset): no credentials.
+    """
+
+    username: OptionalText = None
+    password: OptionalText = Field(default=None, repr=False)
+    token: OptionalText = Field(default=None, repr=False)
+
+    @property
+    def empty(self) -> bool:
+        return self.username is None and self.password is None and self.token is None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> HttpAuth:
+        if self.empty:
+            return self
+        if self.token is not None and (self.username or self.password) is not None:
+            raise FieldError("token", "give a token, or a username and password, not both")
+        if self.token is None and (self.username is None or self.password is None):
+            raise FieldError(
+                "username" if self.username is None else "password",
+                "give a username and a password, or a token",
+            )
+        return self
+
+
 class HttpSection(StrictModel):
-    """The operations listener: /healthz and /readyz (docs/operations.md)."""
+    """The operations listener: /healthz, /readyz, /metrics and the status page
+    (docs/operations.md)."""
 
     listen: str = "127.0.0.1:9108"
     # A polling device is stalled after this long without a good reading (default: three of
@@ -227,6 +263,26 @@ class HttpSection(StrictModel):
     stale_after: Duration | None = None
     # Not ready while the buffer holds more than this (default: never for that reason).
     buffer_alarm: ByteSize | None = None
+    # Required when the listener is reachable from other hosts (a listen address that is not
+    # loopback); optional on loopback.
+    auth: HttpAuth | None = None
+    # HTTPS: the listener's certificate (with its chain) and key, PEM files.
+    cert: Path | None = None
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _guarded(self, info: ValidationInfo) -> HttpSection:
+        if self.credentials is None and not _loopback(self.host):
+            raise FieldError(
+                "listen",
+                f"{self.listen} is reachable from other hosts: give http.auth (a username and "
+                "password, or a token) so the status page and /metrics are not open to all, "
+                "or listen on 127.0.0.1",
+            )
+        if (self.cert is None) != (self.key is None):
+            raise FieldError("cert", "HTTPS needs both cert and key")
+        existing_files(self, ("cert", "key"), info)
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -239,6 +295,10 @@ class HttpSection(StrictModel):
     @property
     def host(self) -> str:
         return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def credentials(self) -> HttpAuth | None:
+        return self.auth if self.auth is not None and not self.auth.empty else None
 
     @property
     def port(self) -> int:

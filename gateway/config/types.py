@@ -97,6 +97,15 @@ def relative_to_map(model: BaseModel, names: tuple[str, ...], info: ValidationIn
             object.__setattr__(model, name, Path(base) / value)
 
 
+def existing_files(model: BaseModel, names: tuple[str, ...], info: ValidationInfo) -> None:
+    """The model's file fields, made relative to the map's folder, must name existing files."""
+    relative_to_map(model, names, info)
+    for name in names:
+        path: Path | None = getattr(model, name)
+        if path is not None and not path.is_file():
+            raise FieldError(name, f"{path}: no such file")
+
+
 class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, models are immutable."""
 

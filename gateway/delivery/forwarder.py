@@ -94,6 +94,7 @@ class Forwarder:
         self._stopping = False
         self._refusals: set[tuple[str, str]] = set()  # (kind, reason) logged already
         self.connections = 0  # sessions the broker accepted (for /metrics: reconnects)
+        self.since = time.time()  # when the session came up or went down (the status page)
         self._switch = asyncio.Event()  # new settings: end this session, start another
         self._leaving = True  # the new settings name another broker
         # Seconds from a message's oldest source timestamp to the broker's acknowledgement.
@@ -334,6 +335,7 @@ class Forwarder:
             log.warning("the broker keeps no retained messages: states are sent plain")
         self._retain = retain and broker.retain_available
         self._connected_at = time.monotonic()
+        self.since = time.time()
         self.connections += 1
         self._written.clear()  # of a session whose end was never reported (a hung switch)
         self._confirming = False
@@ -357,6 +359,8 @@ class Forwarder:
         self.buffer.ready.set()
 
     def disconnected(self, reason: str, by_broker: bool) -> None:
+        if self._connected.is_set():
+            self.since = time.time()
         self._connected.clear()
         self._born.clear()
         self._room.set()  # a waiting drain sees the disconnect

@@ -9,8 +9,7 @@ point: a plant's series stay in the hundreds, not the hundreds of thousands.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,10 +28,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.delivery.buffer import Buffer
-from gateway.http.health import Health
+from gateway.http.observed import Observed
 from gateway.source import CONNECTED
-from gateway.stats import DeviceStats, Histogram
+from gateway.stats import Histogram
 
 PREFIX = "factory_gateway"
 # Always present (0 until it happens), so an alert's expression has a series to look at.
@@ -40,22 +38,6 @@ DROP_REASONS = (
     "buffer_full", "disk_full", "corrupt", "refused_by_broker", "too_large", "kills_connection",
     "not_this_node", "no_birth",
 )  # fmt: skip
-
-
-@dataclass
-class Observed:
-    """What the metrics read: the running gateway's parts (set again by a reload)."""
-
-    gateway_id: str
-    devices: Callable[[], Mapping[str, tuple[str, DeviceStats]]]  # id -> (protocol, stats)
-    health: Health
-    buffer: Buffer
-    readings: Callable[[], int]  # values encoded
-    broker_connected: Callable[[], bool]
-    connections: Callable[[], int]
-    ack_age: Histogram
-    commands: Callable[[], Mapping[str, int]]  # outcome -> count (dropped included)
-    reloads: Callable[[], Mapping[str, int]]  # applied | refused -> count
 
 
 class GatewayCollector(Collector):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.helpers import cli
 
 
 def test_simulating_on_a_busy_port_says_so(tmp_path: Path) -> None:
@@ -22,13 +20,7 @@ def test_simulating_on_a_busy_port_says_so(tmp_path: Path) -> None:
             f"  - {{id: d1, line: l1, protocol: modbus-tcp, host: 127.0.0.1, port: {port},\n"
             "     points: [{name: p, table: coil, address: 0}]}\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "gateway", "simulate", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
+        result = cli("simulate", str(path))
     assert result.returncode == 1
     assert f"error: cannot serve device 'd1' on 127.0.0.1:{port}: address in use" in result.stderr
     assert "Traceback" not in result.stderr

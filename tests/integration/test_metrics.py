@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, Collector, Mosquitto, Process, free_port, until, wait_port
+from tests.helpers import ROOT, Collector, Mosquitto, Process, cli, free_port, until, wait_port
 from tests.integration.line import simulated_plcs
 from tests.integration.plant import device, write_map
 
@@ -191,22 +191,39 @@ def test_a_real_prometheus_scrapes_the_gateway(workdir: Path, broker: Mosquitto)
         sim.stop()
 
 
-def test_compose_prometheus_scrapes_the_gateway_where_it_listens() -> None:
-    """compose.yaml: the gateway listens on all interfaces in its container, on the port its
-    Prometheus scrapes, and promtool accepts that Prometheus' configuration."""
+def test_compose_prometheus_scrapes_the_gateway_where_it_listens(tmp_path: Path) -> None:
+    """compose.yaml: the gateway listens on all interfaces in its container, with a token, on
+    the port its Prometheus scrapes with that token, and promtool accepts that Prometheus'
+    configuration."""
     text = (ROOT / "compose.yaml").read_text()
     compose = yaml.safe_load(text)
     gateway, prometheus = compose["services"]["gateway"], compose["services"]["prometheus"]
     listen = gateway["environment"]["HTTP_LISTEN"]
     assert listen.startswith("0.0.0.0:")
+    assert gateway["environment"]["HTTP_TOKEN"].startswith("${HTTP_TOKEN:?")
+    assert compose["secrets"]["http_token"] == {"environment": "HTTP_TOKEN"}
+    assert prometheus["secrets"] == ["http_token"]
     mounted = prometheus["volumes"][0].split(":")[0]
     scrape = yaml.safe_load((ROOT / mounted).read_text())
-    (target,) = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    job = scrape["scrape_configs"][0]
+    (target,) = job["static_configs"][0]["targets"]
     assert target == f"gateway:{listen.split(':')[1]}"
+    assert job["authorization"] == {"credentials_file": "/run/secrets/http_token"}
+    # promtool reads the credentials file: it gets one where compose would mount the secret.
+    token = tmp_path / "http_token"
+    token.write_text("a-token")
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text((ROOT / mounted).read_text().replace("/run/secrets/http_token", str(token)))
     check = subprocess.run(
-        ["promtool", "check", "config", str(ROOT / mounted)], capture_output=True, text=True
+        ["promtool", "check", "config", str(checked)], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
     # The map compose mounts listens where HTTP_LISTEN says.
     (local,) = set(re.findall(r"\./(\S+?):/config/gateway.yaml", text))
     assert "listen: ${HTTP_LISTEN" in (ROOT / local).read_text()
+    # ... and wants the token there: without it the gateway would not start.
+    for token, says in (("", "is reachable from other hosts: give http.auth"), ("t", "ok")):
+        validated = cli(
+            "validate", str(ROOT / local), env={"HTTP_LISTEN": listen, "HTTP_TOKEN": token}
+        )
+        assert says in validated.stdout + validated.stderr, validated.stdout + validated.stderr

@@ -74,7 +74,10 @@ def test_plan_command_prints_requests_and_totals() -> None:
         "  every 500ms: FC3 holding 0..15 (16, 4 unused): "
         "temperature, oil_pressure, stroke_count, recipe"
     ) in lines
-    assert "welder-01  (s7 127.0.0.1:10102 rack 0 slot 1, PDU 480 asked (the PLC may give less))" in lines
+    assert (
+        "welder-01  (s7 127.0.0.1:10102 rack 0 slot 1, PDU 480 asked (the PLC may give less))"
+        in lines
+    )
     assert (
         "  every 0.5s: DB10 bytes 0..25 (26 bytes, 1 unused): current, welds, running, recipe, "
         "weld_time"

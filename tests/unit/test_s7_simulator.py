@@ -40,6 +40,22 @@ def test_a_port_in_use_is_refused() -> None:
             asyncio.run(simulator.start())
 
 
+def _first_batch(plc: S7Device, source: S7Source) -> list[Sample]:
+    """The first batch ``source`` yields from a simulator of ``plc``."""
+
+    async def first() -> list[Sample]:
+        simulator = S7Simulator([plc])
+        await simulator.start()
+        try:
+            async with asyncio.timeout(20):
+                return list(await anext(aiter(source.readings())))
+        finally:
+            await source.close()
+            await simulator.stop()
+
+    return asyncio.run(first())
+
+
 def test_the_plan_follows_the_pdu_size_the_plc_gives() -> None:
     """Asked for 960, python-snap7's server gives 480: the source plans for 480 (a request's
     answer at most 462 bytes), says so, and reads every value."""
@@ -54,20 +70,10 @@ def test_the_plan_follows_the_pdu_size_the_plc_gives() -> None:
     )  # fmt: skip
     assert [r.size for r in S7Source(device).groups[0].requests] == [800]
 
-    async def first_batch() -> tuple[list[int], list[Sample]]:
-        simulator = S7Simulator([device])
-        await simulator.start()
-        source = S7Source(device)
-        try:
-            async with asyncio.timeout(20):
-                batch = await anext(aiter(source.readings()))
-            return [r.size for g in source.groups for r in g.requests], list(batch)
-        finally:
-            await source.close()
-            await simulator.stop()
-
+    source = S7Source(device)
     with capture_logs() as logs:
-        sizes, batch = asyncio.run(first_batch())
+        batch = _first_batch(device, source)
+    sizes = [r.size for g in source.groups for r in g.requests]
     assert sizes == [460, 340]  # whole REALs within 462 bytes
     assert {"event": "PDU size negotiated", "asked": 960, "given": 480} in [
         {k: e.get(k) for k in ("event", "asked", "given")} for e in logs
@@ -86,19 +92,8 @@ def test_a_plc_that_refuses_every_request_is_an_outage() -> None:
          "points": [{"name": "a", "address": "DB7.DBW0"}, {"name": "b", "address": "DB7.DBW2"}]}
     )  # fmt: skip
 
-    async def first_batch() -> tuple[list[Sample], tuple[str, str | None]]:
-        simulator = S7Simulator([plc])
-        await simulator.start()
-        source = S7Source(missing)
-        try:
-            async with asyncio.timeout(20):
-                batch = await anext(aiter(source.readings()))
-            return list(batch), source.state
-        finally:
-            await source.close()
-            await simulator.stop()
-
-    batch, state = asyncio.run(first_batch())
+    source = S7Source(missing)
+    batch, state = _first_batch(plc, source), source.state
     reasons = {(r.point, r.quality, r.reason) for r in batch if isinstance(r, Reading)}
     reason = state[1]
     assert state[0] == "disconnected" and reason is not None
