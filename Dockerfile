@@ -24,6 +24,6 @@ USER gateway
 VOLUME ["/data"]
 # /healthz of the map's http listener (default 127.0.0.1:9108, inside the container).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]
+    CMD ["python", "-c", "import ssl, urllib.request as u\ntry: u.urlopen('http://127.0.0.1:9108/healthz', timeout=4)\nexcept OSError: u.urlopen('https://127.0.0.1:9108/healthz', timeout=4, context=ssl._create_unverified_context())"]
 ENTRYPOINT ["factory-gateway"]
 CMD ["run", "/config/gateway.yaml"]

@@ -39,11 +39,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--http",
-        choices=("off", "on", "scrape", "page"),
+        choices=("off", "on", "scrape", "page", "events"),
         default="on",
         help="Modbus scenarios: the HTTP listener off, on (the default of a map), on and "
-        "/metrics scraped every second, or on with the status page open in a headless "
-        "chromium (one device's points shown)",
+        "/metrics scraped every second, on with the status page open in a headless "
+        "chromium (one device's points shown), or on with that page's event stream read by "
+        "a plain client (the gateway's share without the browser's on the same cores)",
     )
     parser.add_argument("--items", type=int, default=1000, help="OPC UA monitored items")
     parser.add_argument("--rate", type=float, default=1000.0, help="OPC UA changes per second")

@@ -389,6 +389,27 @@ class PageWatcher:
         self._stack.close()
 
 
+class EventReader:
+    """The status page's event stream with ``device`` open, read on a thread of its own:
+    what a page costs the gateway, without a browser on the same cores."""
+
+    def __init__(self, port: int, device: str) -> None:
+        self.url = f"http://127.0.0.1:{port}/events?open={device}"
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with urllib.request.urlopen(self.url, timeout=10) as stream:
+            while not self._stop.is_set():
+                self.bytes += len(stream.read1(65536))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 def event_bytes_per_s(port: int, device: str, seconds: float = 5.0) -> float:
     """Bytes per second of the page's event stream with ``device`` open."""
     url = f"http://127.0.0.1:{port}/events?open={device}"

@@ -18,6 +18,7 @@ from adapters.s7.plan import plan_device
 from bench.harness import (
     Broker,
     Counter,
+    EventReader,
     PageWatcher,
     Requester,
     Scraper,
@@ -299,6 +300,7 @@ def _lean_modbus(
         rss = [rss_mb(gateway.pid)]
         scraper = Scraper(http_port) if args.http == "scrape" else None
         page = PageWatcher(http_port) if args.http == "page" else None
+        reader = EventReader(http_port, "dev000") if args.http == "events" else None
         while time.monotonic() - start < args.duration:
             time.sleep(5)
             rss.append(rss_mb(gateway.pid))
@@ -307,6 +309,8 @@ def _lean_modbus(
         threads_end = threads(gateway.pid)
         elapsed = time.monotonic() - start
         cpu = cpu_seconds(gateway.pid) - start_cpu
+        if reader is not None:
+            reader.stop()
         with counter.lock:
             values, messages, changes = counter.values, counter.messages, list(counter.changes)
             timed = list(counter.latencies)
@@ -346,6 +350,7 @@ def _lean_modbus(
             "page_bytes": page.page_bytes if page else None,
             "page_points_shown": shown,
             "page_event_bytes_per_s": round(events) if events is not None else None,
+            "event_reader_bytes_per_s": round(reader.bytes / elapsed) if reader else None,
         }
     finally:
         stop_all(counter, gateway, [simulator], broker)

@@ -86,7 +86,7 @@ class Reloader:
         self,
         paths: Sequence[str | Path],
         load: Callable[[Sequence[str | Path]], Config],
-        apply: Callable[[Config], Awaitable[None]],
+        apply: Callable[[Config], Awaitable[Sequence[str] | None]],
         watch: bool = False,
     ) -> None:
         self.paths = list(paths)
@@ -138,7 +138,7 @@ class Reloader:
         try:
             # Reading a big map takes a while: the devices keep polling meanwhile.
             config = await asyncio.to_thread(self.load, self.paths)
-            await self.apply(config)
+            pending = await self.apply(config)
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error(str(issue))
@@ -158,7 +158,8 @@ class Reloader:
             reason = f"cannot be applied: {exc}"
         else:
             self.outcomes["applied"] += 1
-            self.last = (time.time(), "applied", None)
+            waiting = f"{', '.join(pending)} at the next restart" if pending else None
+            self.last = (time.time(), "applied", waiting)
             self.watching(config)
             return
         self.outcomes["refused"] += 1

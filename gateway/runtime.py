@@ -137,8 +137,8 @@ class Gateway:
             recent_commands=self._recent_commands,
         )
         self.metrics = Metrics(observed)
-        # The status page's memory of the points: fed only while a listener serves the page.
-        self.status = Status(config.devices)
+        # The status page's memory of the points: only while a listener serves the page.
+        self.status = Status(config.devices if http else ())
         self.listener = (
             HttpListener(http, self.health, self.metrics, StatusPage(observed, self.status))
             if http
@@ -186,11 +186,12 @@ class Gateway:
             self.router.cancel()
             log.info("gateway stopped", published=self.forwarder.published)
 
-    async def apply(self, config: Config) -> None:
+    async def apply(self, config: Config) -> list[str]:
         """Run a new, validated map: only what changed restarts (gateway/reload.py).
 
         Everything that can fail (the broker session's TLS files, the new sources) is built
         before anything running is touched: a ``GatewayError`` leaves the running map as it is.
+        Returns the sections whose changes wait for the next restart.
         """
         # Comparing two big maps takes a while: the devices keep polling meanwhile.
         change = await asyncio.to_thread(diff, self.config, config)
@@ -203,7 +204,7 @@ class Gateway:
         if change.empty:
             log.info("map reloaded: no device or broker setting changed")
             self.config = new
-            return
+            return change.pending
         session = self._data_session(new) if change.mqtt else self.forwarder.settings
         fresh = create_sources([*change.restarted, *change.added])
         topics = self._topics(new)
@@ -243,7 +244,8 @@ class Gateway:
             self.encoder.track(new.devices, _value_types(new), keep=change.unchanged)
         self.deadband.track(new.devices, keep=change.unchanged)
         self.health.track(reading_intervals(new.devices), keep=change.unchanged)
-        self.status.track(new.devices, keep=change.unchanged)
+        if self.listener is not None:
+            self.status.track(new.devices, keep=change.unchanged)
         self.sources.update((s.device_id, s) for s in fresh)
         router, self.router = self.router, self._router(new)
         self.router.take_over(router, change.unchanged)
@@ -259,6 +261,7 @@ class Gateway:
         gc.collect()
         gc.freeze()
         self.notifier.ready()
+        return change.pending
 
     # -- wiring --------------------------------------------------------------------------------
 

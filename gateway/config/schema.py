@@ -7,6 +7,7 @@ Each adapter extends ``DeviceConfig`` and ``PointConfig`` with its own keys (see
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -225,6 +226,9 @@ def _loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+MIN_TOKEN = 12
+
+
 class HttpAuth(StrictModel):
     """Who may read the listener (every path but /healthz): a user name and password (HTTP
     Basic, what a browser asks for), or a token (``Authorization: Bearer``, or a browser's
@@ -234,6 +238,19 @@ class HttpAuth(StrictModel):
     username: OptionalText = None
     password: OptionalText = Field(default=None, repr=False)
     token: OptionalText = Field(default=None, repr=False)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token(cls, token: Any) -> Any:
+        """A token is one word: spaces around it (a file's) are not part of it."""
+        if isinstance(token, str):
+            token = token.strip()
+            if token and (len(token) < MIN_TOKEN or any(c.isspace() for c in token)):
+                raise ValueError(
+                    f"a token is at least {MIN_TOKEN} characters without spaces "
+                    "(openssl rand -hex 16 makes one)"
+                )
+        return token
 
     @property
     def empty(self) -> bool:
@@ -273,20 +290,40 @@ class HttpSection(StrictModel):
     @model_validator(mode="after")
     def _guarded(self, info: ValidationInfo) -> HttpSection:
         if self.credentials is None and not _loopback(self.host):
+            given = (
+                " (http.auth is there, but every key of it is empty: an unset variable?)"
+                if self.auth is not None
+                else ""
+            )
             raise FieldError(
                 "listen",
                 f"{self.listen} is reachable from other hosts: give http.auth (a username and "
                 "password, or a token) so the status page and /metrics are not open to all, "
-                "or listen on 127.0.0.1",
+                f"or listen on 127.0.0.1{given}",
             )
         if (self.cert is None) != (self.key is None):
             raise FieldError("cert", "HTTPS needs both cert and key")
         existing_files(self, ("cert", "key"), info)
+        if self.cert is not None and self.key is not None:
+            try:  # a key that does not match, a PEM that is not one: said now, not at start
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    self.cert, self.key
+                )
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "reason", None) or str(exc)
+                raise FieldError(
+                    "cert",
+                    f"{self.cert} and {self.key} are not a certificate and its key: {reason}",
+                ) from None
         return self
 
-    @field_validator("listen")
+    @field_validator("listen", mode="before")
     @classmethod
-    def _check_listen(cls, listen: str) -> str:
+    def _check_listen(cls, listen: Any) -> Any:
+        if isinstance(listen, int) and not isinstance(listen, bool):
+            raise ValueError(f"{listen}: write it as host:port, e.g. 127.0.0.1:{listen}")
+        if not isinstance(listen, str):
+            return listen  # pydantic says what it wants
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{listen!r}: write it as host:port, e.g. 127.0.0.1:9108")

@@ -4,6 +4,10 @@
 HTTP Basic is what a browser asks for by itself (the 401 carries ``WWW-Authenticate``); a token
 goes as ``Authorization: Bearer`` (Prometheus, probes) or as a browser's password. Secrets are
 compared in constant time.
+
+A loopback listener without credentials answers only requests addressed to a loopback name:
+a web page the operator opens elsewhere could otherwise point its own domain at 127.0.0.1
+(DNS rebinding) and read the plant through the operator's browser.
 """
 
 from __future__ import annotations
@@ -45,6 +49,29 @@ def allowed(auth: HttpAuth, header: str | None) -> bool:
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def loopback_only(listen_host: str) -> Middleware:
+    """An aiohttp middleware: 421 for a request whose Host is not a loopback name (or the
+    listen address itself)."""
+    names = LOOPBACK_NAMES | {listen_host.lower()}
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = (request.host or "").lower()
+        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0]
+        if request.path in OPEN_PATHS or (name or host) in names:
+            return await handler(request)
+        return web.Response(
+            status=421,
+            text="421: this listener answers requests to 127.0.0.1, localhost or ::1 only "
+            "(give http.auth to reach it by another name)\n",
+        )
+
+    return check
 
 
 def guard(auth: HttpAuth) -> Middleware:

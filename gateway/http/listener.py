@@ -8,6 +8,7 @@ credentials (auth.py); with ``http.cert`` and ``http.key`` it speaks HTTPS.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 import orjson
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from gateway.config.schema import HttpSection
 from gateway.errors import GatewayError
-from gateway.http.auth import guard
+from gateway.http.auth import guard, loopback_only
 from gateway.http.health import Health
 from gateway.http.metrics import Metrics
 from gateway.http.page import StatusPage
@@ -34,7 +35,8 @@ class HttpListener:
         self.health, self.metrics, self.page = health, metrics, page
         self.tls = _tls(settings)
         auth = settings.credentials
-        self.app = web.Application(middlewares=[guard(auth)] if auth is not None else [])
+        check = guard(auth) if auth is not None else loopback_only(self.host)
+        self.app = web.Application(middlewares=[check])
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics)
@@ -42,7 +44,9 @@ class HttpListener:
         self.started = asyncio.Event()  # listening, or failed to
         self.listening = False
         scheme = "https" if self.tls is not None else "http"
-        shown = f"[{self.host}]" if ":" in self.host else self.host
+        # Listening on every address: the box's name is what a tablet on the LAN can open.
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{self.port}/"
 
     async def run(self) -> None:

@@ -27,6 +27,13 @@ from gateway.stats import DeviceStats
 
 EVENTS_PER_SECOND = 4.0  # the open devices' points
 SUMMARY_EVERY = 1.0  # seconds: the gateway, the devices' rows and the commands
+# Points sent at once for "every device" (/status.json, /events?open=*): a bigger plant is
+# asked for device by device, so one answer never holds the event loop for long.
+MAX_POINTS_AT_ONCE = 10_000
+TOO_MANY = (
+    f"more than {MAX_POINTS_AT_ONCE:,} points: ask for devices by name "
+    "(/status.json?device=a,b; the page: open devices one by one)"
+)
 READ_WINDOW = 2.0  # seconds over which a device's read duration is averaged
 ASSETS = {
     "status.css": "text/css",
@@ -95,19 +102,27 @@ class StatusPage:
             headers=SECURITY_HEADERS,
         )
 
-    async def _snapshot(self, _request: web.Request) -> web.Response:
-        """Everything the page shows, every device's points included (no trends)."""
-        client = _Client(open=None)
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        """What the page shows (no trends), with the points of ``?device=a,b``, or of every
+        device when the plant is small enough."""
+        client, notice = self._client(request.query.get("device", "*"))
         body = {**self._summary_part()[1], "points": self._points(client)}
+        if notice is not None:
+            body["notice"] = notice
         return web.Response(
             body=orjson.dumps(body), content_type="application/json", headers=SECURITY_HEADERS
         )
 
+    def _client(self, wanted: str) -> tuple[_Client, str | None]:
+        """A client of the devices ``wanted`` names (``*``: all, if not too many points)."""
+        if wanted != "*":
+            return _Client(open=frozenset(d for d in wanted.split(",") if d)), None
+        if self.status.points > MAX_POINTS_AT_ONCE:
+            return _Client(open=frozenset()), TOO_MANY
+        return _Client(open=None), None
+
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        wanted = request.query.get("open", "")
-        client = _Client(
-            open=None if wanted == "*" else frozenset(d for d in wanted.split(",") if d)
-        )
+        client, notice = self._client(request.query.get("open", ""))
         response = web.StreamResponse(
             headers={
                 **SECURITY_HEADERS,
@@ -122,7 +137,8 @@ class StatusPage:
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n")  # the page reconnects after 2 s
             while True:
-                event: dict[str, Any] = {}
+                event: dict[str, Any] = {"notice": notice} if notice else {}
+                notice = None
                 made, summary = self._summary_part()
                 if made != client.summary:  # new since this client's last event
                     client.summary = made
@@ -208,6 +224,8 @@ class StatusPage:
         _, report = self.observed.health.ready()
         health: dict[str, Any] = report["devices"]  # type: ignore[assignment]
         stats = self.observed.devices()
+        for gone in self._reads.keys() - self.status.tables.keys():
+            del self._reads[gone]
         rows = []
         for device, table in self.status.tables.items():
             state = health.get(device, {})
@@ -263,6 +281,9 @@ class StatusPage:
         """Per open device: its names and units the first time, then the points that changed
         since the client's last event, as ``[index, value, quality, ts, reason]``."""
         out: dict[str, Any] = {}
+        tables = self.status.tables
+        for gone in [d for d in client.tables if tables.get(d) is not client.tables[d]]:
+            del client.tables[gone]  # removed or replaced by a reload: its memory goes
         for device, table in self._open(client):
             entry: dict[str, Any] = {}
             if client.tables.get(device) is not table:  # new to this client, or reloaded
@@ -272,12 +293,12 @@ class StatusPage:
                 entry["names"] = table.names
                 entry["units"] = table.units
                 entry["slots"] = table.slots
-            table.fold()
-            rows = []
-            for i in table.changed_since(client.folds[device]):
-                state = table.state(i)
-                if state is not None:
-                    rows.append([i, state.value, state.quality, iso_time(state.ts), state.reason])
+            table.settle()
+            rows = [
+                [i, state.value, state.quality, iso_time(state.ts), state.reason]
+                for i in table.changed_since(client.folds[device])
+                if (state := table.state(i)) is not None
+            ]
             client.folds[device] = table.folds
             if rows:
                 entry["rows"] = rows

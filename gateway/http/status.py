@@ -2,11 +2,12 @@
 short trend of the numeric ones.
 
 The pump hands every batch it sends on to ``PointTable.tap``: one list append a batch, nothing
-per value, so the hot path does not pay for the page. The batches are folded into the table
-(each point's latest sample) when the page asks, and by the trend sampler every ``period``
-seconds; a block superseded by a later block of the same points is skipped, not folded.
+per value, so the hot path does not pay for the page. ``Status.run`` folds the batches every
+second, so no more than a second of them is held: a block only replaces the previous block of
+the same points (one per request waits), a reading is applied at once. The waiting blocks are
+applied value by value only when a page shows the device or the trend takes a row.
 
-The trend is a ring per device, one row of float64 a sample: five minutes at one sample a
+The trend is a ring per device, one row of float32 a sample: five minutes at one sample a
 second, or a coarser sample when the plant's points would need more than ``TREND_BYTES``.
 """
 
@@ -25,7 +26,8 @@ from gateway.config.schema import DeviceConfig
 from gateway.model import GOOD, Block, NamedPoint, Points, Reading, Sample, Value
 
 TREND_SECONDS = 300  # how far back a trend goes
-TREND_BYTES = 32 << 20  # the trends of every point together, at most
+TREND_BYTES = 16 << 20  # the trends of every point together, at most
+TREND_TYPE = "f"  # float32: a sparkline needs no more, and takes half the memory
 NAN = math.nan
 
 
@@ -53,14 +55,19 @@ class PointTable:
         self.values: list[Value | None] = [None] * count
         self.origins: list[Sample | None] = [None] * count  # the Block or Reading of the value
         self.stamps = [0] * count  # the fold that last changed the point
-        self.current = array("d", [NAN]) * count  # the trend's next row: good numbers, or NaN
+        self.current = array(TREND_TYPE, [NAN]) * count  # the next trend row: good numbers, or NaN
         self.folds = 0
         self.pending: list[Sequence[Sample]] = []
+        self._waiting: dict[int, Block] = {}  # by id(points): the newest block not applied yet
         self._blocks: weakref.WeakKeyDictionary[Points, slice | list[int]] = (
             weakref.WeakKeyDictionary()
         )
+        self.resize(slots)
+
+    def resize(self, slots: int) -> None:
+        """A trend ring of ``slots`` rows, empty (a reload changed the plant's size)."""
         self.slots = slots
-        self.trend = array("d", [NAN]) * (slots * count)
+        self.trend = array(TREND_TYPE, [NAN]) * (slots * len(self.names))
         self.trend_times = array("d", [NAN]) * slots
         self.samples = 0  # trend rows written, ever (the ring's position is samples % slots)
 
@@ -69,27 +76,36 @@ class PointTable:
         self.pending.append(batch)
 
     def fold(self) -> None:
-        """Take the batches tapped since the last fold into the points' latest samples."""
+        """Take the batches tapped since the last fold: each block replaces the one of the
+        same points still waiting to be applied (``settle``); a reading is applied at once,
+        after the blocks before it."""
         pending = self.pending
         if not pending:
             return
         self.pending = []
-        self.folds += 1
-        # A block whose points come again in a later block of this fold is superseded.
-        newest: dict[int, Block] = {}
+        waiting = self._waiting
         for batch in pending:
             for sample in batch:
                 if type(sample) is Block:
-                    newest[id(sample.points)] = sample
-        for batch in pending:
-            for sample in batch:
-                if type(sample) is Block:
-                    if newest[id(sample.points)] is sample:
-                        self._fold_block(sample)
+                    waiting[id(sample.points)] = sample
                 elif isinstance(sample, Reading):
-                    self._fold_reading(sample)
+                    if waiting:
+                        self.settle()
+                    self._apply_reading(sample)
 
-    def _fold_block(self, block: Block) -> None:
+    def settle(self) -> None:
+        """Apply the blocks waiting: each point then holds its newest sample. Deferred until a
+        page or the trend needs the values, so a big plant's blocks are applied once per trend
+        row, not once a second."""
+        self.fold()  # (a no-op once pending is empty; it settles again on a reading)
+        if not self._waiting:
+            return
+        self.folds += 1
+        for block in self._waiting.values():
+            self._apply_block(block)
+        self._waiting.clear()
+
+    def _apply_block(self, block: Block) -> None:
         where = self._positions(block.points)
         values = block.values
         if type(where) is slice:  # the usual case: a request's points lie together in the map
@@ -97,7 +113,7 @@ class PointTable:
             self.values[where] = values
             self.origins[where] = [block] * count
             self.stamps[where] = [self.folds] * count
-            self.current[where] = array("d", values)  # a block holds numbers only
+            self.current[where] = array(TREND_TYPE, values)  # a block holds numbers only
             return
         assert isinstance(where, list)
         stored, origins, stamps, current, fold = (
@@ -107,10 +123,11 @@ class PointTable:
             if i >= 0:
                 stored[i], origins[i], stamps[i], current[i] = value, block, fold, value
 
-    def _fold_reading(self, reading: Reading) -> None:
+    def _apply_reading(self, reading: Reading) -> None:
         i = self.index.get(reading.point, -1)
         if i < 0:
             return  # not a point of the map any more
+        self.folds += 1
         value = reading.value
         self.values[i], self.origins[i], self.stamps[i] = value, reading, self.folds
         self.current[i] = float(value) if reading.quality == GOOD and _number(value) else NAN
@@ -142,6 +159,7 @@ class PointTable:
 
     def sample_trend(self, now: float) -> None:
         """One trend row: each numeric point's latest good value, NaN for the others."""
+        self.settle()
         count = len(self.names)
         if not count:
             return
@@ -175,6 +193,7 @@ class Status:
     def __init__(self, devices: Iterable[DeviceConfig]) -> None:
         self.tables: dict[str, PointTable] = {}
         self.period = 1.0
+        self.points = 0  # of every device together
         self.track(devices)
 
     def track(self, devices: Iterable[DeviceConfig], keep: Iterable[str] = ()) -> None:
@@ -182,13 +201,18 @@ class Status:
         devices = list(devices)
         total = sum(len(d.points) for d in devices)
         # One sample a second for five minutes, or coarser when the points would need more.
-        self.period = float(max(1, math.ceil(total * TREND_SECONDS * 8 / TREND_BYTES)))
+        size = array(TREND_TYPE).itemsize
+        self.period = float(max(1, math.ceil(total * TREND_SECONDS * size / TREND_BYTES)))
         slots = max(2, int(TREND_SECONDS / self.period))
         kept = {d: self.tables[d] for d in keep if d in self.tables}
+        for table in kept.values():
+            if table.slots != slots:
+                table.resize(slots)
         self.tables = {
             d.id: kept.get(d.id) or PointTable(d.id, d.points, slots, d.protocol, d.line)
             for d in devices
         }
+        self.points = total
 
     def table(self, device: str) -> PointTable:
         return self.tables[device]
@@ -200,10 +224,16 @@ class Status:
             table.tap((reading,))
 
     async def run(self) -> None:
-        """Fold and sample every table's trend every ``period`` seconds, until cancelled."""
+        """Fold every table each second, and sample the trends every ``period`` seconds, until
+        cancelled."""
+        loop = asyncio.get_running_loop()
+        next_sample = loop.time() + self.period
         while True:
-            await asyncio.sleep(self.period)
-            now = time.time()
+            await asyncio.sleep(1.0)
             for table in self.tables.values():
                 table.fold()
-                table.sample_trend(now)
+            if loop.time() >= next_sample:
+                next_sample += self.period
+                now = time.time()
+                for table in self.tables.values():
+                    table.sample_trend(now)

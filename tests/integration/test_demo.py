@@ -42,6 +42,8 @@ def test_demo_shows_every_point_good_through_the_embedded_broker(format: str) ->
     air = {line.split()[2] for t in tables for line in t.splitlines() if "air_temp" in line}
     assert len(air - {"-"}) > 1, air
     header = last_table.splitlines()[0]
+    # Where the status page is (the map's default listener; nothing else in the tests uses it).
+    assert " - status page http://127.0.0.1:9108/ - " in header, header
     if format == "sparkplug":
         # A fresh edge node (the first bdSeq), no message lost on the way; the rows' names
         # came from the DBIRTHs (DDATA carries aliases only).

@@ -222,7 +222,7 @@ def test_compose_prometheus_scrapes_the_gateway_where_it_listens(tmp_path: Path)
     (local,) = set(re.findall(r"\./(\S+?):/config/gateway.yaml", text))
     assert "listen: ${HTTP_LISTEN" in (ROOT / local).read_text()
     # ... and wants the token there: without it the gateway would not start.
-    for token, says in (("", "is reachable from other hosts: give http.auth"), ("t", "ok")):
+    for token, says in (("", "is reachable from other hosts: give http.auth"), ("t" * 32, "ok")):
         validated = cli(
             "validate", str(ROOT / local), env={"HTTP_LISTEN": listen, "HTTP_TOKEN": token}
         )

@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
+import ssl
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +19,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from selenium.webdriver.chrome.webdriver import WebDriver
 
 from tests.browser import chromium, screenshot
-from tests.helpers import Collector, Mosquitto, Process, cli, free_port, until, wait_port
+from tests.helpers import ROOT, Collector, Mosquitto, Process, cli, free_port, until, wait_port
 from tests.integration.line import simulated_plcs
 from tests.integration.plant import device, write_map
 
@@ -61,9 +65,20 @@ def _received(collector: Collector) -> set[tuple[str, str, str, str, str, str]]:
     }
 
 
+def _newest(collector: Collector) -> dict[tuple[str, str], str]:
+    """Each point's newest source timestamp the broker delivered so far."""
+    newest: dict[tuple[str, str], str] = {}
+    for r in collector.readings():
+        key = (r["device"], r["point"])
+        newest[key] = max(newest.get(key, ""), r["ts"])
+    return newest
+
+
 def _all_match(browser: WebDriver, collector: Collector) -> list[list[Any]] | None:
-    """The page's rows when every one has a value the broker received (value, unit, quality
-    and source timestamp alike), else None."""
+    """The page's rows when every one shows the broker's latest value: one the broker received
+    (value, unit, quality and source timestamp alike), and none older than what the broker
+    had delivered before the page was read. Else None (the page may be a moment behind)."""
+    before = _newest(collector)
     rows = _page_rows(browser)
     if len(rows) != len(NAMES) * 5 or any(r[2] is None for r in rows):
         return None
@@ -71,6 +86,8 @@ def _all_match(browser: WebDriver, collector: Collector) -> list[list[Any]] | No
     for dev, point, value, unit, quality, ts in rows:
         quality = quality.split()[-1]  # "✔ good"
         if (dev, point, json.dumps(json.loads(value)), unit, quality, ts) not in received:
+            return None
+        if ts < before.get((dev, point), ""):  # ISO 8601 in UTC: compared as text
             return None
     return rows
 
@@ -95,7 +112,7 @@ def _device_row(browser: WebDriver, dev: str) -> dict[str, str]:
 def _trend(browser: WebDriver, dev: str, point: str) -> list[float]:
     values: str | None = browser.execute_script(
         f'return document.querySelector(`tr[data-device="{dev}"][data-point="{point}"] '
-        "polyline`)?.dataset.values ?? null"
+        "path`)?.dataset.values ?? null"
     )
     return json.loads(values) if values else []
 
@@ -160,6 +177,7 @@ def test_the_page_shows_what_the_broker_received(workdir: Path, broker: Mosquitt
                     15,
                 )
                 assert all(10 <= v <= 30 for v in wave), wave
+                print("screenshot:", screenshot(browser, "status-page-trends"))
 
                 # A PLC killed: its row turns bad, with the reason; the other stays OK.
                 plant.sims["oven-7"].kill()
@@ -256,5 +274,77 @@ def test_reachable_from_other_hosts_the_listener_wants_credentials(
         assert _get(base + "/status.json", f"Basic {basic}")[0] == 200
         wrong = base64.b64encode(b"anyone:s3cret-tokeN").decode()
         assert _get(base + "/", f"Basic {wrong}")[0] == 401
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_https_and_the_image_s_health_check(workdir: Path, broker: Mosquitto) -> None:
+    """http.cert and http.key: the listener speaks HTTPS, a mismatched pair is a located map
+    error, and the Docker image's HEALTHCHECK command passes over HTTPS as over HTTP."""
+    for name in ("a", "b"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(workdir / f"{name}.key"), "-out", str(workdir / f"{name}.crt")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    port, http = free_port(), free_port()
+    plc = device("plc-tls", port, POINTS)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    command = json.loads(re.search(r"^\s+CMD (\[.+\])$", dockerfile, re.M).group(1))  # type: ignore[union-attr]
+    assert command[:2] == ["python", "-c"]
+
+    def map_with(name: str, listener: str) -> Path:
+        return write_map(workdir / f"{name}.yaml", broker.port, [plc], sections=listener)
+
+    def health_check() -> None:
+        check = subprocess.run(
+            [sys.executable, "-c", command[2].replace("9108", str(http))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert check.returncode == 0, check.stderr
+
+    mismatched = map_with(
+        "mismatched", f"http: {{listen: 127.0.0.1:{http}, cert: a.crt, key: b.key}}"
+    )
+    refused = cli("validate", str(mismatched))
+    assert refused.returncode == 1
+    said = refused.stdout + refused.stderr
+    assert "mismatched.yaml:7:" in said, said
+    assert "b.key are not a certificate and its key: KEY_VALUES_MISMATCH" in said, said
+    tls = map_with("tls", f"http: {{listen: 127.0.0.1:{http}, cert: a.crt, key: a.key}}")
+    gateway = Process("run", str(tls), log=workdir / "gw.log")
+    try:
+        wait_port(http)
+        context = ssl.create_default_context(cafile=str(workdir / "a.crt"))
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{http}/status.json", timeout=5, context=context
+        ) as answer:
+            assert json.loads(answer.read())["devices"][0]["id"] == "plc-tls"
+        health_check()
+    finally:
+        assert gateway.stop() == 0
+    # ... and over plain HTTP.
+    gateway = Process(
+        "run",
+        str(map_with("plain", f"http: {{listen: 127.0.0.1:{http}}}")),
+        log=workdir / "gw2.log",
+    )
+    try:
+        wait_port(http)
+        health_check()
+        # DNS rebinding: a loopback listener without credentials answers loopback names only.
+        assert _get(f"http://127.0.0.1:{http}/status.json")[0] == 200
+        assert _get(f"http://localhost:{http}/status.json")[0] == 200
+        rebound = urllib.request.Request(
+            f"http://127.0.0.1:{http}/status.json", headers={"Host": f"evil.example:{http}"}
+        )
+        try:
+            urllib.request.urlopen(rebound, timeout=5)
+            raise AssertionError("a request to another host name was answered")
+        except urllib.error.HTTPError as error:
+            assert error.code == 421
     finally:
         assert gateway.stop() == 0

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.config.schema import HttpAuth, HttpSection
 from gateway.http.auth import allowed
+from gateway.http.page import MAX_POINTS_AT_ONCE, StatusPage
 from gateway.http.status import TREND_BYTES, TREND_SECONDS, PointTable, Status
 from gateway.model import BAD, GOOD, Block, Points, Reading
 
@@ -31,7 +32,7 @@ def _table(names: list[str], slots: int = 4) -> PointTable:
 
 
 def _values(table: PointTable) -> dict[str, Any]:
-    table.fold()
+    table.settle()
     return {
         name: None if (s := table.state(i)) is None else (s.value, s.quality, s.ts)
         for i, name in enumerate(table.names)
@@ -51,9 +52,22 @@ def test_a_fold_keeps_each_point_s_latest_sample_in_the_order_they_were_sent() -
     # What changed since a fold: only b after this one.
     seen = table.folds
     table.tap([Reading("plc", "b", 7, GOOD, 14.0)])
-    table.fold()
+    table.settle()
     assert table.changed_since(seen) == [1]
     assert table.changed_since(0) == [0, 1, 2]
+    # Blocks wait (folded each second, applied when needed); a reading after them still wins.
+    table.tap([Block("plc", ab, [8, 9], 15.0)])
+    table.fold()
+    table.tap([Reading("plc", "a", None, BAD, 16.0, None, "timeout")])
+    table.fold()
+    table.tap([Block("plc", ab, [10, 11], 14.5)])  # an older poll's block, sent late
+    table.fold()
+    table.tap([Reading("plc", "b", None, BAD, 17.0, None, "timeout")])
+    assert _values(table) == {
+        "a": (10, GOOD, 14.5),  # in the order sent: the late block came after the reading
+        "b": (None, BAD, 17.0),
+        "c": ("x", GOOD, 10.0),
+    }
 
 
 def test_points_no_longer_in_the_map_are_left_out() -> None:
@@ -74,7 +88,6 @@ def test_the_trend_is_a_ring_of_numeric_good_values() -> None:
                 Reading("plc", "flag", True, GOOD, float(second)),
             ]
         )
-        table.fold()
         table.sample_trend(100.0 + second)
     times, rows = table.trend_rows(0)
     assert times == [102.0, 103.0, 104.0]  # the ring keeps the last three
@@ -88,7 +101,7 @@ def test_the_trend_is_a_ring_of_numeric_good_values() -> None:
 def test_trends_are_coarser_for_a_big_plant_and_tables_survive_a_reload() -> None:
     small = Status([Device("a", ["x", "y"])])  # type: ignore[list-item]
     assert small.period == 1.0 and small.tables["a"].slots == TREND_SECONDS
-    points = TREND_BYTES // (8 * TREND_SECONDS) * 3  # three times what a second a sample fits
+    points = TREND_BYTES // (4 * TREND_SECONDS) * 3  # three times what a second a sample fits
     big = Status([Device("b", [f"p{i}" for i in range(points)])])  # type: ignore[list-item]
     assert big.period == 3.0 and big.tables["b"].slots == TREND_SECONDS // 3
     kept = small.tables["a"]
@@ -108,12 +121,17 @@ def test_credentials() -> None:
     assert not allowed(login, "Bearer pa:ss")
     assert not allowed(login, None)
     assert not allowed(login, "Basic not-base64!")
-    token = HttpAuth(token="t0k")
-    assert allowed(token, "Bearer t0k")
-    assert allowed(token, "bearer  t0k ")
-    assert allowed(token, _basic("anyone", "t0k"))  # what a browser's prompt sends
-    assert not allowed(token, "Bearer t0K")
-    assert not allowed(token, "Digest t0k")
+    token = HttpAuth(token="t0k-t0k-t0k-t0k")
+    assert allowed(token, "Bearer t0k-t0k-t0k-t0k")
+    assert allowed(token, "bearer  t0k-t0k-t0k-t0k ")
+    assert allowed(token, _basic("anyone", "t0k-t0k-t0k-t0k"))  # what a browser's prompt sends
+    assert not allowed(token, "Bearer t0k-t0k-t0k-t0K")
+    assert not allowed(token, "Digest t0k-t0k-t0k-t0k")
+    # A token read from a file keeps no newline; a short or spaced one is refused.
+    assert HttpAuth(token=" t0k-t0k-t0k-t0k\n").token == "t0k-t0k-t0k-t0k"
+    for weak in ("short", "t0k t0k t0k t0k"):
+        with pytest.raises(ValueError, match="at least 12 characters without spaces"):
+            HttpAuth(token=weak)
 
 
 @pytest.mark.parametrize(
@@ -121,8 +139,9 @@ def test_credentials() -> None:
     [
         ({"listen": "0.0.0.0:9108"}, "0.0.0.0:9108 is reachable from other hosts"),
         ({"listen": "gateway.local:9108"}, "is reachable from other hosts"),
-        ({"listen": "[::]:9108", "auth": {"token": ""}}, "is reachable from other hosts"),
-        ({"auth": {"token": "t", "password": "p"}}, "a token, or a username and password"),
+        ({"listen": "[::]:9108", "auth": {"token": ""}}, "every key of it is empty"),
+        ({"listen": 9108}, "9108: write it as host:port, e.g. 127.0.0.1:9108"),
+        ({"auth": {"token": "t" * 12, "password": "p"}}, "a token, or a username and password"),
         ({"auth": {"username": "ops"}}, "give a username and a password"),
         ({"cert": "cert.pem"}, "HTTPS needs both cert and key"),
     ],
@@ -138,5 +157,18 @@ def test_listener_settings_that_are_accepted() -> None:
         assert HttpSection.model_validate({"listen": loopback}).credentials is None
     empty = HttpSection.model_validate({"auth": {"token": ""}})  # ${HTTP_TOKEN:-} unset
     assert empty.credentials is None
-    guarded = HttpSection.model_validate({"listen": "0.0.0.0:9108", "auth": {"token": "t"}})
-    assert guarded.credentials is not None and guarded.credentials.token == "t"
+    guarded = HttpSection.model_validate({"listen": "0.0.0.0:9108", "auth": {"token": "t" * 12}})
+    assert guarded.credentials is not None and guarded.credentials.token == "t" * 12
+
+
+def test_every_device_at_once_only_for_a_plant_small_enough() -> None:
+    status = Status([Device("a", ["x"]), Device("b", ["y"])])  # type: ignore[list-item]
+    page = StatusPage(None, status)  # type: ignore[arg-type]  # (only the tables are asked)
+    everything, notice = page._client("*")
+    assert everything.open is None and notice is None
+    status.points = MAX_POINTS_AT_ONCE + 1
+    nothing, notice = page._client("*")
+    assert nothing.open == frozenset()
+    assert notice is not None and "ask for devices by name" in notice
+    named, notice = page._client("a,b,")
+    assert named.open == {"a", "b"} and notice is None

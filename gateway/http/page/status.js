@@ -4,11 +4,14 @@
 "use strict";
 
 const OPEN_ALL_BELOW = 300; // points: a plant this small shows every device open at first
+const MAX_OPEN = 50; // devices open at once (opening one more closes the first opened)
 const KEY = "factory-gateway.open";
+const SVG = "http://www.w3.org/2000/svg";
 
 const state = {
   open: null, // Set of device ids, or null until the first event decides
-  devices: new Map(), // id -> {row, panel, names, units, values, trend: {t, v}}
+  all: false, // every device is open (the stream asks for "*")
+  devices: new Map(), // id -> {row, cells, panel, points, trend}
   source: null,
   lastEvent: 0,
   lastDevices: [],
@@ -27,10 +30,22 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+function setText(node, value) {
+  if (node.textContent !== value) node.textContent = value; // keeps a selection where nothing changed
+}
+
 function text(value) {
   if (value === null || value === undefined) return "—";
   if (Array.isArray(value)) return "[" + value.map(text).join(", ") + "]";
+  if (typeof value === "number" && !Number.isInteger(value)) {
+    return String(Number(value.toPrecision(7))); // 26.200000000000003 -> 26.2
+  }
+  if (value === "") return '""';
   return String(value);
+}
+
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
 }
 
 function age(seconds) {
@@ -57,43 +72,57 @@ function bytes(n) {
   return (n / 1048576).toFixed(1) + " MiB";
 }
 
+// The browser's local time; the date too when it is not today.
 function localTime(iso) {
   const date = new Date(iso);
-  return isNaN(date) ? iso : date.toLocaleTimeString([], {hour12: false}) +
-    "." + String(date.getMilliseconds()).padStart(3, "0");
+  if (isNaN(date)) return iso;
+  const time = date.toLocaleTimeString([], {hour12: false}) + "." +
+    String(date.getMilliseconds()).padStart(3, "0");
+  const today = new Date().toDateString() === date.toDateString();
+  return today ? time : date.toLocaleDateString() + " " + time;
 }
 
 // -- the connection ---------------------------------------------------------------------------
 
-function openSet(devices) {
-  if (state.open !== null) return state.open;
-  const saved = localStorage.getItem(KEY);
+function savedOpen() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(KEY));
+    return Array.isArray(saved) ? saved : null;
+  } catch (error) {
+    return null; // unreadable: as if nothing was saved
+  }
+}
+
+function decideOpen(devices) {
+  const saved = savedOpen();
   if (saved !== null) {
-    state.open = new Set(JSON.parse(saved));
+    const known = new Set(devices.map((d) => d.id));
+    state.open = new Set(saved.filter((id) => known.has(id)));
   } else {
     const total = devices.reduce((sum, d) => sum + d.points, 0);
     state.open = new Set(total < OPEN_ALL_BELOW ? devices.map((d) => d.id) : []);
   }
-  return state.open;
+}
+
+function streamUrl() {
+  const ids = state.lastDevices.map((d) => d.id);
+  state.all = ids.length > 0 && ids.every((id) => state.open.has(id));
+  const open = state.all ? "*" : [...state.open].join(",");
+  return "events?open=" + encodeURIComponent(open);
 }
 
 function connect() {
   if (state.source) state.source.close();
-  const open = state.open === null ? "" : [...state.open].join(",");
-  const url = "events?open=" + encodeURIComponent(open);
-  const source = new EventSource(url);
+  const source = new EventSource(state.open === null ? "events?open=" : streamUrl());
   state.source = source;
-  // A new stream sends every open device's points and trend again.
-  for (const device of state.devices.values()) {
-    device.fresh = true;
-  }
   source.onmessage = (message) => {
     state.lastEvent = Date.now();
     const event = JSON.parse(message.data);
     const first = state.open === null;
+    if (first && event.devices) decideOpen(event.devices);
     render(event);
     setLink(true);
-    if (first) connect(); // now the page knows which devices are open
+    if (first && state.open !== null) connect(); // now the page knows which devices are open
   };
   source.onerror = () => setLink(false);
 }
@@ -101,7 +130,9 @@ function connect() {
 function setLink(live) {
   const link = document.getElementById("link");
   link.className = "link " + (live ? "live" : "lost");
-  link.textContent = live ? "live" : "connection to the gateway lost: reconnecting…";
+  link.textContent = live ? "live" :
+    "connection to the gateway lost: reconnecting… (the values below are the last received)";
+  document.body.classList.toggle("offline", !live);
 }
 
 // -- drawing ------------------------------------------------------------------------------------
@@ -109,14 +140,17 @@ function setLink(live) {
 // An event carries the summary (gateway, devices, commands) once a second, and the open
 // devices' changed points and new trend rows as they come.
 function render(event) {
+  if (event.notice) document.getElementById("notice").textContent = event.notice;
   if (event.gateway) renderGateway(event.gateway);
   if (event.devices) {
     state.lastDevices = event.devices;
-    renderDevices(event.devices, openSet(event.devices));
+    renderDevices(event.devices);
   }
   for (const [id, points] of Object.entries(event.points || {})) renderPoints(id, points);
-  for (const [id, trend] of Object.entries(event.trends || {})) addTrend(id, trend);
-  for (const id of Object.keys(event.trends || {})) drawTrends(id);
+  for (const [id, trend] of Object.entries(event.trends || {})) {
+    addTrend(id, trend);
+    drawTrends(id);
+  }
   if (event.commands) renderCommands(event.commands);
 }
 
@@ -125,13 +159,13 @@ function fact(name, value, attrs) {
 }
 
 function renderGateway(g) {
-  document.getElementById("gateway-id").textContent = g.id;
-  document.getElementById("version").textContent = "v" + g.version;
+  setText(document.getElementById("gateway-id"), g.id);
+  setText(document.getElementById("version"), "v" + g.version);
   document.title = g.id + " · factory-gateway";
   const broker = g.broker;
   let since = " since " + localTime(broker.since);
   if (broker.held) since += " (held: " + broker.held + ")";
-  if (broker.reconnects) since += `, ${broker.reconnects} reconnects`;
+  if (broker.reconnects) since += `, ${plural(broker.reconnects, "reconnect")}`;
   const reload = g.map.reload;
   const facts = [
     fact(broker.url ? "Broker " + broker.url : "Broker", el("span", null,
@@ -142,57 +176,79 @@ function renderGateway(g) {
     fact("Dropped", g.dropped.toLocaleString() + (g.dropped ? " (" +
       Object.entries(g.dropped_by_reason).map(([r, n]) => r + " " + n).join(", ") + ")" : ""),
       {id: "dropped"}),
-    fact("Buffer", g.buffer.records.toLocaleString() + " records, " + bytes(g.buffer.bytes) +
+    fact("Buffer", plural(g.buffer.records, "record") + ", " + bytes(g.buffer.bytes) +
       (g.buffer.records ? ", oldest " + duration(g.buffer.oldest_s) : ""), {id: "buffer"}),
     fact("Uptime", duration(g.uptime_s), {id: "uptime", "data-seconds": g.uptime_s}),
-    fact("Map", g.map.files.join(", ") || "—"),
+    fact("Map", g.map.files.join(", ") || "—", {class: "wide"}),
     fact("Last reload", reload === null ? "none since start" :
-      localTime(reload.at) + " " + reload.outcome + (reload.reason ? ": " + reload.reason : "")),
+      localTime(reload.at) + " " + reload.outcome + (reload.reason ? ": " + reload.reason : ""),
+      {class: "wide"}),
   ];
   document.getElementById("gateway").replaceChildren(...facts);
 }
 
-function renderDevices(devices, open) {
+function deviceRow(id) {
+  const cells = {};
+  for (const name of ["state", "id", "protocol", "line", "reason", "age", "read", "errors",
+    "points"]) {
+    const numeric = ["age", "read", "errors", "points"].includes(name);
+    cells[name] = el("td", {class: numeric ? "num" : name});
+  }
+  cells.badge = el("span", {class: "badge"});
+  cells.state.append(cells.badge);
+  const row = el("tr", {class: "device", tabindex: "0", "data-device": id},
+    ...["state", "id", "protocol", "line", "reason", "age", "read", "errors", "points"]
+      .map((name) => cells[name]));
+  row.addEventListener("click", () => {
+    if (!window.getSelection().toString()) toggle(id); // selecting a reason is not a click
+  });
+  row.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(id); }
+  });
+  return {row, cells, panel: null, points: null, trend: null};
+}
+
+function renderDevices(devices) {
   const body = document.querySelector("#devices tbody");
   const bad = devices.filter((d) => !d.ok).length;
-  document.getElementById("device-count").textContent =
-    `${devices.length} devices, ${bad ? bad + " not OK" : "all OK"}`;
+  setText(document.getElementById("device-count"),
+    `${plural(devices.length, "device")}, ${bad ? bad + " not OK" : "all OK"}`);
   const seen = new Set();
+  let before = body.firstChild;
   for (const d of devices) {
     seen.add(d.id);
     let device = state.devices.get(d.id);
     if (!device) {
-      device = {row: el("tr", {class: "device", tabindex: "0", "data-device": d.id}), panel: null,
-        names: null, units: null, values: [], trend: null, fresh: true};
-      device.row.addEventListener("click", () => toggle(d.id));
-      device.row.addEventListener("keydown", (e) => {
-        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(d.id); }
-      });
+      device = deviceRow(d.id);
       state.devices.set(d.id, device);
     }
-    const isOpen = open.has(d.id);
+    const isOpen = state.open !== null && state.open.has(d.id);
     device.row.className = "device" + (d.ok ? "" : " bad") + (isOpen ? " open" : "");
     device.row.setAttribute("data-ok", d.ok);
     device.row.setAttribute("aria-expanded", isOpen);
-    const stateText = d.ok ? "✔ OK" : "✖ " + (d.state === "connected" ? "STALLED" : "BAD");
-    device.row.replaceChildren(
-      el("td", null, el("span", {class: "badge " + (d.ok ? "good" : "bad")}, stateText)),
-      el("td", {class: "id"}, d.id),
-      el("td", {class: "nowrap"}, d.protocol),
-      el("td", {class: "nowrap"}, d.line),
-      el("td", {class: "reason"}, d.reason || ""),
-      el("td", {class: "num"}, age(d.last_good_age_s)),
-      el("td", {class: "num"}, d.read_ms === null || d.read_ms === undefined ? "—" : d.read_ms + " ms"),
-      el("td", {class: "num", title: d.last_error || ""}, d.errors ?? "—"),
-      el("td", {class: "num"}, d.points),
-    );
-    body.append(device.row); // keeps the gateway's order
+    const c = device.cells;
+    c.badge.className = "badge " + (d.ok ? "good" : "bad");
+    setText(c.badge, d.ok ? "✔ OK" : "✖ " + (d.state === "connected" ? "STALLED" : "BAD"));
+    setText(c.id, d.id);
+    setText(c.protocol, d.protocol);
+    setText(c.line, d.line);
+    setText(c.reason, d.reason || "");
+    setText(c.age, age(d.last_good_age_s));
+    setText(c.read, d.read_ms === null || d.read_ms === undefined ? "—" : d.read_ms + " ms");
+    setText(c.errors, String(d.errors ?? "—"));
+    c.errors.title = d.last_error || "";
+    setText(c.points, String(d.points));
+    // In the gateway's order, each open device's points right below it.
+    if (before !== device.row) body.insertBefore(device.row, before);
+    before = device.row.nextSibling;
     if (isOpen) {
       if (!device.panel) device.panel = pointsPanel(d.id);
-      body.append(device.panel);
+      if (before !== device.panel) body.insertBefore(device.panel, before);
+      before = device.panel.nextSibling;
     } else if (device.panel) {
       device.panel.remove();
       device.panel = null;
+      device.points = null;
     }
   }
   for (const [id, device] of state.devices) {
@@ -200,19 +256,28 @@ function renderDevices(devices, open) {
       device.row.remove();
       if (device.panel) device.panel.remove();
       state.devices.delete(id);
+      state.open.delete(id);
     }
   }
 }
 
 function toggle(id) {
   const open = state.open;
-  if (open.has(id)) open.delete(id); else open.add(id);
-  localStorage.setItem(KEY, JSON.stringify([...open]));
-  const device = state.devices.get(id);
-  device.names = null; // the new stream sends its points again
-  device.trend = null;
-  if (device.panel) { device.panel.remove(); device.panel = null; }
-  renderDevices(state.lastDevices, open); // at once; the new stream fills the points
+  if (open.has(id)) {
+    open.delete(id);
+  } else {
+    open.add(id);
+    if (open.size > MAX_OPEN) open.delete(open.values().next().value); // the first opened
+  }
+  try {
+    localStorage.setItem(KEY, JSON.stringify([...open]));
+  } catch (error) {
+    // private browsing: the choice lasts as long as the page
+  }
+  for (const device of state.devices.values()) { // the new stream sends the open ones again
+    if (device.panel) { device.panel.remove(); device.panel = null; device.points = null; }
+  }
+  renderDevices(state.lastDevices);
   connect();
 }
 
@@ -229,13 +294,10 @@ function pointsPanel(id) {
 function renderPoints(id, points) {
   const device = state.devices.get(id);
   if (!device || !device.panel) return;
-  const body = device.panel.querySelector("tbody");
   if (points.names) {
-    device.names = points.names;
-    device.units = points.units;
     device.slots = points.slots;
     device.trend = {t: [], v: []};
-    device.cells = points.names.map((name, i) => {
+    device.points = points.names.map((name, i) => {
       const cells = {
         value: el("td", {class: "value"}, "—"),
         quality: el("td", {class: "quality"}, "no value yet"),
@@ -247,12 +309,13 @@ function renderPoints(id, points) {
         cells.quality, cells.ts, cells.trend);
       return cells;
     });
-    body.replaceChildren(...device.cells.map((c) => c.row));
+    device.panel.querySelector("tbody").replaceChildren(...device.points.map((c) => c.row));
   }
-  if (!device.cells) return;
+  if (!device.points) return;
   for (const [i, value, quality, ts, reason] of points.rows || []) {
-    const cells = device.cells[i];
+    const cells = device.points[i];
     cells.value.textContent = text(value);
+    cells.value.title = JSON.stringify(value); // the value exactly as the broker got it
     cells.value.setAttribute("data-value", JSON.stringify(value));
     cells.quality.replaceChildren(el("span", {class: "badge " + quality},
       (quality === "good" ? "✔ " : quality === "bad" ? "✖ " : "? ") + quality),
@@ -274,35 +337,45 @@ function addTrend(id, trend) {
   if (extra > 0) { t.t.splice(0, extra); t.v.splice(0, extra); }
 }
 
+// A sparkline per numeric point: a gap where the point had no good value, its span in words.
 function drawTrends(id) {
   const device = state.devices.get(id);
-  if (!device || !device.trend || !device.cells) return;
+  if (!device || !device.trend || !device.points) return;
   const {t, v} = device.trend;
   if (t.length < 2) return;
   const t0 = t[0], span = Math.max(t[t.length - 1] - t0, 1);
-  device.cells.forEach((cells, i) => {
-    const series = [];
+  device.points.forEach((cells, i) => {
+    let lo = Infinity, hi = -Infinity, count = 0;
     for (let k = 0; k < t.length; k++) {
       const value = v[k][i];
-      if (value !== null) series.push([t[k], value]);
+      if (value !== null) { lo = Math.min(lo, value); hi = Math.max(hi, value); count++; }
     }
-    if (series.length < 2) { cells.trend.replaceChildren(); return; }
-    let lo = Infinity, hi = -Infinity;
-    for (const [, value] of series) { lo = Math.min(lo, value); hi = Math.max(hi, value); }
+    if (count < 2) { cells.trend.replaceChildren(); return; }
     const range = hi - lo || 1;
-    const points = series.map(([when, value]) =>
-      ((when - t0) / span * 128 + 1).toFixed(1) + "," + (24 - (value - lo) / range * 22).toFixed(1));
-    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    let d = "", pen = "M", values = [];
+    for (let k = 0; k < t.length; k++) {
+      const value = v[k][i];
+      if (value === null) { pen = "M"; continue; } // a gap: the next value starts anew
+      const x = ((t[k] - t0) / span * 118 + 1).toFixed(1);
+      const y = (hi === lo ? 13 : 23 - (value - lo) / range * 20).toFixed(1); // flat: midway
+      d += `${pen}${x},${y} `;
+      pen = "L";
+      values.push(value);
+    }
+    const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("class", "trend");
-    svg.setAttribute("viewBox", "0 0 130 26");
+    svg.setAttribute("viewBox", "0 0 120 26");
     svg.setAttribute("preserveAspectRatio", "none");
     svg.setAttribute("role", "img");
-    svg.setAttribute("aria-label", `trend of the last ${Math.round(span / 1000)} s: ${lo} to ${hi}`);
-    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-    line.setAttribute("points", points.join(" "));
-    line.setAttribute("data-values", JSON.stringify(series.map(([, value]) => value)));
-    svg.append(line);
-    cells.trend.replaceChildren(svg);
+    const words = `last ${duration(span / 1000)}: ${text(lo)} to ${text(hi)}`;
+    svg.setAttribute("aria-label", "trend of the " + words);
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = words;
+    const line = document.createElementNS(SVG, "path");
+    line.setAttribute("d", d.trim());
+    line.setAttribute("data-values", JSON.stringify(values));
+    svg.append(title, line);
+    cells.trend.replaceChildren(svg, el("span", {class: "span"}, `${text(lo)} – ${text(hi)}`));
   });
 }
 
@@ -310,8 +383,9 @@ function renderCommands(commands) {
   const body = document.querySelector("#commands tbody");
   if (!commands.length) return;
   body.replaceChildren(...commands.map((c) => el("tr", {"data-outcome": c.outcome},
-    el("td", {title: c.at}, localTime(c.at)), el("td", null, c.device ?? "—"),
-    el("td", null, c.point ?? "—"), el("td", null, text(c.requested)),
+    el("td", {title: c.at}, localTime(c.at)), el("td", null, c.id ?? "—"),
+    el("td", null, c.device ?? "—"), el("td", null, c.point ?? "—"),
+    el("td", null, text(c.requested)),
     el("td", null, el("span", {class: "badge " + (c.outcome === "written" ? "good" : "bad")},
       c.outcome)),
     el("td", null, c.error ? c.error : text(c.value)))));
