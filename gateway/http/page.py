@@ -284,6 +284,8 @@ class StatusPage:
         tables = self.status.tables
         for gone in [d for d in client.tables if tables.get(d) is not client.tables[d]]:
             del client.tables[gone]  # removed or replaced by a reload: its memory goes
+            client.folds.pop(gone, None)
+            client.samples.pop(gone, None)
         for device, table in self._open(client):
             entry: dict[str, Any] = {}
             if client.tables.get(device) is not table:  # new to this client, or reloaded
