@@ -61,7 +61,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     harness.GATEWAY_LOOP = args.loop
-    result = SCENARIOS[args.scenario](args)
+    try:
+        result = SCENARIOS[args.scenario](args)
+    except BaseException:
+        for folder in harness.FOLDERS:
+            print(f"kept for a look: {folder}")
+        raise
+    harness.remove_scratch()
     if args.scenario != "hot-path":  # the loop the gateway chose, as it chooses it
         result["gateway_loop"] = "asyncio" if loop_factory(args.loop) is None else "uvloop"
     width = max(len(k) for k in result)

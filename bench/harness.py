@@ -55,6 +55,23 @@ def free_port_block(count: int, start: int = 20000) -> int:
     raise RuntimeError(f"no block of {count} free ports")
 
 
+# The scenario's folders (maps, logs, the broker's files): removed when the scenario ends
+# well, kept for a look when it fails (``python -m bench`` does both).
+FOLDERS: list[Path] = []
+
+
+def scratch(prefix: str) -> Path:
+    """A new folder for a scenario's files, removed by ``remove_scratch`` after a good run."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    FOLDERS.append(folder)
+    return folder
+
+
+def remove_scratch() -> None:
+    while FOLDERS:
+        shutil.rmtree(FOLDERS.pop(), ignore_errors=True)
+
+
 class Broker(Mosquitto):
     """mosquitto (amqtt is ~5x slower: it would measure itself) with unbounded queues, so a
     slow subscriber never makes the broker drop what we count, and ``set_tcp_nodelay`` (as
@@ -62,7 +79,7 @@ class Broker(Mosquitto):
 
     def __init__(self, nodelay: bool = True) -> None:
         super().__init__(
-            Path(tempfile.mkdtemp(prefix="bench-mosquitto-")),
+            scratch("bench-mosquitto-"),
             extra="max_queued_messages 0\nmax_inflight_messages 0\n"
             + ("set_tcp_nodelay true\n" if nodelay else ""),
         )

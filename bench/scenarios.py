@@ -6,7 +6,6 @@ import random
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from bench.harness import (
     gateway_process,
     percentiles,
     rss_mb,
+    scratch,
     stop_all,
     threads,
     warm_up,
@@ -114,7 +114,7 @@ def opcua_latency(args: Any) -> dict[str, Any]:
     what exceeds it.
     """
     items, interval = args.items, args.publishing_interval
-    work = Path(tempfile.mkdtemp(prefix="bench-opcua-"))
+    work = scratch("bench-opcua-")
     broker = Broker()
     port = free_port_block(1)
     lines = [
@@ -251,7 +251,7 @@ def _lean_modbus(
     """``devices`` Modbus TCP devices of ``points`` on the lean simulator (its own process),
     each on its own port; values counted and latencies taken by ``mosquitto_sub``.
     ``contiguous``: uint16 holding registers 0..points-1 (one request each poll)."""
-    work = Path(tempfile.mkdtemp(prefix="bench-modbus-"))
+    work = scratch("bench-modbus-")
     broker = Broker()
     base = free_port_block(devices)
     http_port = free_port()
@@ -408,7 +408,7 @@ def command_latency(args: Any) -> dict[str, Any]:
     the new reading, answer. Modbus on the pymodbus simulator (100 ms polls of 50 registers),
     OPC UA on the asyncua simulator (subscribed, 100 ms). ``--commands`` per device.
     """
-    work = Path(tempfile.mkdtemp(prefix="bench-commands-"))
+    work = scratch("bench-commands-")
     broker = Broker(nodelay=args.broker_nodelay == "on")
     modbus_port = free_port_block(2)
     opcua_port = modbus_port + 1
@@ -511,7 +511,7 @@ def s7_10k(args: Any) -> dict[str, Any]:
     1 s: REALs, INTs and BOOLs in three data blocks, device batches: 10,000 values/s."""
     devices = args.devices or 10
     poll = args.poll or 1.0
-    work = Path(tempfile.mkdtemp(prefix="bench-s7-"))
+    work = scratch("bench-s7-")
     broker = Broker()
     base = free_port_block(devices)
     lines = [
