@@ -19,8 +19,15 @@ from pathlib import Path
 
 from gateway import __version__, registry
 from gateway.config.load import Config
+from gateway.config.shards import coverage, parse_selector, select
 from gateway.errors import ConfigError, GatewayError
 from gateway.logging import configure
+
+ONLY_HELP = (
+    "run only the devices this selects, as a shard with its own id, client id, status topic "
+    "and buffer: key=pattern terms joined by commas (device, line, protocol, shard; shell "
+    "globs), e.g. line=line-1 or shard=a"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,10 +64,18 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check device maps; print every error")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.add_argument("--only", metavar="SELECTOR", help=ONLY_HELP)
+    validate.add_argument(
+        "--shards",
+        nargs="+",
+        metavar="SELECTOR",
+        help="the selectors the map is run with: report a device no shard selects, or several",
+    )
     validate.set_defaults(handler=_validate)
 
     run = commands.add_parser("run", help="run the gateway")
     run.add_argument("file", type=Path, metavar="FILE")
+    run.add_argument("--only", metavar="SELECTOR", help=ONLY_HELP)
     run.add_argument(
         "--watch",
         action="store_true",
@@ -72,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "plan", help="print each device's request plan and the bus load it causes"
     )
     plan.add_argument("file", type=Path, metavar="FILE")
+    plan.add_argument("--only", metavar="SELECTOR", help=ONLY_HELP)
     plan.set_defaults(handler=_plan)
 
     simulate = commands.add_parser("simulate", help="simulate every device of a device map")
@@ -118,22 +134,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(paths: Sequence[Path]) -> Config | None:
+def _load(paths: Sequence[Path], only: str | None = None) -> Config | None:
+    """The map (``only``: the devices a selector picks, as a shard of its own), or None with
+    every error printed."""
     try:
-        return registry.load_config(paths)
+        if only is None:
+            return registry.load_config(paths)
+        return shard_loader(only)(paths)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
         count = len(exc.issues)
         print(f"{count} error{'s' if count != 1 else ''}", file=sys.stderr)
-        return None
+    except GatewayError as exc:  # a selector that cannot be read, or selects nothing
+        print(f"error: {exc}", file=sys.stderr)
+    return None
+
+
+def shard_loader(only: str) -> Callable[[Sequence[str | Path]], Config]:
+    """``registry.load_config`` narrowed to a shard (for the first load and every reload)."""
+    selector = parse_selector(only)
+    return lambda paths: select(registry.load_config(paths), selector)
 
 
 def _validate(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
-        if _load([path]) is None:
+        config = _load([path], args.only)
+        if config is None:
             failed = True
+        elif args.shards:
+            try:
+                problems = coverage(config, [parse_selector(s) for s in args.shards])
+            except GatewayError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            for problem in problems:
+                print(f"{path}: {problem}", file=sys.stderr)
+            failed = failed or bool(problems)
     if failed:
         return 1
     print("ok")
@@ -144,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     # A reload asked for while the map is first read has nothing to reload yet (SIGHUP would
     # end the process); from the start of the loop on, SIGHUP reloads.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = _load([args.file])
+    config = _load([args.file], args.only)
     if config is None:
         return 1
     from gateway.reload import Reloader
@@ -153,7 +191,8 @@ def _run(args: argparse.Namespace) -> int:
 
     def start() -> Awaitable[None]:
         gateway = Gateway(config, Notifier.from_environment())
-        reloader = Reloader([args.file], registry.load_config, gateway.apply, args.watch)
+        load = registry.load_config if args.only is None else shard_loader(args.only)
+        reloader = Reloader([args.file], load, gateway.apply, args.watch)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.request)
         # The map and everything built from it live as long as the process: frozen, the
         # collector stops walking them, instead of stalling every device while it walks every
@@ -166,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    config = _load([args.file])
+    config = _load([args.file], args.only)
     if config is None:
         return 1
     from gateway.plan_report import render

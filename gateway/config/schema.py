@@ -392,6 +392,8 @@ class DeviceConfig(StrictModel):
     timeout: Duration = 1.0
     # Commands accepted per second for this device; more are refused (never queued).
     write_rate_limit: float = Field(default=10.0, gt=0)
+    # The shard (gateway) that runs the device when one map serves several: --only shard=NAME.
+    shard: Name | None = None
     points: Sequence[PointConfig] = Field(min_length=1)
 
     @property
