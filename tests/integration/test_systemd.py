@@ -149,3 +149,35 @@ def test_under_the_journal_each_line_says_its_priority(workdir: Path, broker: Mo
     by_event = {json.loads(line[3:])["event"]: line[:3] for line in lines}
     assert by_event["gateway running"] == "<6>"
     assert by_event["device unreachable"] == "<4>"
+
+
+def test_the_shard_template_passes_systemd_analyze_verify(workdir: Path) -> None:
+    """``factory-gateway@.service``: an instance per shard of one map, verified as the
+    instance ``@a`` (systemd loads the template and checks its ExecStart), running that
+    shard's devices."""
+    command = Path(sys.executable).parent / "factory-gateway"
+    template = ROOT / "deploy" / "factory-gateway@.service"
+    text = template.read_text()
+    assert "run /etc/factory-gateway/gateway.yaml --only shard=%i\n" in text
+    assert "validate /etc/factory-gateway/gateway.yaml --only shard=%i\n" in text
+    assert "\nEnvironmentFile=-/etc/factory-gateway/%i.env\n" in text
+    # The same service otherwise: the single unit's settings, line for line.
+    single = set(UNIT.read_text().splitlines())
+    different = [line for line in text.splitlines() if line not in single and line[:1] != "#"]
+    assert different == [
+        "Description=factory-gateway shard %i: factory devices to MQTT",
+        "ExecStart=/opt/factory-gateway/bin/factory-gateway run /etc/factory-gateway/gateway.yaml"
+        " --only shard=%i",
+        "ExecReload=/opt/factory-gateway/bin/factory-gateway validate "
+        "/etc/factory-gateway/gateway.yaml --only shard=%i",
+        "EnvironmentFile=-/etc/factory-gateway/%i.env",
+    ]
+    (workdir / template.name).write_text(
+        text.replace("/opt/factory-gateway/bin/factory-gateway", str(command))
+    )
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(workdir / "factory-gateway@a.service")],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
