@@ -10,7 +10,6 @@ const SVG = "http://www.w3.org/2000/svg";
 
 const state = {
   open: null, // Set of device ids, or null until the first event decides
-  all: false, // every device is open (the stream asks for "*")
   devices: new Map(), // id -> {row, cells, panel, points, trend}
   source: null,
   lastEvent: 0,
@@ -106,8 +105,8 @@ function decideOpen(devices) {
 
 function streamUrl() {
   const ids = state.lastDevices.map((d) => d.id);
-  state.all = ids.length > 0 && ids.every((id) => state.open.has(id));
-  const open = state.all ? "*" : [...state.open].join(",");
+  const all = ids.length > 0 && ids.every((id) => state.open.has(id)); // ask for "*"
+  const open = all ? "*" : [...state.open].join(",");
   return "events?open=" + encodeURIComponent(open);
 }
 
