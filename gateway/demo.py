@@ -45,7 +45,7 @@ async def run_demo(
         port = port or _free_port()
         broker = await _start_embedded_broker(port)
         broker_url = f"mqtt://127.0.0.1:{port}"
-    mqtt_config = config.mqtt.model_copy(update={"url": broker_url})
+    mqtt_config = config.mqtt.model_copy(update={"url": [broker_url]})
     # The demo keeps its buffer in memory and its files (Sparkplug's bdSeq) in a temporary
     # folder: it leaves nothing behind in the repository.
     state = tempfile.TemporaryDirectory(prefix="factory-gateway-demo-")

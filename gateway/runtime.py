@@ -87,6 +87,7 @@ class Gateway:
                 self.encoder,
                 BdSeq(settings.path / "bdseq"),
                 config.sparkplug.primary_host_id,
+                servers=len(config.mqtt.url),
             )
             # DCMD is subscribed whatever the map says: a reload may make a point writable,
             # and a write to one that is not is refused (and audited) like any command.
@@ -131,7 +132,7 @@ class Gateway:
             lambda: self.reloads,
             started=time.time(),
             broker_since=lambda: self.forwarder.since,
-            broker_url=config.mqtt.url,
+            broker_url=lambda: self.forwarder.broker_url,
             map_files=lambda: self.config.sources,
             last_reload=self._last_reload,
             recent_commands=self._recent_commands,
@@ -157,7 +158,7 @@ class Gateway:
             gateway=self.config.gateway.id,
             devices=len(self.sources),
             points=sum(len(d.points) for d in self.config.devices),
-            broker=self.config.mqtt.url,
+            broker=", ".join(self.config.mqtt.url),
         )
         self.health.running = True
         try:

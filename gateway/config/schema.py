@@ -11,10 +11,10 @@ import ssl
 import string
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from gateway.config.sim import SimSpec
@@ -47,8 +47,30 @@ class GatewaySection(StrictModel):
     hierarchy: Hierarchy
 
 
+def _checked_url(url: str) -> str:
+    if "@" in url:  # never echoed: what comes before @ may be a password (even with # or /)
+        raise ValueError(
+            "the broker URL carries a user name or password: give them as mqtt.username "
+            "and mqtt.password instead (a URL is logged, and a password must not be)"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"{url!r}: the broker URL starts with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"{url!r}: the broker URL needs a host, e.g. mqtt://127.0.0.1:1883")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
+    return url
+
+
+BrokerUrl = Annotated[str, AfterValidator(_checked_url)]
+
+
 class MqttSection(StrictModel):
-    url: str = "mqtt://127.0.0.1:1883"
+    # One broker, or a list: the first that answers, the next when it is lost (failover).
+    url: list[BrokerUrl] = Field(default_factory=lambda: ["mqtt://127.0.0.1:1883"])
     version: Literal[3, 5] = 3  # 3 = MQTT 3.1.1
     client_id: str | None = None
     username: OptionalText = None
@@ -93,24 +115,25 @@ class MqttSection(StrictModel):
         existing_files(self, ("ca", "cert", "key"), info)
         return self
 
+    @field_validator("url", mode="before")
+    @classmethod
+    def _one_url(cls, url: Any) -> Any:
+        return [url] if isinstance(url, str) else url
+
     @field_validator("url")
     @classmethod
-    def _check_url(cls, url: str) -> str:
-        if "@" in url:  # never echoed: what comes before @ may be a password (even with # or /)
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        if not urls:
+            raise ValueError("mqtt.url names no broker: give a URL, or a list of them")
+        for index, url in enumerate(urls):
+            if url in urls[:index]:
+                raise FieldError(str(index), f"{url!r} is listed twice")  # at the list's item
+        if len({urlsplit(url).scheme for url in urls}) > 1:
             raise ValueError(
-                "the broker URL carries a user name or password: give them as mqtt.username "
-                "and mqtt.password instead (a URL is logged, and a password must not be)"
+                "mqtt.url mixes mqtt:// and mqtts://: give every broker the same scheme, so "
+                "that moving to the next one never drops TLS"
             )
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"{url!r}: the broker URL starts with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError(f"{url!r}: the broker URL needs a host, e.g. mqtt://127.0.0.1:1883")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
-        return url
+        return urls
 
     @field_validator("response_prefix")
     @classmethod
@@ -141,17 +164,28 @@ class MqttSection(StrictModel):
         return topic
 
     @property
+    def servers(self) -> list[tuple[str, int]]:
+        """Each broker's host and port, in the order they are tried."""
+        found = []
+        for url in self.url:
+            parts = urlsplit(url)
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+            found.append((parts.hostname or "127.0.0.1", port))
+        return found
+
+    @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+        """The first broker's host."""
+        return self.servers[0][0]
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        """The first broker's port."""
+        return self.servers[0][1]
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
+        return urlsplit(self.url[0]).scheme == "mqtts"
 
 
 def _fixed_head(template: str, gateway: GatewaySection) -> str:

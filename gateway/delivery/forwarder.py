@@ -102,6 +102,12 @@ class Forwarder:
         self._sampled: list[float] = []  # source timestamps acknowledged this loop turn
 
     @property
+    def broker_url(self) -> str:
+        """The broker the session is on, or tries next."""
+        client = self._client
+        return client.url if client is not None else ""
+
+    @property
     def published(self) -> int:
         return self.buffer.outcomes.delivered
 
@@ -118,7 +124,7 @@ class Forwarder:
         says "offline" on the broker the gateway leaves, not when it stays on the same one
         (new credentials, say)."""
         old = self.settings
-        self._leaving = (old.host, old.port) != (settings.host, settings.port)
+        self._leaving = old.servers != settings.servers
         self.settings, self.qos = settings, qos
         self._switch.set()
 
@@ -472,16 +478,26 @@ class Forwarder:
             log.info("the primary host is online: births, then what waited", host=edge.primary_host)
             self.buffer.connected()  # what waited for the host is sent as historical
             self._birth(edge)
-        elif online is False and self._born.is_set() and self._client is not None:
-            # [tck-id-operational-behavior-edge-node-termination-host-offline]: the server is
-            # left (the broker publishes the NDEATH will); data waits in the buffer.
+        elif (
+            online is False
+            and self._client is not None
+            and (self._born.is_set() or edge.servers > 1)
+        ):
+            # [tck-id-operational-behavior-edge-node-termination-host-offline], [tck-id-
+            # operational-behavior-primary-application-state-with-multiple-servers-walk]: the
+            # server is left (the broker publishes the NDEATH will), for the next one when
+            # there are several; data waits in the buffer.
             log.warning("the primary host is offline: leaving the server", host=edge.primary_host)
             self._born.clear()
-            self._client.drop("the primary host is offline")
+            self._client.drop("the primary host is offline on this server")
         elif not self._born.is_set():
             return  # no command before this connection's births (a DCMD is never run late)
         elif edge.device_command(message.topic, message.payload):
             pass  # its writes are under way
+        elif edge.next_server_asked(message.topic, message.payload) and self._client is not None:
+            log.warning("a Sparkplug host asks the node to move to its next server")
+            self._born.clear()
+            self._client.drop("a host asked for the next server")
         elif edge.rebirth_asked(message.topic, message.payload):
             log.info("rebirth asked for by a Sparkplug host")
             self._birth(edge)  # the births replace whatever birth or death was still queued

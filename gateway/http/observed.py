@@ -50,7 +50,7 @@ class Observed:
     # For the status page:
     started: float = 0.0  # wall time the gateway started
     broker_since: Callable[[], float] = lambda: 0.0  # wall time it connected or lost it
-    broker_url: str = ""
+    broker_url: Callable[[], str] = lambda: ""  # the broker it is on, or tries next
     map_files: Callable[[], Sequence[str]] = lambda: ()
     last_reload: Callable[[], ReloadRow | None] = lambda: None
     recent_commands: Callable[[], Sequence[CommandRow]] = lambda: ()

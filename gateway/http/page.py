@@ -191,7 +191,7 @@ class StatusPage:
             "now": iso_time(now),
             "uptime_s": round(now - seen.started, 1),
             "broker": {
-                "url": seen.broker_url,
+                "url": seen.broker_url(),
                 "connected": connected,
                 "since": iso_time(seen.broker_since()),
                 "held": seen.health.held() if connected else None,

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import paho.mqtt.client as paho
 import structlog
@@ -59,12 +59,23 @@ class Will:
     retain: bool = True
 
 
+class Server(NamedTuple):
+    """One broker's address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the transport needs, in MQTT's own terms."""
 
-    host: str
-    port: int
+    # The brokers, tried in turn: the session is on one at a time, and moves to the next
+    # when it is lost (the members of a cluster, say).
+    servers: tuple[Server, ...]
     client_id: str
     version: Literal[3, 5] = 3  # 3 = MQTT 3.1.1
     keepalive: int = 30
@@ -158,16 +169,13 @@ class MqttClient:
         self._qos2: set[int] = set()  # QoS 2 messages in flight
         self._doubtful: set[int] = set()  # ... that the broker may have lost with its session
         self._round_trips: dict[int, asyncio.Future[None]] = {}  # UNSUBSCRIBE id -> its answer
-        self._last_error: str | None = None
+        self.server = settings.servers[0]  # the broker connected to, or tried next
+        self._last_errors: dict[Server, str] = {}  # each broker's last failure, said once
         self._stopping = False
         self._plain = self._properties(expiring=False)
         self._expiring = self._properties(expiring=True)
         self._shared_sizes = {id(p): _properties_size(p) for p in (self._plain, self._expiring)}
-        self._log = log.bind(
-            broker=f"{settings.host}:{settings.port}", client_id=settings.client_id
-        )
-        if settings.name != "data":
-            self._log = self._log.bind(session=settings.name)
+        self._log = self._logger()
 
     # -- the boundary ------------------------------------------------------------------------
 
@@ -198,6 +206,11 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self.broker is not None
+
+    @property
+    def url(self) -> str:
+        """The broker connected to, or tried next, as a URL."""
+        return f"{'mqtts' if self.settings.tls is not None else 'mqtt'}://{self.server}"
 
     def publish(
         self,
@@ -263,8 +276,8 @@ class MqttClient:
 
     def drop(self, reason: str) -> None:
         """End the connection without DISCONNECT, so the broker publishes the will; it
-        reconnects as after any loss (a Sparkplug edge node leaves a server whose primary host
-        went offline)."""
+        reconnects as after any loss, to the next broker when there are several (a Sparkplug
+        edge node leaves a server whose primary host went offline)."""
         self._close_socket()
         sock = self._client.socket()
         if sock is not None:
@@ -290,31 +303,60 @@ class MqttClient:
     # -- connecting --------------------------------------------------------------------------
 
     async def _keep_connected(self) -> None:
+        """Connect, and again after every loss: to the next broker of the list, after the
+        backoff's delay; when every broker failed in a row, the delay grows."""
         backoff = Backoff(initial=1.0, cap=30.0)
+        failed = 0  # attempts failed in a row
         while not self._stopping:
             try:
                 broker = await self._connect()
             except (BrokerError, OSError, TimeoutError) as exc:
                 self._failed(exc)
                 self._close_socket()
-                if not (isinstance(exc, Refused) and exc.retry_now):
+                if isinstance(exc, Refused) and exc.retry_now:
+                    continue
+                failed += 1
+                self._next()
+                if failed % len(self.settings.servers) == 0:
                     await asyncio.sleep(backoff.next_delay())
                 continue
+            failed = 0
             since = time.monotonic()
             self._up(broker)
             reason = await asyncio.shield(self._closed)  # TransportFailed ends the gateway
             if self._stopping:
                 return
-            self._log.warning("broker connection lost", reason=reason)
-            self._last_error = reason
+            self._last_errors[self.server] = reason
+            left = self.server
+            if self._next():
+                self._log.bind(broker=str(left)).warning(
+                    "broker connection lost: moving to the next broker",
+                    reason=reason,
+                    next=str(self.server),
+                )
+            else:
+                self._log.warning("broker connection lost", reason=reason)
             # A broker that accepts and then drops the connection (a message it cannot take)
             # must not be reconnected to once a second forever.
             if time.monotonic() - since >= HELD:
                 backoff.reset()
             await asyncio.sleep(backoff.next_delay())
 
+    def _next(self) -> bool:
+        """Make the next broker of the list the one to connect to; False when there is one."""
+        servers = self.settings.servers
+        if len(servers) == 1:
+            return False
+        self.server = servers[(servers.index(self.server) + 1) % len(servers)]
+        self._log = self._logger()
+        return True
+
+    def _logger(self) -> Any:
+        bound = log.bind(broker=str(self.server), client_id=self.settings.client_id)
+        return bound if self.settings.name == "data" else bound.bind(session=self.settings.name)
+
     async def _connect(self) -> Broker:
-        settings, client = self.settings, self._client
+        settings, client, server = self.settings, self._client, self.server
         self._closed = self._loop.create_future()
         self._connack = connack = self._loop.create_future()
         properties = None
@@ -338,8 +380,8 @@ class MqttClient:
                 await self._clean_v3_session()
             await self._in_thread(
                 lambda: client.connect(
-                    settings.host,
-                    settings.port,
+                    server.host,
+                    server.port,
                     settings.keepalive,
                     clean_start=clean if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
                     properties=properties,
@@ -408,7 +450,7 @@ class MqttClient:
     async def _clean_v3_session(self) -> None:
         """Connect and disconnect with clean session set: the broker forgets the old session.
         A refusal or a close is left for the real connection to report."""
-        settings = self.settings
+        settings, server = self.settings, self.server
         cleaner = paho.Client(
             CallbackAPIVersion.VERSION2,
             settings.client_id,
@@ -425,9 +467,7 @@ class MqttClient:
         cleaner.on_connect = lambda _c, _u, _f, code, _p: settle(not code.is_failure)
         cleaner.on_disconnect = lambda *_: settle(False)
         # No loop callbacks yet: paho writes the CONNECT itself, in the connecting thread.
-        await self._in_thread(
-            lambda: cleaner.connect(settings.host, settings.port, settings.keepalive)
-        )
+        await self._in_thread(lambda: cleaner.connect(server.host, server.port, settings.keepalive))
         sock = cleaner.socket()
         if sock is None:
             return
@@ -467,7 +507,7 @@ class MqttClient:
             session_present=broker.session_present,
             **limits,
         )
-        self._last_error = None
+        self._last_errors.pop(self.server, None)
         # A broker that lost our session completes a resent PUBREL without the message it
         # never got (paho resends a released QoS 2 message as a bare PUBREL): those are sent
         # again when they complete. At least once, where the broker forgot.
@@ -499,20 +539,21 @@ class MqttClient:
                 self.listener.lost(mid)
 
     def _failed(self, exc: BaseException) -> None:
-        """A connection attempt failed: say why, once per distinct reason."""
+        """A connection attempt failed: say why, once per broker and distinct reason."""
+        last = self._last_errors.get(self.server)
         if isinstance(exc, ssl.SSLCertVerificationError):
             reason = exc.verify_message or str(exc)
-            if reason != self._last_error:
+            if reason != last:
                 ca = self.settings.ca_file or "the system's CAs"
                 self._log.error(
                     "broker certificate refused",
                     reason=reason,
                     hint=f"the broker's certificate must be signed by {ca} and name "
-                    f"{self.settings.host!r}",
+                    f"{self.server.host!r}",
                 )
         elif isinstance(exc, ssl.SSLError):
             reason = exc.reason or str(exc)
-            if reason != self._last_error:
+            if reason != last:
                 hint = None
                 if not self.settings.client_certificate:
                     hint = "a broker that requires a client certificate refuses the handshake: "
@@ -520,14 +561,14 @@ class MqttClient:
                 self._log.error("TLS handshake with the broker failed", reason=reason, hint=hint)
         elif isinstance(exc, Refused):
             reason = exc.reason
-            if reason != self._last_error and not exc.retry_now:
+            if reason != last and not exc.retry_now:
                 level = self._log.error if exc.hint else self._log.warning
                 level("broker refused connection", reason=reason, hint=exc.hint)
         else:
             reason = str(exc) or ("timeout" if isinstance(exc, TimeoutError) else repr(exc))
-            if reason != self._last_error:
+            if reason != last:
                 self._log.warning("broker unreachable", reason=reason)
-        self._last_error = reason
+        self._last_errors[self.server] = reason
 
     # -- paho's client and its callbacks -----------------------------------------------------
 

@@ -9,7 +9,7 @@ import structlog
 
 from gateway.config.schema import MqttSection
 from gateway.errors import GatewayError
-from gateway.mqtt.client import Settings, Will
+from gateway.mqtt.client import Server, Settings, Will
 
 log = structlog.get_logger("gateway.mqtt")
 
@@ -23,17 +23,17 @@ def data_session(config: MqttSection, client_id: str, will: Will | None) -> Sett
         log.warning(
             "mqtt.insecure is true: the broker's certificate is not checked against its host "
             "name, so anyone on the network path can pose as the broker",
-            broker=config.url,
+            broker=", ".join(config.url),
         )
-    if config.password and not config.tls and config.host not in LOOPBACK:
+    remote = [str(Server(*s)) for s in config.servers if s[0] not in LOOPBACK]
+    if config.password and not config.tls and remote:
         log.warning(
             "the MQTT password is sent in clear text (mqtt://): use mqtts:// for a broker "
             "reached over a network",
-            broker=config.url,
+            broker=", ".join(remote),
         )
     return Settings(
-        host=config.host,
-        port=config.port,
+        servers=tuple(Server(host, port) for host, port in config.servers),
         client_id=client_id,
         version=config.version,
         keepalive=int(config.keepalive),

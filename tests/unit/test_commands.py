@@ -31,7 +31,7 @@ from gateway.commands.router import CommandRouter, RateLimit
 from gateway.config.schema import GatewaySection, Hierarchy, PointConfig
 from gateway.errors import CommandError, DeviceError, DeviceTimeout
 from gateway.model import GOOD, Reading, Scalar
-from gateway.mqtt.client import Settings
+from gateway.mqtt.client import Server, Settings
 from gateway.source import CONNECTED, DISCONNECTED, WriteOutcome
 from gateway.topics import Topics
 from tests.helpers import ROOT
@@ -618,7 +618,7 @@ class Unacknowledging:
 
 
 def test_answers_in_flight_are_capped() -> None:
-    channel = CommandChannel(Settings(host="127.0.0.1", port=1883, client_id="c"), "t/#")
+    channel = CommandChannel(Settings((Server("127.0.0.1", 1883),), client_id="c"), "t/#")
     transport = Unacknowledging()
 
     async def answer() -> None:

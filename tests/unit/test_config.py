@@ -11,6 +11,8 @@ import pytest
 from adapters.modbus.config import ModbusTcpDevice
 from gateway.config.types import parse_duration
 from gateway.errors import ConfigError
+from gateway.mqtt.client import Server
+from gateway.mqtt.settings import data_session
 from gateway.registry import load_config
 from tests.helpers import ROOT
 
@@ -69,7 +71,7 @@ def test_include_env_defaults_and_durations(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("FG_TEST_BROKER", raising=False)
     monkeypatch.setenv("FG_TEST_USER", "operator")
     config = load_config([CONFIGS / "valid" / "with_include.yaml"])
-    assert config.mqtt.url == "mqtts://broker.example:8884"
+    assert config.mqtt.url == ["mqtts://broker.example:8884"]
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("broker.example", 8884, True)
     assert config.mqtt.username == "operator"
     assert [d.id for d in config.devices] == ["d1", "d2"]
@@ -87,6 +89,47 @@ def test_environment_variable_overrides_default(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("FG_TEST_BROKER", "mqtt://10.1.2.3")
     config = load_config([CONFIGS / "valid" / "with_include.yaml"])
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("10.1.2.3", 1883, False)
+
+
+def _brokers_map(folder: Path, urls: str) -> Path:
+    path = folder / "brokers.yaml"
+    path.write_text(
+        "gateway: {id: gw, hierarchy: {enterprise: e, site: s, area: a}}\n"
+        f"mqtt:\n  url: {urls}\n"
+        "devices:\n  - {id: d, line: l, protocol: modbus-tcp, host: 127.0.0.1,\n"
+        "     points: [{name: p, table: holding, address: 0, type: uint16}]}\n"
+    )
+    return path
+
+
+def test_several_brokers_are_tried_in_the_order_written(tmp_path: Path) -> None:
+    config = load_config([_brokers_map(tmp_path, "[mqtts://a.plant:8884, mqtts://b.plant]")])
+    assert config.mqtt.servers == [("a.plant", 8884), ("b.plant", 8883)]
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("a.plant", 8884, True)
+    session = data_session(config.mqtt, "gw", None)
+    assert session.servers == (Server("a.plant", 8884), Server("b.plant", 8883))
+    assert [str(s) for s in session.servers] == ["a.plant:8884", "b.plant:8883"]
+
+
+@pytest.mark.parametrize(
+    ("urls", "expected"),
+    [
+        ("[mqtt://a, mqtt://b, mqtt://a]", "3:29: 'mqtt://a' is listed twice"),
+        (
+            "[mqtt://a, mqtts://b]",
+            "3:8: mqtt.url mixes mqtt:// and mqtts://: give every broker the same scheme, so "
+            "that moving to the next one never drops TLS",
+        ),
+        ("[]", "3:8: mqtt.url names no broker: give a URL, or a list of them"),
+        ("mqtt://", "3:8: 'mqtt://': the broker URL needs a host, e.g. mqtt://127.0.0.1:1883"),
+    ],
+)
+def test_a_broker_list_is_refused_where_it_is_wrong(
+    tmp_path: Path, urls: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config([_brokers_map(tmp_path, urls)])
+    assert [str(issue) for issue in info.value.issues] == [f"{tmp_path}/brokers.yaml:{expected}"]
 
 
 @pytest.mark.parametrize(

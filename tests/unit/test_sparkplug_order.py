@@ -18,7 +18,7 @@ from gateway.delivery.sparkplug.session import EdgeNode, SparkplugEncoder
 from gateway.delivery.sparkplug.topics import SparkplugTopics
 from gateway.errors import MessageTooLarge
 from gateway.model import GOOD, Reading
-from gateway.mqtt.client import Broker, Settings
+from gateway.mqtt.client import Broker, Server, Settings
 
 
 class FakeClient:
@@ -80,7 +80,7 @@ def _node(
     types = {"d": dict.fromkeys(names, kind)}
     encoder = SparkplugEncoder(topics, buffer, [device], types, aliases)  # type: ignore[list-item]
     edge = EdgeNode(topics, encoder, BdSeq(tmp_path / "bdseq"))
-    settings = Settings("broker", 1883, "n", keepalive=keepalive)
+    settings = Settings((Server("broker", 1883),), "n", keepalive=keepalive)
     forwarder = Forwarder(settings, buffer, 0, "status", sparkplug=edge)
     client = FakeClient(forwarder, limit)
     forwarder._client = client  # type: ignore[assignment]

@@ -584,16 +584,27 @@ def command_metrics(payload: bytes) -> list[Metric]:
 
 
 REBIRTH = "Node Control/Rebirth"
+NEXT_SERVER = "Node Control/Next Server"
 
 
 def asks_rebirth(payload: bytes) -> bool:
     """Whether an NCMD asks for a rebirth (``Node Control/Rebirth`` true); False for
     anything else, including a payload that is not a Sparkplug payload."""
+    return _node_control(payload, REBIRTH)
+
+
+def asks_next_server(payload: bytes) -> bool:
+    """Whether an NCMD asks the node to move to its next MQTT server (``Node Control/Next
+    Server`` true)."""
+    return _node_control(payload, NEXT_SERVER)
+
+
+def _node_control(payload: bytes, name: str) -> bool:
     try:
         message = Payload.FromString(payload)
     except DecodeError:
         return False
-    return any(m.name == REBIRTH and m.boolean_value for m in message.metrics)
+    return any(m.name == name and m.boolean_value for m in message.metrics)
 
 
 def device_death(seq: int, timestamp: int) -> bytes:

@@ -28,12 +28,14 @@ from gateway.delivery.sparkplug import sparkplug_b_pb2 as pb
 from gateway.delivery.sparkplug.aliases import Aliases
 from gateway.delivery.sparkplug.bdseq import BdSeq
 from gateway.delivery.sparkplug.payload import (
+    NEXT_SERVER,
     QUALITY_CODES,
     VALUE_TYPES,
     DeviceMetrics,
     MetricSpec,
     QualityCodes,
     as_historical,
+    asks_next_server,
     asks_rebirth,
     command_metrics,
     device_death,
@@ -43,7 +45,7 @@ from gateway.delivery.sparkplug.payload import (
     with_seq,
 )
 from gateway.delivery.sparkplug.topics import SparkplugTopics, state_topic
-from gateway.model import Block, Points, Reading, Sample, Scalar
+from gateway.model import Block, Points, Reading, Sample, Scalar, Value
 from gateway.mqtt.client import Will
 
 log = structlog.get_logger("gateway.sparkplug")
@@ -185,11 +187,14 @@ class EdgeNode:
         encoder: SparkplugEncoder,
         bd_seq: BdSeq,
         primary_host: str | None = None,
+        servers: int = 1,
     ) -> None:
+        """``servers``: the MQTT servers the node may move between (``mqtt.url``'s)."""
         self.topics = topics
         self.encoder = encoder
         self.bd_seq = bd_seq
         self.primary_host = primary_host
+        self.servers = servers
         self._state_topic = state_topic(primary_host) if primary_host else None
         self.host_online = primary_host is None
         self._host_timestamp = -1  # of the latest STATE taken
@@ -220,7 +225,10 @@ class EdgeNode:
         is starting) is left born, its metrics null and bad until its own DBIRTH or DDEATH:
         no death and birth again a moment later for every device at each start."""
         bd_seq = self.bd_seq.current if self.bd_seq.current is not None else 0
-        node = node_birth(bd_seq, round(time.time() * 1000), NODE_METRICS)
+        metrics: list[tuple[str, int, Value]] = list(NODE_METRICS)
+        if self.servers > 1:  # a host may send the node to its next server
+            metrics = [(NEXT_SERVER, pb.Boolean, False), *metrics]
+        node = node_birth(bd_seq, round(time.time() * 1000), metrics)
         births = [(self._nbirth, node)]
         encoder = self.encoder
         for device in encoder.metrics:
@@ -280,9 +288,11 @@ class EdgeNode:
 
     def session_started(self) -> None:
         """A new connection: the primary host must be seen online on it before any birth
-        [tck-id-message-flow-edge-node-birth-publish-phid-wait]."""
+        [tck-id-message-flow-edge-node-birth-publish-phid-wait]. Its STATE timestamps are
+        the server's: another server's may be older."""
         if self.primary_host is not None:
             self.host_online = False
+            self._host_timestamp = -1
 
     def host_state(self, topic: str, payload: bytes) -> bool | None:
         """The primary host's STATE: True (online) or False (offline), or None when the
@@ -322,6 +332,10 @@ class EdgeNode:
         same bdSeq, before any more data [tck-id-operational-behavior-data-commands-rebirth-
         action-1], [...-action-2], [...-action-3]."""
         return topic == self.topics.node("NCMD") and asks_rebirth(payload)
+
+    def next_server_asked(self, topic: str, payload: bytes) -> bool:
+        """An NCMD with ``Node Control/Next Server`` true, to a node with several servers."""
+        return self.servers > 1 and topic == self.topics.node("NCMD") and asks_next_server(payload)
 
     def device_command(self, topic: str, payload: bytes) -> bool:
         """A DCMD: each metric, named or by alias, becomes a write through the command
