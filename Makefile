@@ -30,16 +30,18 @@ demo: $(BIN)/.installed
 # (a flood of commands is sent with mosquitto_pub), socat, Prometheus and promtool (they scrape
 # /metrics), systemd-analyze (it verifies the unit; systemd itself need not run), protoc (the
 # Sparkplug module must be what `make proto` makes) and chromium with its driver (the status
-# page is tested in a real browser).
+# page is tested in a real browser) and rabbitmq-server (a three-node cluster, started by the
+# test, for broker failover).
 test-tools:
 	@(command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto) && \
 	  command -v mosquitto_pub >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 && \
 	  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && \
 	  command -v systemd-analyze >/dev/null 2>&1 && command -v protoc >/dev/null 2>&1 && \
-	  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && \
+	  test -x /usr/lib/rabbitmq/bin/rabbitmq-server || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    mosquitto mosquitto-clients socat prometheus systemd protobuf-compiler \
-	    chromium chromium-driver)
+	    chromium chromium-driver rabbitmq-server)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
