@@ -251,6 +251,8 @@ class Gateway:
         router, self.router = self.router, self._router(new)
         self.router.take_over(router, change.unchanged)
         if change.mqtt:
+            if self.edge is not None:
+                self.edge.servers = len(new.mqtt.url)
             self.forwarder.switch(session, 0 if self.edge is not None else new.mqtt.qos)
             await self._stop_commands()
         self._follow_commands(session)

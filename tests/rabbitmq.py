@@ -24,7 +24,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.mosquitto import free_port
+from tests.mosquitto import free_port, wait_port
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 # A node boots in ~5 s; but one restarted while the surviving nodes' MQTT client-id tracker (a
@@ -178,6 +178,9 @@ class RabbitCluster:
             process_group=self.watchdog.pid,
         )
         try:
+            # Listening before any node starts: a node that finds no epmd starts one of its
+            # own, detached, which the watchdog would not stop.
+            wait_port(self.epmd_port)
             self.nodes[0].spawn(self.watchdog.pid)
             self._await(0)
             for node in self.nodes[1:]:

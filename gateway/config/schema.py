@@ -68,6 +68,12 @@ def _checked_url(url: str) -> str:
 BrokerUrl = Annotated[str, AfterValidator(_checked_url)]
 
 
+def _server(url: str) -> tuple[str, int]:
+    """A valid broker URL's host (lower case) and port."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
 class MqttSection(StrictModel):
     # One broker, or a list: the first that answers, the next when it is lost (failover).
     url: list[BrokerUrl] = Field(default_factory=lambda: ["mqtt://127.0.0.1:1883"])
@@ -118,16 +124,26 @@ class MqttSection(StrictModel):
     @field_validator("url", mode="before")
     @classmethod
     def _one_url(cls, url: Any) -> Any:
-        return [url] if isinstance(url, str) else url
+        if isinstance(url, str):
+            return [url]
+        if not isinstance(url, list) or not all(isinstance(item, str) for item in url):
+            raise ValueError(
+                "mqtt.url is a broker URL (mqtt://host:port), or a list of them for failover"
+            )
+        return url
 
     @field_validator("url")
     @classmethod
     def _check_urls(cls, urls: list[str]) -> list[str]:
         if not urls:
             raise ValueError("mqtt.url names no broker: give a URL, or a list of them")
+        seen: dict[tuple[str, int], int] = {}
         for index, url in enumerate(urls):
-            if url in urls[:index]:
-                raise FieldError(str(index), f"{url!r} is listed twice")  # at the list's item
+            first = seen.setdefault(_server(url), index)
+            if first != index:  # at the list's item
+                earlier = urls[first]
+                same = "is listed twice" if earlier == url else f"is the same broker as {earlier!r}"
+                raise FieldError(str(index), f"{url!r} {same}")
         if len({urlsplit(url).scheme for url in urls}) > 1:
             raise ValueError(
                 "mqtt.url mixes mqtt:// and mqtts://: give every broker the same scheme, so "
@@ -166,12 +182,7 @@ class MqttSection(StrictModel):
     @property
     def servers(self) -> list[tuple[str, int]]:
         """Each broker's host and port, in the order they are tried."""
-        found = []
-        for url in self.url:
-            parts = urlsplit(url)
-            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-            found.append((parts.hostname or "127.0.0.1", port))
-        return found
+        return [_server(url) for url in self.url]
 
     @property
     def host(self) -> str:

@@ -122,9 +122,9 @@ class Forwarder:
         """Connect with new settings (a reloaded map): the current session ends cleanly,
         what it had in flight goes back to the buffer and is sent on the new one. The status
         says "offline" on the broker the gateway leaves, not when it stays on the same one
-        (new credentials, say)."""
-        old = self.settings
-        self._leaving = old.servers != settings.servers
+        (new credentials, say): it stays on the broker it is on while the new list has it."""
+        client = self._client
+        self._leaving = client is None or client.server not in settings.servers
         self.settings, self.qos = settings, qos
         self._switch.set()
 
@@ -133,7 +133,8 @@ class Forwarder:
             while True:
                 self._switch.clear()
                 switching = False
-                async with MqttClient(self.settings, self) as client:
+                on = self._client.server if self._client is not None else None
+                async with MqttClient(self.settings, self, start=on) as client:
                     self._client = client
                     try:
                         async with asyncio.TaskGroup() as tasks:
@@ -348,7 +349,7 @@ class Forwarder:
         self.buffer.connected()
         if self.sparkplug is not None:
             edge = self.sparkplug
-            edge.session_started()
+            edge.session_started(str(self._client.server) if self._client is not None else "")
             self._born.clear()
             self._control.clear()
             self._deferred.clear()

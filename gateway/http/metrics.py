@@ -100,6 +100,16 @@ class GatewayCollector(Collector):
             "1 while the readings' MQTT session is connected.",
             value=1 if seen.broker_connected() else 0,
         )
+        url = seen.broker_url()
+        if url and seen.broker_connected():  # not the ones tried in turn during an outage
+            broker = GaugeMetricFamily(
+                f"{PREFIX}_broker_info",
+                "The broker the readings' session is connected to (mqtt.url may list several: "
+                "the session moves to the next when it loses one).",
+                labels=["url"],
+            )
+            broker.add_metric([url], 1)
+            yield broker
         yield CounterMetricFamily(
             f"{PREFIX}_broker_reconnects",
             "Sessions the broker accepted after the first one.",

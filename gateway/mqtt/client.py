@@ -145,7 +145,9 @@ class Listener(Protocol):
 class MqttClient:
     """One MQTT session, reconnected until the ``async with`` block ends."""
 
-    def __init__(self, settings: Settings, listener: Listener) -> None:
+    def __init__(self, settings: Settings, listener: Listener, start: Server | None = None) -> None:
+        """``start``: the broker to try first, when the list has it (the one a session that
+        this one replaces was on); otherwise the list's first."""
         self.settings = settings
         self.listener = listener
         self.broker: Broker | None = None  # set while connected
@@ -154,7 +156,9 @@ class MqttClient:
         self._thread = threading.get_ident()
         self._v5 = settings.version == 5
         self._will = settings.will
-        self._fresh = True  # the next connection starts a new session (see ``reset_session``)
+        # The broker of the session a connection may resume: the persistent session is resumed
+        # on that broker only, a new one starts on any other (and after ``reset_session``).
+        self._session_on: Server | None = None
         self._client = self._new_client()
         self._tasks: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[None] | None = None
@@ -169,7 +173,9 @@ class MqttClient:
         self._qos2: set[int] = set()  # QoS 2 messages in flight
         self._doubtful: set[int] = set()  # ... that the broker may have lost with its session
         self._round_trips: dict[int, asyncio.Future[None]] = {}  # UNSUBSCRIBE id -> its answer
-        self.server = settings.servers[0]  # the broker connected to, or tried next
+        # The broker connected to, or tried next (by its place in the list).
+        self._at = settings.servers.index(start) if start in settings.servers else 0
+        self.server = settings.servers[self._at]
         self._last_errors: dict[Server, str] = {}  # each broker's last failure, said once
         self._stopping = False
         self._plain = self._properties(expiring=False)
@@ -287,7 +293,7 @@ class MqttClient:
     def reset_session(self) -> None:
         """Forget every message in flight; the next connection starts a new session (the
         broker forgets its copy too). The listener hands again what it still wants sent."""
-        self._fresh = True
+        self._session_on = None
         self._qos0.clear()
         self._qos2.clear()
         self._doubtful.clear()
@@ -347,7 +353,8 @@ class MqttClient:
         servers = self.settings.servers
         if len(servers) == 1:
             return False
-        self.server = servers[(servers.index(self.server) + 1) % len(servers)]
+        self._at = (self._at + 1) % len(servers)
+        self.server = servers[self._at]
         self._log = self._logger()
         return True
 
@@ -366,7 +373,9 @@ class MqttClient:
                 properties.SessionExpiryInterval = settings.session_expiry
             if settings.max_incoming is not None:
                 properties.MaximumPacketSize = settings.max_incoming
-        clean = self._fresh or not settings.persistent
+        # A session from another broker (or an earlier run) is not resumed: its message ids
+        # could collide with this session's, and what it had in flight is sent again anyway.
+        clean = self._session_on != server or not settings.persistent
         will = settings.will_provider() if settings.will_provider is not None else self._will
         if will is not None:
             client.will_set(will.topic, will.payload, will.qos, will.retain, self._plain)
@@ -410,7 +419,7 @@ class MqttClient:
                 self._will = plainer
                 raise Refused(refused.reason, refused.hint, retry_now=True)
             raise refused
-        self._fresh = False
+        self._session_on = server
         return _broker(session_present, found)
 
     async def _in_thread(self, connect: Callable[[], object]) -> None:
@@ -507,7 +516,7 @@ class MqttClient:
             session_present=broker.session_present,
             **limits,
         )
-        self._last_errors.pop(self.server, None)
+        self._last_errors.clear()  # the next outage is said again, broker by broker
         # A broker that lost our session completes a resent PUBREL without the message it
         # never got (paho resends a released QoS 2 message as a bare PUBREL): those are sent
         # again when they complete. At least once, where the broker forgot.

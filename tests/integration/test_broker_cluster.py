@@ -131,6 +131,9 @@ def test_gateways_move_to_the_next_node_and_the_subscriber_misses_nothing(
             (summary,) = events(gateway, "delivery at shutdown")
             assert summary["dropped"] == {}
             assert summary["buffered"] == 0
+            # The last reading the broker acknowledged reaches the subscriber too.
+            last = summary["last_seq"]
+            until(lambda d=ids[shard], n=last: n in subscriber.seqs(d), f"{shard}'s last")
     finally:
         for gateway in gateways.values():
             gateway.stop()

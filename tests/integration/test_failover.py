@@ -6,11 +6,13 @@ its connection while the broker itself stays up, so its will can be seen."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pysparkplug as ps
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.helpers import Collector, Mosquitto, Process, Proxy, free_port, until, wait_port
@@ -39,13 +41,26 @@ def _listing(path: Path, ports: list[int]) -> Path:
     return path
 
 
+def _on(http: int) -> tuple[str, str]:
+    """The broker the status page and /metrics say the session is on."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/status.json", timeout=5) as answer:
+        page = json.loads(answer.read())["gateway"]["broker"]["url"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as answer:
+        line = next(x for x in answer.read().decode().splitlines() if x.startswith("factory_"
+                    "gateway_broker_info{"))  # fmt: skip
+    return page, line.split('"')[1]
+
+
 def _statuses(collector: Collector) -> list[str]:
     return [p["state"] for t, p, _ in collector.snapshot() if t == STATUS]
 
 
+@pytest.mark.parametrize("qos", [1, 2])
 def test_the_session_moves_to_the_next_broker_and_back_and_nothing_is_lost(
-    workdir: Path,
+    workdir: Path, qos: int
 ) -> None:
+    """a -> b -> a: back on a, the gateway starts a new session there (a QoS 2 message it had
+    released on b must not be completed by a's old session without being delivered)."""
     for sub in ("a", "b"):
         (workdir / sub).mkdir()
     a, b = _brokers(workdir)
@@ -59,11 +74,16 @@ def test_the_session_moves_to_the_next_broker_and_back_and_nothing_is_lost(
     try:
         wait_port(port)
         on_a, on_b = Collector(a.port, "acme/#", True), Collector(b.port, "acme/#", True)
-        path = _listing(write_map(workdir / "gw.yaml", relay.port, [plc]), [relay.port, b.port])
+        http = free_port()
+        path = write_map(workdir / "gw.yaml", relay.port, [plc],
+                         sections=f"http: {{listen: 127.0.0.1:{http}}}")  # fmt: skip
+        path.write_text(path.read_text().replace("  qos: 1\n", f"  qos: {qos}\n"))
+        path = _listing(path, [relay.port, b.port])
         gateway = Process("run", str(path), log=workdir / "gw.log")
         on_a.wait_for(lambda r: r["seq"] > 100, timeout=30)
         assert on_b.readings() == []  # one session at a time
         until(lambda: _statuses(on_a)[-1:] == ["online"], "online on a")
+        until(lambda: _on(http) == (f"mqtt://127.0.0.1:{relay.port}",) * 2, "the page's broker")
 
         relay.cut()  # a stays up, the gateway's connection to it is gone
         moved = wait_event(gateway, "broker connection lost: moving to the next broker")
@@ -79,6 +99,7 @@ def test_the_session_moves_to_the_next_broker_and_back_and_nothing_is_lost(
         # The will fired on the broker it left; the status follows it to the next one.
         until(lambda: _statuses(on_a)[-1:] == ["offline"], "the will on a")
         until(lambda: _statuses(on_b)[-1:] == ["online"], "online on b")
+        until(lambda: _on(http) == (f"mqtt://127.0.0.1:{b.port}",) * 2, "the page's broker")
         cut_at = max(r["seq"] for r in on_a.readings())
         on_b.wait_for(lambda r: r["seq"] > cut_at + 100, timeout=30)
 
@@ -165,10 +186,13 @@ def test_a_sparkplug_node_walks_to_the_server_where_its_primary_host_is_online(
     plc = device("press", port, COUNTERS, poll="200ms")
     sim = Process("simulate", str(write_map(workdir / "sim.yaml", a.port, [plc])),
                   log=workdir / "sim.log")  # fmt: skip
-    host_a, seen_a = _host(a.port, host_id)
-    host_b, seen_b = _host(b.port, host_id)
+    hosts: list[mqtt.Client] = []
     gateway: Process | None = None
     try:
+        host_a, seen_a = _host(a.port, host_id)
+        hosts.append(host_a)
+        host_b, seen_b = _host(b.port, host_id)
+        hosts.append(host_b)
         wait_port(port)
         _state(host_a, host_id, True, 1000)
         _state(host_b, host_id, True, 500)  # connected to b earlier than to a
@@ -201,8 +225,8 @@ def test_a_sparkplug_node_walks_to_the_server_where_its_primary_host_is_online(
     finally:
         if gateway is not None:
             gateway.stop()
-        for client in (host_a, host_b):
-            client.publish(f"spBv1.0/STATE/{host_id}", b"", retain=True).wait_for_publish()
+        for client in hosts:
+            client.publish(f"spBv1.0/STATE/{host_id}", b"", retain=True).wait_for_publish(5)
             client.loop_stop()
             client.disconnect()
         sim.stop()

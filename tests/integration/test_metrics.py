@@ -100,6 +100,8 @@ def test_metrics_pass_promtool_and_follow_the_devices(workdir: Path, broker: Mos
         assert 0 < samples[("factory_gateway_reading_age_at_ack_seconds_sum", ())] < 60 * ages
         assert samples[("factory_gateway_broker_connected", ())] == 1
         assert samples[("factory_gateway_broker_reconnects_total", ())] == 0
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        assert samples[("factory_gateway_broker_info", (("url", url),))] == 1
         assert (
             samples[("factory_gateway_messages_dropped_total", (("reason", "buffer_full"),))] == 0
         )
@@ -120,7 +122,11 @@ def test_metrics_pass_promtool_and_follow_the_devices(workdir: Path, broker: Mos
 
         now = until(plc_b_down, "plc-b counted as disconnected with errors")
         assert _device(now, "connected", "plc-a") == 1
-        assert (_device(now, "polls_total", "plc-a") or 0) > a_polls
+
+        def plc_a_polls() -> bool:
+            return (_device(_samples(_scrape(http)), "polls_total", "plc-a") or 0) > a_polls
+
+        until(plc_a_polls, "plc-a polling on")  # (plc-b may be found down within one poll)
     finally:
         collector.close()
         if gateway is not None:

@@ -121,6 +121,11 @@ def test_several_brokers_are_tried_in_the_order_written(tmp_path: Path) -> None:
             "that moving to the next one never drops TLS",
         ),
         ("[]", "3:8: mqtt.url names no broker: give a URL, or a list of them"),
+        ("[mqtt://a, mqtt://A:1883/]", "3:19: 'mqtt://A:1883/' is the same broker as 'mqtt://a'"),
+        (
+            "[mqtt://a, 1883]",
+            "3:8: mqtt.url is a broker URL (mqtt://host:port), or a list of them for failover",
+        ),
         ("mqtt://", "3:8: 'mqtt://': the broker URL needs a host, e.g. mqtt://127.0.0.1:1883"),
     ],
 )

@@ -27,6 +27,7 @@ class FakeClient:
 
     def __init__(self, forwarder: Forwarder, limit: int | None = None) -> None:
         self.forwarder, self.limit = forwarder, limit
+        self.server = Server("broker", 1883)
         self.sent: list[tuple[str, bytes]] = []
         self.mid = 0
         self.answers = True

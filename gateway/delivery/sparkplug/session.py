@@ -197,7 +197,8 @@ class EdgeNode:
         self.servers = servers
         self._state_topic = state_topic(primary_host) if primary_host else None
         self.host_online = primary_host is None
-        self._host_timestamp = -1  # of the latest STATE taken
+        self._host_timestamp = -1  # of the latest STATE taken, on ...
+        self._host_server = ""  # ... this server
         self._said_invalid_state = False
         # Where a DCMD's writes go (the command router): device, point, value, command id.
         self.write: Callable[[str, str, Scalar, str], None] | None = None
@@ -286,13 +287,15 @@ class EdgeNode:
             subscriptions.append((self._state_topic, 1))
         return subscriptions
 
-    def session_started(self) -> None:
-        """A new connection: the primary host must be seen online on it before any birth
-        [tck-id-message-flow-edge-node-birth-publish-phid-wait]. Its STATE timestamps are
-        the server's: another server's may be older."""
+    def session_started(self, server: str = "") -> None:
+        """A new connection, to ``server``: the primary host must be seen online on it before
+        any birth [tck-id-message-flow-edge-node-birth-publish-phid-wait]. STATE timestamps
+        are compared within one server: another server's may be older."""
         if self.primary_host is not None:
             self.host_online = False
-            self._host_timestamp = -1
+            if server != self._host_server:
+                self._host_server = server
+                self._host_timestamp = -1
 
     def host_state(self, topic: str, payload: bytes) -> bool | None:
         """The primary host's STATE: True (online) or False (offline), or None when the
