@@ -24,7 +24,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.logging import configure
 
 ONLY_HELP = (
-    "run only the devices this selects, as a shard with its own id, client id, status topic "
+    "{} only the devices this selects, as a shard with its own id, client id, status topic "
     "and buffer: key=pattern terms joined by commas (device, line, protocol, shard; shell "
     "globs), e.g. line=line-1 or shard=a"
 )
@@ -64,18 +64,19 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check device maps; print every error")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    validate.add_argument("--only", metavar="SELECTOR", help=ONLY_HELP)
+    validate.add_argument("--only", metavar="SELECTOR", help=ONLY_HELP.format("check"))
     validate.add_argument(
         "--shards",
         nargs="+",
         metavar="SELECTOR",
-        help="the selectors the map is run with: report a device no shard selects, or several",
+        help="the selectors the map is run with: report a device no shard selects, or several, "
+        "and a selector that selects none (give the files first)",
     )
     validate.set_defaults(handler=_validate)
 
     run = commands.add_parser("run", help="run the gateway")
     run.add_argument("file", type=Path, metavar="FILE")
-    run.add_argument("--only", metavar="SELECTOR", help=ONLY_HELP)
+    run.add_argument("--only", metavar="SELECTOR", help=ONLY_HELP.format("run"))
     run.add_argument(
         "--watch",
         action="store_true",
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         "plan", help="print each device's request plan and the bus load it causes"
     )
     plan.add_argument("file", type=Path, metavar="FILE")
-    plan.add_argument("--only", metavar="SELECTOR", help=ONLY_HELP)
+    plan.add_argument("--only", metavar="SELECTOR", help=ONLY_HELP.format("plan"))
     plan.set_defaults(handler=_plan)
 
     simulate = commands.add_parser("simulate", help="simulate every device of a device map")
@@ -165,7 +166,8 @@ def _validate(args: argparse.Namespace) -> int:
             failed = True
         elif args.shards:
             try:
-                problems = coverage(config, [parse_selector(s) for s in args.shards])
+                selectors = [parse_selector(s, "--shards") for s in args.shards]
+                problems = coverage(config, selectors)
             except GatewayError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1

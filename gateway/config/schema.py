@@ -124,11 +124,12 @@ class MqttSection(StrictModel):
     @field_validator("url", mode="before")
     @classmethod
     def _one_url(cls, url: Any) -> Any:
-        if isinstance(url, str):
-            return [url]
+        if isinstance(url, str):  # several, separated by commas: through one variable
+            return [part.strip() for part in url.split(",")] if "," in url else [url]
         if not isinstance(url, list) or not all(isinstance(item, str) for item in url):
             raise ValueError(
-                "mqtt.url is a broker URL (mqtt://host:port), or a list of them for failover"
+                f"mqtt.url is a broker URL (mqtt://host:port), or a list of them for failover, "
+                f"not {url!r}"
             )
         return url
 

@@ -45,14 +45,15 @@ class Selector:
         return _UNSAFE.sub("_", self.text.replace("=", "_")).strip("_.") or "shard"
 
 
-def parse_selector(text: str) -> Selector:
-    """``GatewayError`` (one plain sentence) for a selector that cannot be read."""
+def parse_selector(text: str, option: str = "--only") -> Selector:
+    """``GatewayError`` (one plain sentence, naming ``option``) for a selector that cannot be
+    read."""
     terms = []
     for term in (t.strip() for t in text.split(",")):
         key, equals, pattern = term.partition("=")
         key, pattern = key.strip(), pattern.strip()
         if not equals or not pattern:
-            raise GatewayError(f"--only {text!r}: write key=pattern, e.g. line=line-1")
+            raise GatewayError(f"{option} {text!r}: write key=pattern, e.g. line=line-1")
         if key not in KEYS:
             hint = (
                 " (the area is the whole map's, not a device's: select by line)"
@@ -60,7 +61,7 @@ def parse_selector(text: str) -> Selector:
                 else ""
             )
             raise GatewayError(
-                f"--only {text!r}: {key!r} is not a device key; use {', '.join(KEYS)}{hint}"
+                f"{option} {text!r}: {key!r} is not a device key; use {', '.join(KEYS)}{hint}"
             )
         terms.append((key, pattern))
     return Selector(text, tuple(terms))
@@ -91,9 +92,19 @@ def select(config: Config, selector: Selector) -> Config:
 
 
 def coverage(config: Config, selectors: Sequence[Selector]) -> list[str]:
-    """Sentences for the devices no selector picks, and for those several pick (they would be
-    read and published twice)."""
+    """Sentences for the devices no selector picks, for those several pick (they would be
+    read and published twice), and for selectors that pick nothing (their gateway would not
+    start) or are given twice."""
     problems = []
+    texts = [s.text for s in selectors]
+    for at, selector in enumerate(selectors):
+        if selector.text in texts[:at]:
+            problems.append(f"shard {selector.text!r} is given twice")
+        elif not any(selector.selects(device) for device in config.devices):
+            problems.append(
+                f"shard {selector.text!r} selects no device of the map: its gateway would not start"
+            )
+    selectors = list(dict.fromkeys(selectors))
     for device in config.devices:
         picked = [s.text for s in selectors if s.selects(device)]
         if not picked:

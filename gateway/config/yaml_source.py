@@ -89,8 +89,8 @@ class SourceMap:
             if in_dict or in_list:
                 node = node[part]
                 path.append(part)
-            elif not (part == 0 and not isinstance(node, (dict, list))):
-                found_all = False  # (a single value where a list may be given is its item 0)
+            elif not (isinstance(part, int) and not isinstance(node, (dict, list))):
+                found_all = False  # (an item of a list given as one value is that value)
         pos = self.positions.get(tuple(path)) or self.positions[()]
         # A missing key is reported at its parent's key; an unknown key at itself.
         line, col = pos.key if at_key or not found_all else pos.value

@@ -105,6 +105,9 @@ def _brokers_map(folder: Path, urls: str) -> Path:
 def test_several_brokers_are_tried_in_the_order_written(tmp_path: Path) -> None:
     config = load_config([_brokers_map(tmp_path, "[mqtts://a.plant:8884, mqtts://b.plant]")])
     assert config.mqtt.servers == [("a.plant", 8884), ("b.plant", 8883)]
+    # The same in one string, as one environment variable gives it.
+    one = load_config([_brokers_map(tmp_path, "'mqtts://a.plant:8884,mqtts://b.plant'")])
+    assert one.mqtt.url == config.mqtt.url
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("a.plant", 8884, True)
     session = data_session(config.mqtt, "gw", None)
     assert session.servers == (Server("a.plant", 8884), Server("b.plant", 8883))
@@ -124,8 +127,10 @@ def test_several_brokers_are_tried_in_the_order_written(tmp_path: Path) -> None:
         ("[mqtt://a, mqtt://A:1883/]", "3:19: 'mqtt://A:1883/' is the same broker as 'mqtt://a'"),
         (
             "[mqtt://a, 1883]",
-            "3:8: mqtt.url is a broker URL (mqtt://host:port), or a list of them for failover",
+            "3:8: mqtt.url is a broker URL (mqtt://host:port), or a list of them for failover, "
+            "not ['mqtt://a', 1883]",
         ),
+        ("'mqtt://a, mqtt://a'", "3:8: 'mqtt://a' is listed twice"),
         ("mqtt://", "3:8: 'mqtt://': the broker URL needs a host, e.g. mqtt://127.0.0.1:1883"),
     ],
 )

@@ -83,6 +83,15 @@ def test_coverage_names_devices_in_no_shard_or_in_several(plant: Path) -> None:
         "device 'welder-01' is in no shard",
     ]
     assert coverage(config, [parse_selector(s) for s in ("shard=*", "line=line-2")]) == []
+    # A shard added to the deployment but not to the map, a typo, a shard given twice.
+    selectors = [parse_selector(s) for s in ("shard=a", "shard=B", "shard=c", "shard=a")]
+    assert coverage(config, selectors) == [
+        "shard 'shard=B' selects no device of the map: its gateway would not start",
+        "shard 'shard=c' selects no device of the map: its gateway would not start",
+        "shard 'shard=a' is given twice",
+        "device 'press-02' is in no shard",
+        "device 'welder-01' is in no shard",
+    ]
 
 
 def test_validate_and_plan_take_the_selectors(plant: Path) -> None:
@@ -91,6 +100,9 @@ def test_validate_and_plan_take_the_selectors(plant: Path) -> None:
     assert f"{plant}: device 'welder-01' is in no shard" in split.stderr
     covered = cli("validate", str(plant), "--shards", "shard=*", "protocol=s7")
     assert (covered.returncode, covered.stdout) == (0, "ok\n")
+    typo = cli("validate", str(plant), "--shards", "shard=a", "lines=line-2")
+    assert typo.returncode == 1
+    assert "error: --shards 'lines=line-2': 'lines' is not a device key" in typo.stderr
     nowhere = cli("validate", str(plant), "--only", "line=nowhere")
     assert nowhere.returncode == 1
     assert "error: --only 'line=nowhere' selects no device of the map" in nowhere.stderr
