@@ -69,22 +69,23 @@ def parse_selector(text: str, option: str = "--only") -> Selector:
 
 def select(config: Config, selector: Selector) -> Config:
     """The map's devices that ``selector`` picks, as a gateway of its own: ``gateway.id`` and
-    an explicit ``mqtt.client_id`` get ``.<label>``, the disk buffer a folder ``<label>``."""
+    an explicit ``mqtt.client_id`` get ``-<label>``, the disk buffer a folder ``<label>``.
+    (Not a dot: RabbitMQ's MQTT plugin turns a dot in a topic into a level separator.)"""
     devices = [d for d in config.devices if selector.selects(d)]
     if not devices:
         raise GatewayError(f"--only {selector.text!r} selects no device of the map")
     label = selector.label
-    gateway = config.gateway.model_copy(update={"id": f"{config.gateway.id}.{label}"})
+    gateway = config.gateway.model_copy(update={"id": f"{config.gateway.id}-{label}"})
     mqtt = config.mqtt
     if mqtt.client_id:
-        mqtt = mqtt.model_copy(update={"client_id": f"{mqtt.client_id}.{label}"})
+        mqtt = mqtt.model_copy(update={"client_id": f"{mqtt.client_id}-{label}"})
     buffer = config.buffer
     if buffer.mode != "memory":
         buffer = buffer.model_copy(update={"path": buffer.path / label})
     sparkplug = config.sparkplug
     if sparkplug is not None and sparkplug.edge_node_id is not None:
         sparkplug = sparkplug.model_copy(
-            update={"edge_node_id": f"{sparkplug.edge_node_id}.{label}"}
+            update={"edge_node_id": f"{sparkplug.edge_node_id}-{label}"}
         )
     return dataclasses.replace(
         config, gateway=gateway, mqtt=mqtt, buffer=buffer, sparkplug=sparkplug, devices=devices

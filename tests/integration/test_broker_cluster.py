@@ -43,6 +43,7 @@ class Subscriber:
 
     def __init__(self, port: int) -> None:
         self.readings: list[dict[str, Any]] = []
+        self.states: list[tuple[str, str]] = []  # (status topic, state), as they came
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
@@ -58,9 +59,11 @@ class Subscriber:
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         payload = orjson.loads(message.payload)
-        if "quality" in payload:
-            with self._lock:
+        with self._lock:
+            if "quality" in payload:
                 self.readings.append(payload)
+            elif message.topic.endswith("/status") and "state" in payload:
+                self.states.append((message.topic, payload["state"]))
 
     def of(self, device: str) -> list[dict[str, Any]]:
         """The readings of one device (each shard's gateway has its own seqs)."""
@@ -134,6 +137,11 @@ def test_gateways_move_to_the_next_node_and_the_subscriber_misses_nothing(
             # The last reading the broker acknowledged reaches the subscriber too.
             last = summary["last_seq"]
             until(lambda d=ids[shard], n=last: n in subscriber.seqs(d), f"{shard}'s last")
+            # The status followed the gateway to node B: online there, offline at the end.
+            topic = f"acme/plant-1/assembly/_gateway/gw-test-{shard}/status"
+            until(lambda t=topic: (t, "offline") in subscriber.states, f"{shard} offline")
+            states = [state for t, state in subscriber.states if t == topic]
+            assert states[-2:] == ["online", "offline"], states
     finally:
         for gateway in gateways.values():
             gateway.stop()

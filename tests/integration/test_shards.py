@@ -77,7 +77,7 @@ def test_three_shards_of_one_map_deliver_every_reading_once(
         # (two gateways publishing one device would repeat seqs: each counts from its start)
         assert sorted(numbers) == list(range(min(numbers), max(numbers) + 1)), shard
     # Three gateways of their own: a status topic each, each online then offline.
-    assert set(states) == {"gw-test.a", "gw-test.b", "gw-test.c"}
+    assert set(states) == {"gw-test-a", "gw-test-b", "gw-test-c"}
     for gateway_id, seen in states.items():
         assert seen[0] == "online" and seen[-1] == "offline", (gateway_id, seen)
     # ... and a buffer each.
@@ -88,6 +88,6 @@ def _states(messages: list[tuple[str, Any, bool]]) -> dict[str, list[str]]:
     """Each shard gateway's states, in the order its status topic carried them."""
     states: dict[str, list[str]] = defaultdict(list)
     for topic, payload, _retained in messages:
-        if topic.startswith("acme/plant-1/assembly/_gateway/gw-test."):
+        if topic.startswith("acme/plant-1/assembly/_gateway/gw-test-"):
             states[topic.split("/")[4]].append(payload["state"])
     return states

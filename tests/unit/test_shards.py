@@ -64,12 +64,12 @@ def test_a_shard_is_a_gateway_of_its_own(plant: Path) -> None:
     config = load_config([plant])
     shard = select(config, parse_selector("shard=a"))
     assert [d.id for d in shard.devices] == ["press-01"]
-    assert shard.gateway.id == "edge.a"  # so its status topic and default client id
-    assert shard.mqtt.client_id == "edge-client.a"
+    assert shard.gateway.id == "edge-a"  # so its status topic and default client id
+    assert shard.mqtt.client_id == "edge-client-a"
     assert shard.buffer.path == config.buffer.path / "a"
-    assert shard.sparkplug is not None and shard.sparkplug.edge_node_id == "node.a"
+    assert shard.sparkplug is not None and shard.sparkplug.edge_node_id == "node-a"
     line = select(config, parse_selector("line=line-1"))
-    assert line.gateway.id == "edge.line_line-1"
+    assert line.gateway.id == "edge-line_line-1"
     with pytest.raises(GatewayError, match="selects no device"):
         select(config, parse_selector("line=line-9"))
 
